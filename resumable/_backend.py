@@ -1,0 +1,339 @@
+"""Object-level I/O under one prefix: the only module that talks to fsspec or to the disk store.
+
+A backend knows nothing of snapshots. It lists names under its root, reads and writes whole
+objects, streams large ones, and creates an object exclusively where the storage can. Two
+implementations: local disk (``os`` calls, so that we control fsync, rename and ``O_EXCL``) and
+any other fsspec filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from ._errors import ConfigurationError
+from ._stream import CHUNK_SIZE, POOL
+
+__all__ = ["Backend", "BlobWriter", "Entry", "open_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One object directly under the backend's root."""
+
+    name: str
+    size: int
+    mtime: float | None
+
+
+class BlobWriter(Protocol):
+    """A large object being written; invisible under its final name until ``commit``."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``."""
+
+    def commit(self) -> None:
+        """Make the object durable under its final name."""
+
+    def abort(self) -> None:
+        """Throw away what was written."""
+
+
+class Backend(Protocol):
+    """Object-level I/O under one prefix."""
+
+    url: str
+    exclusive: bool
+
+    def entries(self) -> list[Entry]:
+        """The objects directly under the root; empty when the root does not exist."""
+
+    def read(self, name: str) -> bytes:
+        """A whole (small) object."""
+
+    def open_read(self, name: str) -> BinaryIO:
+        """A stream over an object."""
+
+    def writer(self, name: str) -> BlobWriter:
+        """A writer for a new object."""
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        """Write a small object durably; ``FileExistsError`` when it exists already."""
+
+    def delete(self, name: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    def list_children(self) -> list[str]:
+        """Names of the folders directly under the root."""
+
+
+def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> Backend:
+    """The backend for ``uri``: local paths and ``file://`` get the disk backend."""
+    text = os.fspath(uri)
+    if not text:
+        raise ConfigurationError("checkpoint URI is empty: pass a folder path or an fsspec URL")
+    try:
+        fs, path = fsspec.url_to_fs(text, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot open store {text!r}: {exc}. Check the URL's protocol and install the "
+            "fsspec backend for it (s3fs for s3://, gcsfs for gs://, adlfs for az://)."
+        ) from exc
+    if isinstance(fs, LocalFileSystem):
+        return LocalBackend(Path(path))
+    return FsspecBackend(fs, path.rstrip("/"), text)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _LocalWriter:
+    """Writes to a temp name in the destination folder; commit = fsync, rename, fsync folder.
+
+    While a large object is written, ``fdatasync`` runs on a worker every few MiB, so the
+    disk's writeback overlaps the copying and hashing instead of all landing on the final
+    fsync.
+    """
+
+    _SYNC_EVERY = 16 << 20
+
+    def __init__(self, root: Path, name: str) -> None:
+        self._root = root
+        self._final = root / name
+        self._tmp = root / f".{name}.{secrets.token_hex(4)}.tmp"
+        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._unsynced = 0
+        self._syncing: Future[None] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._fd is not None, "write after commit or abort"
+        _write_all(self._fd, data)
+        self._unsynced += len(data)
+        if self._unsynced >= self._SYNC_EVERY and (self._syncing is None or self._syncing.done()):
+            self._unsynced = 0
+            self._syncing = POOL.submit(os.fdatasync, self._fd)
+
+    def _settle(self) -> None:
+        if self._syncing is not None:
+            self._syncing.result()
+            self._syncing = None
+
+    def commit(self) -> None:
+        assert self._fd is not None, "commit after commit or abort"
+        fd, self._fd = self._fd, None
+        try:
+            self._settle()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(self._tmp, self._final)
+        _fsync_dir(self._root)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                self._settle()
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+class LocalBackend:
+    """Local disk: temp names in the destination folder, fsync, rename, fsync the folder."""
+
+    exclusive = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def _ensure_root(self) -> None:
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.root.parent)
+
+    def entries(self) -> list[Entry]:
+        try:
+            with os.scandir(self.root) as it:
+                return [
+                    Entry(e.name, st.st_size, st.st_mtime)
+                    for e in it
+                    if e.is_file(follow_symlinks=False) and (st := e.stat(follow_symlinks=False))
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def list_children(self) -> list[str]:
+        try:
+            with os.scandir(self.root) as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def read(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def open_read(self, name: str) -> BinaryIO:
+        return (self.root / name).open("rb", buffering=0)
+
+    def writer(self, name: str) -> BlobWriter:
+        self._ensure_root()
+        return _LocalWriter(self.root, name)
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        self._ensure_root()
+        tmp = self.root / f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # link() never replaces an existing name: the atomic "create if absent" that
+            # rename() lacks. Filesystems without hard links fall back to exists + rename.
+            try:
+                os.link(tmp, self.root / name)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                if (self.root / name).exists():
+                    raise FileExistsError(errno.EEXIST, "exists", str(self.root / name)) from exc
+                os.rename(tmp, self.root / name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(self.root)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / name).unlink()
+
+
+class _FsspecWriter:
+    """One fsspec file opened for writing; object stores publish it on close."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self._fs = fs
+        self._path = path
+        self._file: Any = fs.open(path, "wb")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.close()
+
+    def abort(self) -> None:
+        discard = getattr(self._file, "discard", None)
+        with contextlib.suppress(Exception):
+            if discard is not None:
+                discard()  # aborts an unfinished multipart upload instead of publishing it
+            else:
+                self._file.close()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self._fs.rm_file(self._path)
+
+
+class FsspecBackend:
+    """Any fsspec filesystem: one PUT per object, exclusive create where supported."""
+
+    exclusive = True
+
+    def __init__(self, fs: Any, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root
+        self.url = url
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def _ls(self) -> list[dict[str, Any]]:
+        # Listings are cached per filesystem instance; another writer may have committed since.
+        self.fs.invalidate_cache(self.root)
+        try:
+            entries: list[dict[str, Any]] = self.fs.ls(self.root, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return entries
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for info in self._ls():
+            if info.get("type") != "file":
+                continue
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+            stamp: float | None
+            if mtime is not None and hasattr(mtime, "timestamp"):
+                stamp = float(mtime.timestamp())
+            elif isinstance(mtime, int | float):
+                stamp = float(mtime)
+            else:
+                stamp = None
+            out.append(Entry(info["name"].rstrip("/").rsplit("/", 1)[-1], int(info["size"]), stamp))
+        return out
+
+    def list_children(self) -> list[str]:
+        return sorted(
+            info["name"].rstrip("/").rsplit("/", 1)[-1]
+            for info in self._ls()
+            if info.get("type") == "directory"
+        )
+
+    def read(self, name: str) -> bytes:
+        data: bytes = self.fs.cat_file(self._path(name))
+        return data
+
+    def open_read(self, name: str) -> BinaryIO:
+        stream: BinaryIO = self.fs.open(self._path(name), "rb", block_size=CHUNK_SIZE * 8)
+        return stream
+
+    def writer(self, name: str) -> BlobWriter:
+        return _FsspecWriter(self.fs, self._path(name))
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        try:
+            with self.fs.open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            raise
+        except (ValueError, NotImplementedError, TypeError):
+            # No exclusive mode on this backend: check, then write. Documented as racy.
+            if self.fs.exists(path):
+                raise FileExistsError(errno.EEXIST, "exists", path) from None
+            self.fs.pipe_file(path, data)
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self._path(name))
+
+
+def iter_read(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Read ``stream`` in chunks of ``size`` until its end (the caller closes it)."""
+    while chunk := stream.read(size):
+        yield chunk

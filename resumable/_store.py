@@ -1,0 +1,371 @@
+"""Snapshots as commits: sequence numbers, manifests, verification, fallback and retention.
+
+Layout of one task's prefix::
+
+    00000000000000000042.1f0c9a7e3b2d4c5a.blob   payload (absent when it is inlined)
+    00000000000000000042.json                    manifest: the commit marker, written last
+
+A snapshot exists once its manifest exists. The payload's name carries a random writer token,
+so two writers never overwrite each other's payload; the manifest's name is the bare sequence
+number and is created exclusively, so only one writer can commit a given number.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import secrets
+import shutil
+import sys
+import tarfile
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import _version
+from ._backend import Backend, BlobWriter, Entry, iter_read
+from ._codec import Limits, extract_tar, gunzip_members
+from ._errors import ConcurrentWriterError, CorruptCheckpointError
+from ._stream import Chunk, Digest
+
+__all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore"]
+
+log = logging.getLogger("resumable")
+
+#: Version of the manifest format this library writes and reads.
+FORMAT = 1
+#: Payloads up to this size live inside the manifest: one object, one fsync.
+INLINE_MAX = 64 * 1024
+#: Saves and loads at least this large log their size and rate.
+_LOG_SIZE = 16 << 20
+
+Kind = Literal["bytes", "file", "dir", "state"]
+_KINDS = ("bytes", "file", "dir", "state")
+_MANIFEST = re.compile(r"^(\d{20})\.json$")
+_BLOB = re.compile(r"^(\d{20})\.([0-9a-f]{8,64})\.blob$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def manifest_name(seq: int) -> str:
+    """The manifest's object name for ``seq``."""
+    return f"{seq:020d}.json"
+
+
+def manifest_seqs(entries: Iterable[Entry]) -> list[int]:
+    """Sequence numbers of the committed snapshots among ``entries``, newest first."""
+    return sorted(
+        (int(m.group(1)) for e in entries if (m := _MANIFEST.match(e.name))), reverse=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What one snapshot is: the commit record stored as ``<seq>.json``."""
+
+    seq: int
+    kind: Kind
+    size: int
+    sha256: str
+    compression: str
+    blob: str | None
+    inline: bytes | None
+    created: float
+    attempt: int
+    writer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The manifest document."""
+        doc: dict[str, Any] = {
+            "format": FORMAT,
+            "seq": self.seq,
+            "kind": self.kind,
+            "size": self.size,
+            "sha256": self.sha256,
+            "compression": self.compression,
+            "blob": self.blob,
+            "created": self.created,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "attempt": self.attempt,
+            "writer": self.writer,
+            "library": f"resumable {_version.VERSION}",
+            "python": "{}.{}.{}".format(*sys.version_info[:3]),
+            **self.extra,
+        }
+        if self.inline is not None:
+            doc["inline"] = base64.b64encode(self.inline).decode("ascii")
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, seq: int) -> Manifest:
+        """Parse and check a manifest; ``CorruptCheckpointError`` says what is wrong."""
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptCheckpointError(f"manifest is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise CorruptCheckpointError("manifest is not a JSON object")
+        version = doc.get("format")
+        if not isinstance(version, int):
+            raise CorruptCheckpointError("manifest has no format version")
+        if version > FORMAT:
+            raise CorruptCheckpointError(
+                f"manifest format {version} is newer than this library reads ({FORMAT}): "
+                "upgrade resumable to load it"
+            )
+        try:
+            inline_text = doc.get("inline")
+            inline = None if inline_text is None else base64.b64decode(inline_text, validate=True)
+            m = cls(
+                seq=doc["seq"],
+                kind=doc["kind"],
+                size=doc["size"],
+                sha256=doc["sha256"],
+                compression=doc["compression"],
+                blob=doc["blob"],
+                inline=inline,
+                created=float(doc["created"]),
+                attempt=int(doc.get("attempt", 0)),
+                writer=str(doc.get("writer", "")),
+                extra={k: v for k, v in doc.items() if k in ("hmac", "raw_size")},
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise CorruptCheckpointError(f"manifest field missing or malformed ({exc})") from exc
+        problem = m._problem(seq)
+        if problem:
+            raise CorruptCheckpointError(f"manifest {problem}")
+        return m
+
+    def _problem(self, seq: int) -> str | None:
+        if self.seq != seq:
+            return f"says seq {self.seq!r} but is named {seq}"
+        if self.kind not in _KINDS:
+            return f"has unknown kind {self.kind!r}"
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            return f"has invalid size {self.size!r}"
+        if not isinstance(self.sha256, str) or not _HEX64.match(self.sha256):
+            return "has no valid sha256"
+        if self.compression not in ("gzip", "none"):
+            return f"has unknown compression {self.compression!r}"
+        if self.inline is None:
+            blob = _BLOB.match(self.blob) if isinstance(self.blob, str) else None
+            if blob is None or int(blob.group(1)) != seq:
+                return f"points to a payload that is not its own ({self.blob!r})"
+        return None
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _rate(size: int, seconds: float) -> str:
+    mib = size / 2**20
+    return f"{mib:.1f} MiB in {seconds:.2f} s ({mib / max(seconds, 1e-9):.0f} MiB/s)"
+
+
+class SnapshotStore:
+    """Commits, restores and prunes the snapshots under one backend root."""
+
+    def __init__(self, backend: Backend, *, keep: int) -> None:
+        self.backend = backend
+        self.keep = keep
+
+    # -- writing ------------------------------------------------------------------------
+
+    def commit(
+        self,
+        kind: Kind,
+        chunks: Iterable[Chunk],
+        *,
+        compression: str = "none",
+        attempt: int = 0,
+    ) -> Manifest:
+        """Store ``chunks`` as a new snapshot, commit it, then apply retention."""
+        started = time.perf_counter()
+        entries = self.backend.entries()
+        seqs = manifest_seqs(entries)
+        seq = seqs[0] + 1 if seqs else 0
+        writer_token = secrets.token_hex(8)
+        blob = f"{seq:020d}.{writer_token}.blob"
+        digest = Digest()
+        spool: list[Chunk] | None = []
+        spooled = 0
+        out: BlobWriter | None = None
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                digest.update(chunk)
+                if spool is not None and spooled + len(chunk) <= INLINE_MAX:
+                    spool.append(chunk)
+                    spooled += len(chunk)
+                    continue
+                if out is None:
+                    out = self.backend.writer(blob)
+                    for held in spool or ():
+                        out.write(held)
+                    spool = None
+                out.write(chunk)
+            sha = digest.hexdigest()
+            if out is not None:
+                out.commit()
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+        manifest = Manifest(
+            seq=seq,
+            kind=kind,
+            size=digest.size,
+            sha256=sha,
+            compression=compression,
+            blob=None if spool is not None else blob,
+            inline=b"".join(spool) if spool is not None else None,
+            created=time.time(),
+            attempt=attempt,
+            writer=writer_token,
+        )
+        try:
+            self.backend.create_exclusive(manifest_name(seq), manifest.to_json())
+        except FileExistsError:
+            if manifest.blob is not None:
+                self.backend.delete(manifest.blob)
+            raise ConcurrentWriterError(
+                17,
+                f"another writer committed snapshot {seq} of {self.backend.url} first; this "
+                "snapshot was discarded. Is the same task running twice with the same key?",
+            ) from None
+        self._drop([seq, *seqs][self.keep :], entries)
+        if manifest.size >= _LOG_SIZE:
+            log.info(
+                "saved snapshot %d to %s: %s",
+                seq,
+                self.backend.url,
+                _rate(manifest.size, time.perf_counter() - started),
+            )
+        return manifest
+
+    def _drop(self, seqs: list[int], entries: list[Entry]) -> None:
+        """Delete snapshots ``seqs`` in that order: each manifest first, then its payload."""
+        for old in seqs:
+            self.backend.delete(manifest_name(old))
+            prefix = f"{old:020d}."
+            for e in entries:
+                if e.name.startswith(prefix) and e.name.endswith(".blob"):
+                    self.backend.delete(e.name)
+
+    def clear(self) -> None:
+        """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
+        entries = self.backend.entries()
+        self._drop(manifest_seqs(entries)[::-1], entries)
+        for e in entries:
+            if _BLOB.match(e.name):
+                self.backend.delete(e.name)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def manifest(self, seq: int) -> Manifest:
+        """The parsed manifest of snapshot ``seq``."""
+        return Manifest.from_json(self.backend.read(manifest_name(seq)), seq)
+
+    def _payload(self, m: Manifest) -> Iterator[Chunk]:
+        """The payload's bytes, checked against the manifest's size and sha256 on the way."""
+        digest = Digest()
+        with contextlib.ExitStack() as stack:
+            if m.inline is not None:
+                source: Iterable[Chunk] = (m.inline,)
+            else:
+                assert m.blob is not None
+                try:
+                    stream = stack.enter_context(self.backend.open_read(m.blob))
+                except FileNotFoundError:
+                    raise CorruptCheckpointError(f"payload {m.blob} is missing") from None
+                source = iter_read(stream)
+            for chunk in source:
+                digest.update(chunk)
+                if digest.size > m.size:
+                    raise CorruptCheckpointError(
+                        f"payload is larger than the {m.size} bytes its manifest records"
+                    )
+                yield chunk
+        if digest.size != m.size:
+            raise CorruptCheckpointError(f"payload is truncated: {digest.size} of {m.size} bytes")
+        if digest.hexdigest() != m.sha256:
+            raise CorruptCheckpointError("payload does not match its sha256")
+
+    def _restore_one(self, m: Manifest, workspace: Path, limits: Limits) -> None:
+        payload = self._payload(m)
+        with contextlib.closing(payload):  # type: ignore[type-var]
+            if m.kind == "dir":
+                data = gunzip_members(payload) if m.compression == "gzip" else payload
+                try:
+                    extract_tar(data, workspace, limits)
+                except (tarfile.TarError, zlib.error, EOFError) as exc:
+                    raise CorruptCheckpointError(
+                        f"payload is not a readable archive ({exc})"
+                    ) from exc
+            else:
+                with (workspace / "payload").open("wb") as f:
+                    for chunk in payload:
+                        f.write(chunk)
+
+    def restore(self, workspace: Path, limits: Limits) -> Manifest | None:
+        """Restore the newest valid snapshot into ``workspace`` (emptied first).
+
+        Returns its manifest, ``None`` when there is no snapshot, and raises
+        ``CorruptCheckpointError`` when snapshots exist but none verifies.
+        """
+        started = time.perf_counter()
+        refused: list[str] = []
+        for seq in manifest_seqs(self.backend.entries()):
+            _clear(workspace)
+            try:
+                m = self.manifest(seq)
+                self._restore_one(m, workspace, limits)
+            except FileNotFoundError:
+                # Pruned by another writer between our listing and our read.
+                refused.append(f"snapshot {seq}: deleted while loading")
+                continue
+            except CorruptCheckpointError as exc:
+                _clear(workspace)
+                refused.append(f"snapshot {seq}: {exc}")
+                log.warning(
+                    "skipping snapshot %d of %s: %s; trying the previous one",
+                    seq,
+                    self.backend.url,
+                    exc,
+                )
+                continue
+            except BaseException:
+                _clear(workspace)
+                raise
+            if m.size >= _LOG_SIZE:
+                log.info(
+                    "loaded snapshot %d from %s: %s",
+                    seq,
+                    self.backend.url,
+                    _rate(m.size, time.perf_counter() - started),
+                )
+            return m
+        if refused:
+            raise CorruptCheckpointError(
+                f"no valid snapshot in {self.backend.url}: " + "; ".join(refused) + ". Inspect it "
+                "with `resumable show`, or delete it with `resumable rm` to start over."
+            )
+        return None
+
+    def latest(self) -> int | None:
+        """The newest committed sequence number, if any."""
+        seqs = manifest_seqs(self.backend.entries())
+        return seqs[0] if seqs else None
