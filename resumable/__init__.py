@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from ._checkpoint import Checkpoint
 from ._codec import Limits
+from ._context import TaskContext, ctx
+from ._decorator import Dir, resumable
 from ._errors import (
     ConcurrentWriterError,
     ConfigurationError,
@@ -36,6 +38,7 @@ __all__ = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
+    "Dir",
     "Limits",
     "NoTaskContextError",
     "Preempted",
@@ -43,9 +46,12 @@ __all__ = [
     "SourceNotFoundError",
     "StateError",
     "StorageError",
+    "TaskContext",
     "UnsafeArchiveError",
     "UnsafeSymlinkError",
     "UnsupportedDataError",
     "__version__",
+    "ctx",
     "latest_checkpoint",
+    "resumable",
 ]

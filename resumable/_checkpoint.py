@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -177,8 +177,10 @@ class Checkpoint:
         with self._lock:
             return self._store.commit(kind, chunks, compression=compression, attempt=attempt)
 
-    def _restore(self) -> Manifest | None:
+    def _restore(
+        self, into: Path | None = None, accept: Callable[[Manifest], None] | None = None
+    ) -> Manifest | None:
         with self._lock:
             if not self._cleanup.alive:
                 raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-            return self._store.restore(self._workspace, self.limits)
+            return self._store.restore(into or self._workspace, self.limits, accept)

@@ -24,7 +24,7 @@ import sys
 import tarfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -320,32 +320,44 @@ class SnapshotStore:
                     for chunk in payload:
                         f.write(chunk)
 
-    def restore(self, workspace: Path, limits: Limits) -> Manifest | None:
+    def _skip(self, seq: int, exc: CorruptCheckpointError) -> str:
+        log.warning(
+            "skipping snapshot %d of %s: %s; trying the previous one", seq, self.backend.url, exc
+        )
+        return f"snapshot {seq}: {exc}"
+
+    def restore(
+        self,
+        workspace: Path,
+        limits: Limits,
+        accept: Callable[[Manifest], None] | None = None,
+    ) -> Manifest | None:
         """Restore the newest valid snapshot into ``workspace`` (emptied first).
 
         Returns its manifest, ``None`` when there is no snapshot, and raises
-        ``CorruptCheckpointError`` when snapshots exist but none verifies.
+        ``CorruptCheckpointError`` when snapshots exist but none verifies. ``accept`` sees each
+        manifest before anything is written and may refuse it by raising.
         """
         started = time.perf_counter()
         refused: list[str] = []
         for seq in manifest_seqs(self.backend.entries()):
-            _clear(workspace)
             try:
                 m = self.manifest(seq)
-                self._restore_one(m, workspace, limits)
             except FileNotFoundError:
                 # Pruned by another writer between our listing and our read.
                 refused.append(f"snapshot {seq}: deleted while loading")
                 continue
             except CorruptCheckpointError as exc:
+                refused.append(self._skip(seq, exc))
+                continue
+            if accept is not None:
+                accept(m)
+            _clear(workspace)
+            try:
+                self._restore_one(m, workspace, limits)
+            except CorruptCheckpointError as exc:
                 _clear(workspace)
-                refused.append(f"snapshot {seq}: {exc}")
-                log.warning(
-                    "skipping snapshot %d of %s: %s; trying the previous one",
-                    seq,
-                    self.backend.url,
-                    exc,
-                )
+                refused.append(self._skip(seq, exc))
                 continue
             except BaseException:
                 _clear(workspace)

@@ -10,6 +10,7 @@ EXPECTED = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
+    "Dir",
     "Limits",
     "NoTaskContextError",
     "Preempted",
@@ -17,11 +18,14 @@ EXPECTED = [
     "SourceNotFoundError",
     "StateError",
     "StorageError",
+    "TaskContext",
     "UnsafeArchiveError",
     "UnsafeSymlinkError",
     "UnsupportedDataError",
     "__version__",
+    "ctx",
     "latest_checkpoint",
+    "resumable",
 ]
 
 

@@ -1,0 +1,84 @@
+"""``ctx()``: what a running task can ask of its decorator (a context variable per attempt)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from ._errors import NoTaskContextError
+
+if TYPE_CHECKING:
+    from ._checkpoint import Checkpoint
+    from ._persist import Persister
+
+__all__ = ["TaskContext", "ctx"]
+
+_MISSING: Any = object()
+
+
+class TaskContext:
+    """The running task's checkpoint, key and attempt number; returned by :func:`ctx`.
+
+    Example:
+        >>> from resumable import resumable, ctx
+        >>> @resumable(store="memory://doc-ctx")
+        ... def task():
+        ...     return ctx().attempt_number()
+        >>> task()
+        0
+
+    """
+
+    __slots__ = ("_attempt", "_persister", "checkpoint", "key")
+
+    def __init__(
+        self, checkpoint: Checkpoint, key: str, attempt: int, persister: Persister
+    ) -> None:
+        #: The task's :class:`~resumable.Checkpoint`, at ``<store>/<key>``.
+        self.checkpoint = checkpoint
+        #: The task's key under its store.
+        self.key = key
+        self._attempt = attempt
+        self._persister = persister
+
+    def __repr__(self) -> str:
+        return f"TaskContext(key={self.key!r}, attempt={self._attempt})"
+
+    def attempt_number(self) -> int:
+        """The attempt number of this call in this process: 0 first, 1 for the first retry."""
+        return self._attempt
+
+    def save_sync(self, state: Any = _MISSING) -> None:
+        """Persist a snapshot now, like a ``yield`` that is never throttled.
+
+        Pass the state to save; in a ``Dir`` task pass nothing: the folder is saved.
+        """
+        self._persister.force_sync(state)
+
+    async def save(self, state: Any = _MISSING) -> None:
+        """Async twin of :meth:`save_sync`."""
+        await self._persister.force(state)
+
+
+_current: ContextVar[TaskContext | None] = ContextVar("resumable_task", default=None)
+
+
+def ctx() -> TaskContext:
+    """The context of the ``@resumable`` task running now.
+
+    Raises ``NoTaskContextError`` outside a task.
+
+    Example:
+        >>> ctx()
+        Traceback (most recent call last):
+        ...
+        resumable._errors.NoTaskContextError: ctx() was called outside a @resumable task ...
+
+    """
+    current = _current.get()
+    if current is None:
+        raise NoTaskContextError(
+            "ctx() was called outside a @resumable task: call it from the decorated function "
+            "(or code it calls), or use Checkpoint directly"
+        )
+    return current

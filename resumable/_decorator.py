@@ -1,0 +1,455 @@
+"""``@resumable``: restore, inject, persist yields, retry from the last snapshot.
+
+One ``_Call`` object holds everything a call needs (key, checkpoint, persister, retry policy,
+state loading). Four thin drivers -- function, generator, coroutine, async generator -- run the
+user's task inside tenacity's ``Retrying`` / ``AsyncRetrying`` and differ only in how they call
+it and how they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+
+import tenacity
+import wrapt
+
+from ._checkpoint import Checkpoint
+from ._codec import dumps_state, loads_state
+from ._context import TaskContext, _current
+from ._errors import ConfigurationError, ResumableError, StateError
+from ._keys import call_key, check_key
+from ._persist import Persister
+from ._store import Manifest
+
+__all__ = ["Dir", "resumable"]
+
+log = logging.getLogger("resumable")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
+
+_OMITTED: Any = object()
+_DEFAULT_STORE = ".resumable"
+
+
+@dataclass(frozen=True, slots=True)
+class Dir:
+    """Directory state: a folder restored before each attempt and snapshotted on each yield.
+
+    Before every attempt, when a snapshot exists, the folder is made **identical** to it:
+    files that are not in the snapshot are deleted. The task receives the folder's ``Path``;
+    each ``yield`` (its value is ignored) saves the whole folder.
+
+    Example:
+        >>> from resumable import resumable, Dir
+        >>> @resumable(state=Dir("outputs"), store="memory://doc-dir")
+        ... def train(state):
+        ...     (state / "weights.txt").write_text("w")
+        ...     yield
+
+    """
+
+    path: str | os.PathLike[str]
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Generator[Any, Any, R]]) -> Callable[P, R]: ...
+    @overload
+    def __call__(
+        self, fn: Callable[P, AsyncGenerator[Y, Any]]
+    ) -> Callable[P, Coroutine[Any, Any, Y]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """The validated arguments of one ``@resumable(...)``."""
+
+    initial: bytes | None  # the pickled initial state; None for Dir or no state
+    folder: Path | None
+    inject: bool
+    arg: str
+    store: str | None
+    key: str | Callable[..., str] | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    wait: tenacity.wait.wait_base
+    every: int
+    every_seconds: float | None
+    keep: int
+    background: bool
+    on_success: Literal["clear", "keep"]
+
+
+def _positive_int(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _wait_strategy(wait: float | tenacity.wait.wait_base | None) -> tenacity.wait.wait_base:
+    if wait is None:
+        return tenacity.wait_exponential_jitter(initial=0.1, max=10.0, jitter=0.1)
+    if isinstance(wait, tenacity.wait.wait_base):
+        return wait
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+        return tenacity.wait_fixed(wait)
+    raise ConfigurationError(
+        f"wait must be seconds (>= 0) or a tenacity wait strategy, got {wait!r}"
+    )
+
+
+def _retry_on(value: object) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ConfigurationError(
+            f"retry_on must be an exception type or a tuple of them, got {value!r}"
+        )
+    return types
+
+
+def resumable(
+    *,
+    state: Any = _OMITTED,
+    arg: str = "state",
+    store: str | os.PathLike[str] | None = None,
+    key: str | Callable[..., str] | None = None,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    wait: float | tenacity.wait.wait_base | None = None,
+    every: int = 1,
+    every_seconds: float | None = None,
+    keep: int = 2,
+    background: bool = False,
+    on_success: Literal["clear", "keep"] = "clear",
+) -> _Decorator:
+    """Make a task resume from its last snapshot after a crash or a retry.
+
+    Args:
+        state: the initial state when nothing was saved yet (any picklable value, copied for
+            every call), or ``Dir(path)`` for a folder. Omitted: nothing is injected and the
+            task uses ``ctx().checkpoint`` itself.
+        arg: the keyword argument the state is injected as.
+        store: where snapshots live (a folder or an fsspec URL); default ``$RESUMABLE_STORE``,
+            else ``./.resumable``. A task's snapshots are under ``<store>/<key>``.
+        key: a string, or a callable of the call's arguments (methods: ``self`` first) that
+            returns one. Default: module + qualified name + a digest of the arguments.
+        retries: how many times to retry after the first attempt fails.
+        retry_on: the exception types that are retried (library errors never are).
+        wait: seconds between attempts, or a tenacity wait strategy; default: exponential
+            backoff with jitter from 0.1 s, capped at 10 s.
+        every: persist every N-th yield.
+        every_seconds: persist at most once per this many seconds.
+        keep: how many snapshots to keep.
+        background: write snapshots on a background thread (at most one in flight).
+        on_success: ``"clear"`` deletes the snapshots after success, ``"keep"`` keeps them.
+
+    Example:
+        >>> @resumable(state=0, store="memory://doc-counter")
+        ... def count(n, state=0):
+        ...     for i in range(state, n):
+        ...         yield i + 1
+        ...     return n
+        >>> count(3)
+        3
+
+    """
+    folder: Path | None = None
+    initial: bytes | None = None
+    if isinstance(state, Dir):
+        folder = Path(state.path).absolute()
+    elif state is not _OMITTED:
+        initial = dumps_state(state)
+    if not isinstance(arg, str) or not arg.isidentifier():
+        raise ConfigurationError(f"arg must be a parameter name, got {arg!r}")
+    if isinstance(key, str):
+        check_key(key)
+    elif key is not None and not callable(key):
+        raise ConfigurationError(f"key must be a string or a callable, got {key!r}")
+    if every_seconds is not None and (
+        not isinstance(every_seconds, int | float) or every_seconds < 0
+    ):
+        raise ConfigurationError(f"every_seconds must be >= 0 or None, got {every_seconds!r}")
+    if on_success not in ("clear", "keep"):
+        raise ConfigurationError(f"on_success must be 'clear' or 'keep', got {on_success!r}")
+    spec = _Spec(
+        initial=initial,
+        folder=folder,
+        inject=state is not _OMITTED,
+        arg=arg,
+        store=None if store is None else os.fspath(store),
+        key=key,
+        retries=_positive_int("retries", retries, 0),
+        retry_on=_retry_on(retry_on),
+        wait=_wait_strategy(wait),
+        every=_positive_int("every", every, 1),
+        every_seconds=every_seconds,
+        keep=_positive_int("keep", keep, 1),
+        background=bool(background),
+        on_success=on_success,
+    )
+    return _make_decorator(spec)  # type: ignore[return-value]
+
+
+def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
+    def decorate(fn: Any) -> Any:
+        target = getattr(fn, "__func__", fn)  # classmethod / staticmethod objects
+        if not callable(target):
+            raise ConfigurationError(f"@resumable decorates functions, got {fn!r}")
+        if spec.inject and not _accepts(target, spec.arg):
+            raise ConfigurationError(
+                f"{target.__qualname__} has no parameter {spec.arg!r} to receive the state: "
+                f"add `{spec.arg}=None` to its signature, or pass arg= to @resumable"
+            )
+        if inspect.isasyncgenfunction(target):
+            driver: Callable[..., Any] = _drive_async_generator
+            marker = wrapt.mark_as_async(generator=False)
+        elif inspect.iscoroutinefunction(target):
+            driver, marker = _drive_coroutine, None
+        elif inspect.isgeneratorfunction(target):
+            driver, marker = _drive_generator, wrapt.mark_as_sync(generator=False)
+        else:
+            driver, marker = _drive_function, None
+
+        @wrapt.decorator
+        def wrapper(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            return driver(_Call(spec, wrapped, instance, args, kwargs))
+
+        wrapped = wrapper(fn)
+        return marker(wrapped) if marker is not None else wrapped
+
+    return decorate
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` can receive ``name=...`` as a keyword argument."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to check: let the call itself decide
+        return True
+    param = params.get(name)
+    if param is not None:
+        return param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    return any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class _Call:
+    """One call of a decorated task: its key, checkpoint, persister and retry policy."""
+
+    def __init__(
+        self,
+        spec: _Spec,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.spec = spec
+        self.wrapped = wrapped
+        self.args = args
+        self.kwargs = {k: v for k, v in kwargs.items() if not (spec.inject and k == spec.arg)}
+        self.key = self._key(instance)
+        store = spec.store or os.environ.get("RESUMABLE_STORE") or _DEFAULT_STORE
+        if "://" not in store:
+            store = os.path.abspath(store)
+        self.checkpoint = Checkpoint(f"{store.rstrip('/')}/{self.key}", keep=spec.keep)
+        self.persister = Persister(
+            self.checkpoint,
+            folder=spec.folder,
+            every=spec.every,
+            every_seconds=spec.every_seconds,
+            background=spec.background,
+        )
+
+    def _key(self, instance: Any) -> str:
+        key = self.spec.key
+        if isinstance(key, str):
+            return check_key(key)
+        if key is not None:
+            args = self.args if instance is None else (instance, *self.args)
+            made = key(*args, **self.kwargs)
+            if not isinstance(made, str):
+                raise ConfigurationError(f"key= returned {made!r}, not a string")
+            return check_key(made)
+        return call_key(self.wrapped, self.args, self.kwargs, self.spec.arg)
+
+    # -- retry policy ---------------------------------------------------------------------
+
+    def _should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.spec.retry_on) and not isinstance(exc, ResumableError)
+
+    def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning(
+            "%s: attempt %d failed (%s: %s); retrying in %.2f s from the last snapshot",
+            self.key,
+            retry_state.attempt_number,
+            type(exc).__name__,
+            exc,
+            wait,
+        )
+
+    def retry_kwargs(self) -> dict[str, Any]:
+        return {
+            "stop": tenacity.stop_after_attempt(self.spec.retries + 1),
+            "wait": self.spec.wait,
+            "retry": tenacity.retry_if_exception(self._should_retry),
+            "reraise": True,
+            "before_sleep": self._before_sleep,
+        }
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def attempt(self, number: int) -> Iterator[None]:
+        """Run one attempt with ``ctx()`` set; flush pending background saves if it fails."""
+        self.persister.attempt = number
+        token = _current.set(TaskContext(self.checkpoint, self.key, number, self.persister))
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.persister.flush_sync()  # the next attempt must see every snapshot
+            raise
+        finally:
+            _current.reset(token)
+
+    def _accept(self, m: Manifest) -> None:
+        want = "dir" if self.spec.folder is not None else "state"
+        if m.kind != want:
+            raise StateError(
+                f"the newest snapshot of {self.key} is a {m.kind!r} snapshot written through "
+                f"ctx().checkpoint, but this task asks for injected {want} state. Use one or "
+                "the other: drop state= from @resumable, or save through yield / ctx().save()."
+            )
+
+    def load_state(self, number: int) -> Any:
+        """The state to inject: restored from the newest snapshot, or a fresh initial copy."""
+        if not self.spec.inject:
+            return None
+        folder = self.spec.folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            m = self.checkpoint._restore(into=folder, accept=self._accept)
+            value: Any = folder
+        else:
+            m = self.checkpoint._restore(accept=self._accept)
+            if m is None:
+                assert self.spec.initial is not None
+                value = loads_state(self.spec.initial)
+            else:
+                value = loads_state((self.checkpoint.path / "payload").read_bytes())
+        if m is not None:
+            log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
+        elif number:
+            log.info("%s: attempt %d starts from the initial state", self.key, number)
+        return value
+
+    def call_args(self, state: Any) -> dict[str, Any]:
+        if self.spec.inject:
+            return {**self.kwargs, self.spec.arg: state}
+        return self.kwargs
+
+    def succeed(self) -> None:
+        """After success: clear the snapshots (unless on_success="keep"), free the workspace."""
+        if self.spec.on_success == "clear":
+            self.checkpoint._store.clear()
+
+    def close(self) -> None:
+        self.persister.close()
+        self.checkpoint.close()
+
+
+# -- the four drivers ------------------------------------------------------------------------
+
+
+def _drive_function(call: _Call) -> Any:
+    try:
+        for attempt in tenacity.Retrying(**call.retry_kwargs()):
+            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
+                state = call.load_state(attempt.retry_state.attempt_number - 1)
+                result = call.wrapped(*call.args, **call.call_args(state))
+                call.persister.flush_sync()
+        call.succeed()
+        return result
+    finally:
+        call.close()
+
+
+def _drive_generator(call: _Call) -> Any:
+    persister = call.persister
+    try:
+        for attempt in tenacity.Retrying(**call.retry_kwargs()):
+            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
+                state = call.load_state(attempt.retry_state.attempt_number - 1)
+                gen = call.wrapped(*call.args, **call.call_args(state))
+                offer = persister.offer_sync
+                try:
+                    while True:
+                        offer(next(gen))
+                except StopIteration as stop:
+                    result = stop.value
+                finally:
+                    gen.close()
+                if call.spec.on_success == "keep":
+                    persister.finish_sync()
+                persister.flush_sync()
+        call.succeed()
+        return result
+    finally:
+        call.close()
+
+
+async def _drive_coroutine(call: _Call) -> Any:
+    try:
+        async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
+            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
+                number = attempt.retry_state.attempt_number - 1
+                state = await asyncio.to_thread(call.load_state, number)
+                result = await call.wrapped(*call.args, **call.call_args(state))
+                await call.persister.flush()
+        await asyncio.to_thread(call.succeed)
+        return result
+    finally:
+        call.close()
+
+
+async def _drive_async_generator(call: _Call) -> Any:
+    persister = call.persister
+    try:
+        async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
+            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
+                number = attempt.retry_state.attempt_number - 1
+                result = state = await asyncio.to_thread(call.load_state, number)
+                agen = call.wrapped(*call.args, **call.call_args(state))
+                offer = persister.offer
+                try:
+                    async for value in agen:
+                        result = value
+                        await offer(value)
+                finally:
+                    await agen.aclose()
+                if call.spec.on_success == "keep":
+                    await persister.finish()
+                await persister.flush()
+        await asyncio.to_thread(call.succeed)
+        return result
+    finally:
+        call.close()

@@ -1,0 +1,95 @@
+"""Pure key derivation: the same call gives the same key in any process, on any machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import hashlib
+import inspect
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any
+
+from ._errors import ConfigurationError, StateError
+
+__all__ = ["call_key", "check_key", "task_name"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` made safe as a path segment (``<locals>`` becomes ``_locals_``)."""
+    name = f"{getattr(fn, '__module__', None) or 'unknown'}.{fn.__qualname__}"
+    return _UNSAFE.sub("_", name).strip(".") or "task"
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that would escape the store or are empty."""
+    if not isinstance(key, str) or not key.strip("/"):
+        raise ConfigurationError(f"key must be a non-empty string, got {key!r}")
+    parts = key.strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise ConfigurationError(
+            f"key {key!r} is not a clean relative path: use letters, digits, '.', '-', '_' "
+            "and '/' between segments"
+        )
+    return key.strip("/")
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """A JSON-able form of ``value`` that is equal across processes exactly when values are."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return {"int": str(value)}
+    if isinstance(value, float):
+        return {"float": value.hex()}
+    if isinstance(value, bytes | bytearray):
+        return {"bytes": bytes(value).hex()}
+    if isinstance(value, enum.Enum):
+        return {"enum": f"{type(value).__qualname__}.{value.name}"}
+    if isinstance(value, PurePath):
+        return {"path": os.fspath(value)}
+    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | Decimal | uuid.UUID):
+        return {type(value).__name__: str(value)}
+    if isinstance(value, list | tuple):
+        return {type(value).__name__: [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, set | frozenset):
+        items = [_canonical(v, f"{where} item") for v in value]
+        return {"set": sorted(items, key=lambda v: json.dumps(v, sort_keys=True))}
+    if isinstance(value, Mapping):
+        pairs = [
+            [_canonical(k, f"{where} key"), _canonical(v, f"{where}[{k!r}]")]
+            for k, v in value.items()
+        ]
+        return {"map": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {type(value).__qualname__: _canonical(fields, where)}
+    raise StateError(
+        f"cannot derive a checkpoint key from argument {where} of type "
+        f"{type(value).__name__}: only plain values (numbers, strings, bytes, paths, lists, "
+        "dicts, dataclasses, ...) have a stable digest. Pass key= to @resumable, e.g. "
+        "key=lambda *args, **kwargs: 'my-task'."
+    )
+
+
+def call_key(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], skip: str
+) -> str:
+    """``<module.qualname>-<digest of the arguments>``, leaving out the parameter ``skip``."""
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{fn.__qualname__}(): {exc}") from exc
+    bound.apply_defaults()
+    arguments = {k: v for k, v in bound.arguments.items() if k != skip}
+    text = json.dumps(_canonical(arguments, "arguments"), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{task_name(fn)}-{digest}"
