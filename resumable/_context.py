@@ -6,14 +6,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoTaskContextError
+from ._persist import MISSING as _MISSING
 
 if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
     from ._persist import Persister
 
 __all__ = ["TaskContext", "ctx"]
-
-_MISSING: Any = object()
 
 
 class TaskContext:

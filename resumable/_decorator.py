@@ -100,7 +100,7 @@ def _positive_int(name: str, value: object, minimum: int) -> int:
 
 def _wait_strategy(wait: float | tenacity.wait.wait_base | None) -> tenacity.wait.wait_base:
     if wait is None:
-        return tenacity.wait_exponential_jitter(initial=0.1, max=10.0, jitter=0.1)
+        return tenacity.wait_exponential_jitter(multiplier=0.1, max=10.0, jitter=0.1)
     if isinstance(wait, tenacity.wait.wait_base):
         return wait
     if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:

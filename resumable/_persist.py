@@ -120,7 +120,7 @@ def _flush_at_exit() -> None:
     for worker in list(_LIVE):
         try:
             worker.flush(EXIT_TIMEOUT)
-        except BaseException as exc:
+        except BaseException:
             log.exception("at exit, a background save was lost")
 
 
