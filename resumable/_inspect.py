@@ -1,0 +1,359 @@
+"""Read-only views and housekeeping of a store, for the ``resumable`` command.
+
+A store holds one folder per task key; each task folder holds that task's snapshots (see
+``docs/storage-format.md``). Everything here is plain functions over a :class:`Backend` or a
+:class:`SnapshotStore` that return dataclasses; ``_cli`` only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._backend import Backend, Entry, FsspecBackend, LocalBackend, open_backend
+from ._errors import ConfigurationError, CorruptCheckpointError
+from ._store import Manifest, SnapshotStore, manifest_name, manifest_seqs
+
+__all__ = [
+    "ROOT_KEY",
+    "Garbage",
+    "GcReport",
+    "SnapshotInfo",
+    "Status",
+    "TaskFolder",
+    "TaskSummary",
+    "collect_garbage",
+    "find_garbage",
+    "find_task_folders",
+    "open_store",
+    "open_task",
+    "remove_task",
+    "snapshot_infos",
+    "summarize",
+    "verify_snapshot",
+]
+
+#: The key that names the store's root itself: a ``Checkpoint(url)`` keeps its snapshots there.
+ROOT_KEY = "."
+
+_MANIFEST = re.compile(r"^(\d{20})\.json$")
+_BLOB = re.compile(r"^(\d{20})\.[0-9a-f]{8,64}\.blob$")
+
+Status = Literal["ok", "bad", "unchecked", "gone"]
+GarbageReason = Literal["orphan payload", "temp file"]
+
+
+def _is_temp(name: str) -> bool:
+    # The format reserves ".<anything>.tmp" for saves in progress or killed mid-way.
+    return name.startswith(".") and name.endswith(".tmp") and len(name) > len("..tmp")
+
+
+def _is_ours(name: str) -> bool:
+    return bool(_MANIFEST.match(name) or _BLOB.match(name) or _is_temp(name))
+
+
+# -- opening ------------------------------------------------------------------------------
+
+
+def _exists(backend: Backend) -> bool:
+    """Whether the backend's root exists; backends we cannot ask are assumed to exist."""
+    if isinstance(backend, LocalBackend):
+        return backend.root.is_dir()
+    if isinstance(backend, FsspecBackend):
+        if not backend.root:
+            return True  # the filesystem's top, e.g. "memory://"
+        backend.fs.invalidate_cache(backend.root)
+        return bool(backend.fs.isdir(backend.root))
+    return True
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
+    """The backend of the store at ``url``; ``ConfigurationError`` if it is not a folder.
+
+    A store that does not exist is an error rather than an empty listing: a mistyped path
+    would otherwise look like a store with no tasks.
+    """
+    backend = open_backend(url, storage_options)
+    if not _exists(backend):
+        raise ConfigurationError(f"no store at {url!r}: no such folder")
+    return backend
+
+
+def _child(backend: Backend, name: str) -> Backend:
+    """The backend of the folder ``name`` under ``backend``, sharing its filesystem."""
+    if isinstance(backend, LocalBackend):
+        return LocalBackend(backend.root / name)
+    if isinstance(backend, FsspecBackend):
+        return FsspecBackend(backend.fs, f"{backend.root}/{name}", f"{backend.url}/{name}")
+    return open_backend(f"{backend.url.rstrip('/')}/{name}", None)
+
+
+def _check_key(key: str) -> list[str]:
+    if key == ROOT_KEY:
+        return []
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        # A key is a path *inside* the store: never let `rm` reach outside it.
+        raise ConfigurationError(
+            f"invalid task key {key!r}: use a relative path inside the store without '.' or "
+            f"'..' parts (or {ROOT_KEY!r} for the store's own folder)"
+        )
+    return parts
+
+
+def open_task(store: Backend, key: str) -> Backend:
+    """The backend of task ``key`` of ``store`` (``ROOT_KEY`` is the store's own folder)."""
+    backend = store
+    for part in _check_key(key):
+        backend = _child(backend, part)
+    return backend
+
+
+# -- listing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFolder:
+    """A folder of the store holding snapshot objects, listed once."""
+
+    key: str
+    backend: Backend
+    entries: list[Entry]
+
+    @property
+    def seqs(self) -> list[int]:
+        """Sequence numbers of its committed snapshots, newest first."""
+        return manifest_seqs(self.entries)
+
+
+def _join(prefix: str, name: str) -> str:
+    return name if prefix == ROOT_KEY else f"{prefix}/{name}"
+
+
+def find_task_folders(store: Backend) -> list[TaskFolder]:
+    """Folders holding snapshot objects (manifests, payloads or temp files), sorted by key.
+
+    The store's own folder, its direct child folders and, under a child that holds no
+    manifest, that child's child folders (for keys such as ``module.func/digest``).
+    """
+    found: list[TaskFolder] = []
+
+    def visit(key: str, backend: Backend, depth: int) -> None:
+        entries = backend.entries()
+        if any(_is_ours(e.name) for e in entries):
+            found.append(TaskFolder(key, backend, entries))
+        if depth < 2 and (depth == 0 or not manifest_seqs(entries)):
+            for name in backend.list_children():
+                visit(_join(key, name), _child(backend, name), depth + 1)
+
+    visit(ROOT_KEY, store, 0)
+    return sorted(found, key=lambda f: f.key)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """One task of a store, as ``resumable ls`` shows it."""
+
+    key: str
+    snapshots: int
+    newest_seq: int | None
+    #: Commit time (Unix seconds) of the newest snapshot whose manifest parses.
+    newest_created: float | None
+    #: Bytes of every object in the task's folder: what ``resumable rm`` would free.
+    size: int
+
+
+def summarize(folder: TaskFolder) -> TaskSummary:
+    """Count, newest commit time and total size of one task folder."""
+    seqs = folder.seqs
+    store = SnapshotStore(folder.backend, keep=1)
+    created = None
+    for seq in seqs:
+        try:
+            created = store.manifest(seq).created
+            break
+        except (CorruptCheckpointError, FileNotFoundError):
+            continue  # pruned meanwhile, or broken: `show` says which; the listing goes on
+    return TaskSummary(
+        key=folder.key,
+        snapshots=len(seqs),
+        newest_seq=seqs[0] if seqs else None,
+        newest_created=created,
+        size=sum(e.size for e in folder.entries),
+    )
+
+
+# -- verification -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """One snapshot of a task and whether it verifies; fields are ``None`` when unknown."""
+
+    seq: int
+    status: Status
+    problem: str | None = None
+    kind: str | None = None
+    size: int | None = None
+    compression: str | None = None
+    created: float | None = None
+    attempt: int | None = None
+    #: The payload's object name; ``None`` when the payload is inlined in the manifest.
+    blob: str | None = None
+
+
+def _info(seq: int, m: Manifest, status: Status, problem: str | None = None) -> SnapshotInfo:
+    return SnapshotInfo(
+        seq=seq,
+        status=status,
+        problem=problem,
+        kind=m.kind,
+        size=m.size,
+        compression=m.compression,
+        created=m.created,
+        attempt=m.attempt,
+        blob=m.blob if m.inline is None else None,
+    )
+
+
+def _gone(store: SnapshotStore, seq: int) -> bool:
+    """Whether snapshot ``seq`` was removed (by retention of a running task) since listed."""
+    return manifest_name(seq) not in {e.name for e in store.backend.entries()}
+
+
+def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> SnapshotInfo:
+    """Parse snapshot ``seq``'s manifest and, if ``verify``, check its payload's size and sha256.
+
+    The payload is streamed through the same checks a load uses, and thrown away.
+    """
+    try:
+        m = store.manifest(seq)
+    except FileNotFoundError:
+        return SnapshotInfo(seq, "gone", "deleted while checking")
+    except CorruptCheckpointError as exc:
+        return SnapshotInfo(seq, "bad", str(exc))
+    if not verify:
+        return _info(seq, m, "unchecked")
+    try:
+        for _ in store._payload(m):
+            pass
+    except CorruptCheckpointError as exc:
+        if _gone(store, seq):
+            return _info(seq, m, "gone", "deleted while checking")
+        return _info(seq, m, "bad", str(exc))
+    except OSError as exc:
+        # Not proof of corruption, but not verified either: a check must not pass silently.
+        return _info(seq, m, "bad", f"cannot read the payload ({exc})")
+    return _info(seq, m, "ok")
+
+
+def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
+    """Every committed snapshot of ``store``, oldest first, verified unless ``verify=False``."""
+    seqs = manifest_seqs(store.backend.entries())
+    return [verify_snapshot(store, seq, verify=verify) for seq in reversed(seqs)]
+
+
+# -- removal ------------------------------------------------------------------------------
+
+
+def remove_task(store: Backend, key: str) -> list[Entry]:
+    """Delete every snapshot, orphan payload and temp file of task ``key``; return what went.
+
+    Snapshots go through ``SnapshotStore.clear`` (oldest first, so that an interrupted removal
+    keeps the newest). Other files in the folder are not ours and stay.
+    """
+    backend = open_task(store, key)
+    before = [e for e in backend.entries() if _is_ours(e.name)]
+    SnapshotStore(backend, keep=1).clear()
+    for e in backend.entries():
+        if _is_ours(e.name):
+            backend.delete(e.name)
+    remaining = {e.name for e in backend.entries()}
+    if isinstance(backend, LocalBackend) and key != ROOT_KEY and not remaining:
+        # An empty folder is harmless, but removing it keeps the store tidy. It may still
+        # hold nested keys' folders, or a new save may have reused it: then it stays.
+        with contextlib.suppress(OSError):
+            backend.root.rmdir()
+    return [e for e in before if e.name not in remaining]
+
+
+# -- garbage collection -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """An object that is not part of any snapshot."""
+
+    key: str
+    name: str
+    size: int
+    mtime: float | None
+    reason: GarbageReason
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    """What ``collect_garbage`` removed (or would remove) and what it left for later."""
+
+    removed: list[Garbage]
+    #: Garbage younger than the grace period, or of unknown age: perhaps a save in progress.
+    kept: list[Garbage]
+
+
+def _referenced(folder: TaskFolder) -> tuple[set[str], set[int]]:
+    """Payload names the manifests point to, and seqs whose manifest cannot be read."""
+    store = SnapshotStore(folder.backend, keep=1)
+    names: set[str] = set()
+    unreadable: set[int] = set()
+    for seq in folder.seqs:
+        try:
+            m = store.manifest(seq)
+        except FileNotFoundError:
+            continue  # pruned since the listing, its payload with it
+        except (CorruptCheckpointError, OSError):
+            unreadable.add(seq)
+            continue
+        if m.blob is not None:
+            names.add(m.blob)
+    return names, unreadable
+
+
+def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
+    """Temp files, and payloads that no manifest of the folder refers to.
+
+    A payload whose seq has a manifest that cannot be read is kept: it may be the only copy
+    of that snapshot's data.
+    """
+    referenced, unreadable = _referenced(folder)
+    for e in sorted(folder.entries, key=lambda e: e.name):
+        if _is_temp(e.name):
+            yield Garbage(folder.key, e.name, e.size, e.mtime, "temp file")
+        elif (
+            (blob := _BLOB.match(e.name))
+            and e.name not in referenced
+            and int(blob.group(1)) not in unreadable
+        ):
+            yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
+
+
+def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) -> GcReport:
+    """Remove, in every task folder, garbage last modified more than ``grace`` seconds ago.
+
+    The grace period protects saves in progress: their payload and temp files exist before
+    their manifest does. Objects of unknown age are kept unless ``grace`` is 0.
+    """
+    removed: list[Garbage] = []
+    kept: list[Garbage] = []
+    for folder in find_task_folders(store):
+        for g in find_garbage(folder):
+            old = grace <= 0 or (g.mtime is not None and now - g.mtime > grace)
+            if not old:
+                kept.append(g)
+                continue
+            if not dry_run:
+                folder.backend.delete(g.name)
+            removed.append(g)
+    return GcReport(removed, kept)
