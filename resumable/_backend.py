@@ -177,13 +177,19 @@ class LocalBackend:
     def entries(self) -> list[Entry]:
         try:
             with os.scandir(self.root) as it:
-                return [
-                    Entry(e.name, st.st_size, st.st_mtime)
-                    for e in it
-                    if e.is_file(follow_symlinks=False) and (st := e.stat(follow_symlinks=False))
-                ]
+                found = list(it)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        out = []
+        for e in found:
+            try:
+                if not e.is_file(follow_symlinks=False):
+                    continue
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:  # deleted by another writer while we listed
+                continue
+            out.append(Entry(e.name, st.st_size, st.st_mtime))
+        return out
 
     def list_children(self) -> list[str]:
         try:

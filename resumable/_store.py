@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 import shutil
@@ -131,7 +132,7 @@ class Manifest:
                 compression=doc["compression"],
                 blob=doc["blob"],
                 inline=inline,
-                created=float(doc["created"]),
+                created=_finite(doc["created"]),
                 attempt=int(doc.get("attempt", 0)),
                 writer=str(doc.get("writer", "")),
                 extra={k: v for k, v in doc.items() if k in ("hmac", "raw_size")},
@@ -144,7 +145,7 @@ class Manifest:
         return m
 
     def _problem(self, seq: int) -> str | None:
-        if self.seq != seq:
+        if self.seq != seq or isinstance(self.seq, bool):
             return f"says seq {self.seq!r} but is named {seq}"
         if self.kind not in _KINDS:
             return f"has unknown kind {self.kind!r}"
@@ -159,6 +160,13 @@ class Manifest:
             if blob is None or int(blob.group(1)) != seq:
                 return f"points to a payload that is not its own ({self.blob!r})"
         return None
+
+
+def _finite(value: object) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite time: {value!r}")
+    return number
 
 
 def _clear(folder: Path) -> None:
