@@ -18,12 +18,16 @@ from types import TracebackType
 from typing import Any, Self
 
 from ._backend import open_backend
+from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, UnsupportedDataError
 from ._store import Kind, Manifest, SnapshotStore
-from ._stream import Chunk
+from ._stream import Chunk, discard, spool
 
-__all__ = ["Checkpoint", "SaveData"]
+__all__ = ["SIGNING_KEY_ENV", "Checkpoint", "SaveData"]
+
+#: The environment variable that holds the default signing key.
+SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
 
 #: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
 SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
@@ -43,6 +47,8 @@ class Checkpoint:
             folders; bytes and files are stored as they are.
         storage_options: passed to the fsspec filesystem (credentials, endpoint, ...).
         limits: caps on what restoring a folder may write (tar bombs).
+        signing_key: a secret; manifests then carry an HMAC, and loads refuse unsigned or
+            wrongly signed snapshots before reading them. Default: ``$RESUMABLE_SIGNING_KEY``.
 
     Example:
         >>> import tempfile
@@ -62,6 +68,7 @@ class Checkpoint:
         compression: Compression = "gzip",
         storage_options: dict[str, Any] | None = None,
         limits: Limits | None = None,
+        signing_key: bytes | str | None = None,
     ) -> None:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ConfigurationError(f"keep must be a whole number >= 1, got {keep!r}")
@@ -71,8 +78,14 @@ class Checkpoint:
         self.keep = keep
         self.compression: Compression = compression
         self.limits = limits or Limits()
-        self._store = SnapshotStore(open_backend(uri, storage_options), keep=keep)
+        key = signing_key if signing_key is not None else os.environ.get(SIGNING_KEY_ENV)
+        if isinstance(key, str):
+            key = key.encode()
+        if key is not None and not key:
+            raise ConfigurationError("signing_key is empty: pass a secret, or None")
+        self._store = SnapshotStore(open_backend(uri, storage_options), keep=keep, signing_key=key)
         self._lock = threading.RLock()
+        self._bg: Background | None = None
         self._workspace = Path(tempfile.mkdtemp(prefix="resumable-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._workspace, True)
 
@@ -136,11 +149,53 @@ class Checkpoint:
         kind, chunks = self._encode(data)
         await asyncio.to_thread(self._commit, kind, chunks)
 
+    def save_background(self, data: SaveData) -> None:
+        """Capture ``data`` now and save it on a worker thread; return at once.
+
+        At most one save is in flight; a newer snapshot replaces one still waiting. Call
+        :meth:`flush_sync` (or ``await flush()``, or ``close()``) to wait for it; a failed
+        background save is raised by the next ``save_background`` or flush.
+
+        Example:
+            >>> import tempfile
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     cp.save_background(b"step 1")
+            ...     cp.flush_sync()
+
+        """
+        kind, chunks = self._encode(data)
+        if kind != "bytes":
+            chunks = spool(chunks)  # the file or folder may change once we return
+        if self._bg is None:
+            self._bg = Background(self.uri)
+
+        def job() -> None:
+            try:
+                self._commit(kind, chunks)
+            finally:
+                discard(chunks)
+
+        self._bg.submit(job, lambda: discard(chunks))
+
+    def flush_sync(self) -> None:
+        """Wait until background saves are committed; raise a failure one of them met."""
+        if self._bg is not None:
+            self._bg.flush()
+
+    async def flush(self) -> None:
+        """Async twin of :meth:`flush_sync`."""
+        await asyncio.to_thread(self.flush_sync)
+
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Remove the workspace folder. Snapshots in the store stay."""
-        self._cleanup()
+        """Flush background saves, then remove the workspace. Snapshots in the store stay."""
+        try:
+            self.flush_sync()
+        finally:
+            if self._bg is not None:
+                self._bg.close()
+            self._cleanup()
 
     def __enter__(self) -> Self:
         return self
@@ -178,9 +233,12 @@ class Checkpoint:
             return self._store.commit(kind, chunks, compression=compression, attempt=attempt)
 
     def _restore(
-        self, into: Path | None = None, accept: Callable[[Manifest], None] | None = None
+        self,
+        into: Path | None = None,
+        accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
     ) -> Manifest | None:
         with self._lock:
             if not self._cleanup.alive:
                 raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-            return self._store.restore(into or self._workspace, self.limits, accept)
+            return self._store.restore(into or self._workspace, self.limits, accept, poison_after)

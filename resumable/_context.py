@@ -47,6 +47,15 @@ class TaskContext:
         """The attempt number of this call in this process: 0 first, 1 for the first retry."""
         return self._attempt
 
+    @property
+    def preempted(self) -> bool:
+        """Whether the process was asked to stop (``preemptible=True`` and SIGTERM).
+
+        A task without yields can poll it, save with :meth:`save_sync`, which then raises
+        ``Preempted``.
+        """
+        return self._persister.preempted
+
     def save_sync(self, state: Any = _MISSING) -> None:
         """Persist a snapshot now, like a ``yield`` that is never throttled.
 

@@ -27,6 +27,7 @@ from ._context import TaskContext, _current
 from ._errors import ConfigurationError, ResumableError, StateError
 from ._keys import call_key, check_key
 from ._persist import Persister
+from ._preempt import PreemptionWatch
 from ._store import Manifest
 
 __all__ = ["Dir", "resumable"]
@@ -90,6 +91,9 @@ class _Spec:
     keep: int
     background: bool
     on_success: Literal["clear", "keep"]
+    poison_after: int | None
+    preemptible: bool
+    signing_key: bytes | str | None
 
 
 def _positive_int(name: str, value: object, minimum: int) -> int:
@@ -133,6 +137,9 @@ def resumable(
     keep: int = 2,
     background: bool = False,
     on_success: Literal["clear", "keep"] = "clear",
+    poison_after: int | None = 3,
+    preemptible: bool = False,
+    signing_key: bytes | str | None = None,
 ) -> _Decorator:
     """Make a task resume from its last snapshot after a crash or a retry.
 
@@ -154,6 +161,13 @@ def resumable(
         keep: how many snapshots to keep.
         background: write snapshots on a background thread (at most one in flight).
         on_success: ``"clear"`` deletes the snapshots after success, ``"keep"`` keeps them.
+        poison_after: after this many attempts that started from the same snapshot and
+            failed before saving a newer one, skip that snapshot and fall back to the previous
+            one (``None``: never).
+        preemptible: on SIGTERM, persist the next yield at once, flush, and raise
+            ``Preempted`` (not retried); the next process resumes. Main thread only.
+        signing_key: sign snapshots and refuse unsigned ones (default
+            ``$RESUMABLE_SIGNING_KEY``); see ``Checkpoint``.
 
     Example:
         >>> @resumable(state=0, store="memory://doc-counter")
@@ -198,8 +212,20 @@ def resumable(
         keep=_positive_int("keep", keep, 1),
         background=bool(background),
         on_success=on_success,
+        poison_after=None
+        if poison_after is None
+        else _positive_int("poison_after", poison_after, 1),
+        preemptible=bool(preemptible),
+        signing_key=signing_key,
     )
     return _make_decorator(spec)  # type: ignore[return-value]
+
+
+async def _closing_async(coro: Coroutine[Any, Any, Any], call: _Call) -> Any:
+    try:
+        return await coro
+    finally:
+        call.close()
 
 
 def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
@@ -212,6 +238,7 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
                 f"{target.__qualname__} has no parameter {spec.arg!r} to receive the state: "
                 f"add `{spec.arg}=None` to its signature, or pass arg= to @resumable"
             )
+        is_async = inspect.isasyncgenfunction(target) or inspect.iscoroutinefunction(target)
         if inspect.isasyncgenfunction(target):
             driver: Callable[..., Any] = _drive_async_generator
             marker = wrapt.mark_as_async(generator=False)
@@ -229,7 +256,13 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            return driver(_Call(spec, wrapped, instance, args, kwargs))
+            call = _Call(spec, wrapped, instance, args, kwargs)
+            if is_async:
+                return _closing_async(driver(call), call)
+            try:
+                return driver(call)
+            finally:
+                call.close()
 
         wrapped = wrapper(fn)
         return marker(wrapped) if marker is not None else wrapped
@@ -268,7 +301,9 @@ class _Call:
         store = spec.store or os.environ.get("RESUMABLE_STORE") or _DEFAULT_STORE
         if "://" not in store:
             store = os.path.abspath(store)
-        self.checkpoint = Checkpoint(f"{store.rstrip('/')}/{self.key}", keep=spec.keep)
+        self.checkpoint = Checkpoint(
+            f"{store.rstrip('/')}/{self.key}", keep=spec.keep, signing_key=spec.signing_key
+        )
         self.persister = Persister(
             self.checkpoint,
             folder=spec.folder,
@@ -344,13 +379,13 @@ class _Call:
         """The state to inject: restored from the newest snapshot, or a fresh initial copy."""
         if not self.spec.inject:
             return None
-        folder = self.spec.folder
+        folder, poison_after = self.spec.folder, self.spec.poison_after
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            m = self.checkpoint._restore(into=folder, accept=self._accept)
+            m = self.checkpoint._restore(folder, self._accept, poison_after)
             value: Any = folder
         else:
-            m = self.checkpoint._restore(accept=self._accept)
+            m = self.checkpoint._restore(None, self._accept, poison_after)
             if m is None:
                 assert self.spec.initial is not None
                 value = loads_state(self.spec.initial)
@@ -358,6 +393,8 @@ class _Call:
                 value = loads_state((self.checkpoint.path / "payload").read_bytes())
         if m is not None:
             log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
+            if poison_after is not None:
+                self.checkpoint._store.mark_restored(m.seq)
         elif number:
             log.info("%s: attempt %d starts from the initial state", self.key, number)
         return value
@@ -371,6 +408,14 @@ class _Call:
         """After success: clear the snapshots (unless on_success="keep"), free the workspace."""
         if self.spec.on_success == "clear":
             self.checkpoint._store.clear()
+        elif self.spec.poison_after is not None:
+            self.checkpoint._store.clear_marks()
+
+    def guard(self) -> contextlib.AbstractContextManager[None]:
+        """SIGTERM handling for the whole call, when asked for."""
+        if self.spec.preemptible:
+            return PreemptionWatch(self.persister.preempt)
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         self.persister.close()
@@ -378,28 +423,28 @@ class _Call:
 
 
 # -- the four drivers ------------------------------------------------------------------------
+# Each runs the attempts inside tenacity's iterator; `call` holds everything else.
 
 
 def _drive_function(call: _Call) -> Any:
-    try:
+    with call.guard():
         for attempt in tenacity.Retrying(**call.retry_kwargs()):
-            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
-                state = call.load_state(attempt.retry_state.attempt_number - 1)
+            number = attempt.retry_state.attempt_number - 1
+            with attempt, call.attempt(number):
+                state = call.load_state(number)
                 result = call.wrapped(*call.args, **call.call_args(state))
                 call.persister.flush_sync()
-        call.succeed()
-        return result
-    finally:
-        call.close()
+    call.succeed()
+    return result
 
 
 def _drive_generator(call: _Call) -> Any:
     persister = call.persister
-    try:
+    with call.guard():
         for attempt in tenacity.Retrying(**call.retry_kwargs()):
-            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
-                state = call.load_state(attempt.retry_state.attempt_number - 1)
-                gen = call.wrapped(*call.args, **call.call_args(state))
+            number = attempt.retry_state.attempt_number - 1
+            with attempt, call.attempt(number):
+                gen = call.wrapped(*call.args, **call.call_args(call.load_state(number)))
                 offer = persister.offer_sync
                 try:
                     while True:
@@ -411,32 +456,28 @@ def _drive_generator(call: _Call) -> Any:
                 if call.spec.on_success == "keep":
                     persister.finish_sync()
                 persister.flush_sync()
-        call.succeed()
-        return result
-    finally:
-        call.close()
+    call.succeed()
+    return result
 
 
 async def _drive_coroutine(call: _Call) -> Any:
-    try:
+    with call.guard():
         async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
-            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
-                number = attempt.retry_state.attempt_number - 1
+            number = attempt.retry_state.attempt_number - 1
+            with attempt, call.attempt(number):
                 state = await asyncio.to_thread(call.load_state, number)
                 result = await call.wrapped(*call.args, **call.call_args(state))
                 await call.persister.flush()
-        await asyncio.to_thread(call.succeed)
-        return result
-    finally:
-        call.close()
+    await asyncio.to_thread(call.succeed)
+    return result
 
 
 async def _drive_async_generator(call: _Call) -> Any:
     persister = call.persister
-    try:
+    with call.guard():
         async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
-            with attempt, call.attempt(attempt.retry_state.attempt_number - 1):
-                number = attempt.retry_state.attempt_number - 1
+            number = attempt.retry_state.attempt_number - 1
+            with attempt, call.attempt(number):
                 result = state = await asyncio.to_thread(call.load_state, number)
                 agen = call.wrapped(*call.args, **call.call_args(state))
                 offer = persister.offer
@@ -449,7 +490,5 @@ async def _drive_async_generator(call: _Call) -> Any:
                 if call.spec.on_success == "keep":
                     await persister.finish()
                 await persister.flush()
-        await asyncio.to_thread(call.succeed)
-        return result
-    finally:
-        call.close()
+    await asyncio.to_thread(call.succeed)
+    return result

@@ -5,6 +5,7 @@ subclass also derives from the builtin a caller would already catch::
 
     ResumableError (Exception)
     ├── CorruptCheckpointError (ValueError)    snapshots exist, none verifies
+    │   ├── SignatureError                     unsigned or wrongly signed, with a key set
     │   └── UnsafeArchiveError                 a directory snapshot would escape its folder
     ├── UnsafeSymlinkError (ValueError)        a folder to save links outside itself
     ├── UnsupportedDataError (TypeError)       save() got something it cannot store
@@ -32,6 +33,7 @@ __all__ = [
     "NoTaskContextError",
     "Preempted",
     "ResumableError",
+    "SignatureError",
     "SourceNotFoundError",
     "StateError",
     "StorageError",
@@ -67,6 +69,13 @@ class UnsafeArchiveError(CorruptCheckpointError):
 
     Absolute paths, ``..``, links pointing outside, devices and fifos, and archives over the
     size or entry limits are refused before anything is written.
+    """
+
+
+class SignatureError(CorruptCheckpointError):
+    """A signing key is set and a snapshot is unsigned or signed with another key.
+
+    The snapshot is refused before anything in it is unpickled or extracted.
     """
 
 

@@ -9,119 +9,27 @@ the background worker.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import tempfile
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from ._background import Background, Job
 from ._checkpoint import Checkpoint
 from ._codec import dumps_state
-from ._errors import ConfigurationError, ResumableError, StorageError
-from ._stream import CHUNK_SIZE
+from ._errors import ConfigurationError, Preempted
+from ._store import Kind
+from ._stream import Chunk, discard, spool
 
 __all__ = ["MISSING", "Persister"]
+
+#: A snapshot serialized at the yield: its kind and its bytes.
+Captured = tuple[Kind, Iterable[Chunk]]
 
 log = logging.getLogger("resumable")
 
 MISSING: Any = object()
-#: How long interpreter exit waits for a background save before giving up (and saying so).
-EXIT_TIMEOUT = 120.0
-
-Job = Callable[[], None]
-
-
-def _read_spool(spool: BinaryIO) -> Iterator[bytes]:
-    with spool:
-        spool.seek(0)
-        while chunk := spool.read(CHUNK_SIZE):
-            yield chunk
-
-
-class _Background:
-    """One worker thread; a newer job replaces a waiting one; failures are kept for the task."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._cond = threading.Condition()
-        self._waiting: Job | None = None
-        self._busy = False
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        _LIVE.add(self)
-
-    def submit(self, job: Job) -> None:
-        with self._cond:
-            self._raise_error()
-            if self._waiting is not None:
-                log.debug("%s: a newer snapshot replaces one still waiting to be saved", self._name)
-            self._waiting = job
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"resumable-save:{self._name}", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._waiting is not None or self._closed)
-                if self._waiting is None:
-                    return
-                job, self._waiting = self._waiting, None
-                self._busy = True
-            try:
-                job()
-            except BaseException as exc:
-                log.exception("%s: background save failed", self._name)
-                with self._cond:
-                    self._error = self._error or exc
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _raise_error(self) -> None:
-        exc, self._error = self._error, None
-        if exc is None:
-            return
-        if isinstance(exc, ResumableError):
-            raise exc
-        raise StorageError(f"a background save of {self._name} failed: {exc!r}") from exc
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until nothing is waiting or in flight; raise a failure the worker met."""
-        with self._cond:
-            idle = self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)
-            if not idle:
-                raise StorageError(
-                    f"a background save of {self._name} did not finish within {timeout:.0f} s"
-                )
-            self._raise_error()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        _LIVE.discard(self)
-
-
-_LIVE: weakref.WeakSet[_Background] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    for worker in list(_LIVE):
-        try:
-            worker.flush(EXIT_TIMEOUT)
-        except BaseException:
-            log.exception("at exit, a background save was lost")
 
 
 class Persister:
@@ -142,10 +50,27 @@ class Persister:
         self._seconds = every_seconds
         self._count = 0
         self._last = time.monotonic()
-        self._bg = _Background(checkpoint.uri) if background else None
+        self._bg = Background(checkpoint.uri) if background else None
         #: The newest yielded value not persisted yet (MISSING when none).
         self.pending: Any = MISSING
         self.attempt = 0
+        #: Set (from a signal handler) when the process was asked to stop.
+        self.preempted = False
+
+    def preempt(self) -> None:
+        """Ask for a snapshot at the next yield and a stop after it (signal-handler safe)."""
+        # Only plain attribute stores: the hot path then needs no extra check.
+        self._every = 1
+        self._seconds = None
+        self.preempted = True
+
+    def _stop_if_preempted(self) -> None:
+        if self.preempted:
+            self.flush_sync()
+            raise Preempted(
+                f"{self._cp.uri}: the process was asked to stop (SIGTERM); the last snapshot is "
+                "saved, and running the task again resumes from it"
+            )
 
     # -- the hot path: one call per yield ------------------------------------------------
 
@@ -165,11 +90,15 @@ class Persister:
         """A yielded value: persist it if it is due."""
         if self._due(value):
             self._run_sync(self._capture(value))
+            self._stop_if_preempted()
 
     async def offer(self, value: Any) -> None:
         """Async twin of :meth:`offer_sync`."""
         if self._due(value):
             await self._run(await self._acapture(value))
+            if self.preempted:
+                await self.flush()
+                self._stop_if_preempted()
 
     # -- explicit saves -------------------------------------------------------------------
 
@@ -187,11 +116,15 @@ class Persister:
         """Persist now, whatever the throttle."""
         self._check_forced(state)
         self._run_sync(self._capture(state))
+        self._stop_if_preempted()
 
     async def force(self, state: Any = MISSING) -> None:
         """Async twin of :meth:`force_sync`."""
         self._check_forced(state)
         await self._run(await self._acapture(state))
+        if self.preempted:
+            await self.flush()
+            self._stop_if_preempted()
 
     def finish_sync(self) -> None:
         """Persist the newest yield the throttle held back, then flush."""
@@ -209,39 +142,44 @@ class Persister:
 
     # -- capture and write ----------------------------------------------------------------
 
-    def _capture(self, value: Any) -> Job:
-        cp, attempt = self._cp, self.attempt
+    def _capture(self, value: Any) -> Captured:
+        """Serialize the snapshot now, on the task's thread."""
         if self._folder is None:
-            data = dumps_state(value)
-            return lambda: self._committed(cp._commit("state", (data,), attempt).seq)
-        kind, chunks = cp._encode(self._folder)
+            return "state", (dumps_state(value),)
+        kind, chunks = self._cp._encode(self._folder)
         if self._bg is not None:
-            # The folder may change as soon as the task resumes: pack it now, upload later.
-            spool: BinaryIO = tempfile.TemporaryFile(dir=cp.path)  # noqa: SIM115 - job closes it
-            for chunk in chunks:
-                spool.write(chunk)
-            chunks = _read_spool(spool)
-        return lambda: self._committed(cp._commit(kind, chunks, attempt).seq)
+            chunks = spool(chunks)  # the folder may change as soon as the task resumes
+        return kind, chunks
 
-    async def _acapture(self, value: Any) -> Job:
+    async def _acapture(self, value: Any) -> Captured:
         if self._folder is None:
             return self._capture(value)  # pickling must happen now, on the task's thread
         return await asyncio.to_thread(self._capture, value)
 
-    def _committed(self, seq: int) -> None:
-        log.debug("%s: committed snapshot %d", self._cp.uri, seq)
+    def _job(self, captured: Captured) -> Job:
+        cp, attempt = self._cp, self.attempt
+        kind, chunks = captured
 
-    def _run_sync(self, job: Job) -> None:
-        if self._bg is not None:
-            self._bg.submit(job)
-        else:
-            job()
+        def job() -> None:
+            try:
+                seq = cp._commit(kind, chunks, attempt).seq
+            finally:
+                discard(chunks)
+            log.debug("%s: committed snapshot %d", cp.uri, seq)
 
-    async def _run(self, job: Job) -> None:
+        return job
+
+    def _run_sync(self, captured: Captured) -> None:
         if self._bg is not None:
-            self._bg.submit(job)
+            self._bg.submit(self._job(captured), lambda: discard(captured[1]))
         else:
-            await asyncio.to_thread(job)
+            self._job(captured)()
+
+    async def _run(self, captured: Captured) -> None:
+        if self._bg is not None:
+            self._bg.submit(self._job(captured), lambda: discard(captured[1]))
+        else:
+            await asyncio.to_thread(self._job(captured))
 
     def flush_sync(self) -> None:
         """Wait for background saves; raise a failure they met."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -25,6 +27,7 @@ import sys
 import tarfile
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +36,7 @@ from typing import Any, Literal
 from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
 from ._codec import Limits, extract_tar, gunzip_members
-from ._errors import ConcurrentWriterError, CorruptCheckpointError
+from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
 from ._stream import Chunk, Digest
 
 __all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore"]
@@ -52,6 +55,7 @@ _KINDS = ("bytes", "file", "dir", "state")
 _MANIFEST = re.compile(r"^(\d{20})\.json$")
 _BLOB = re.compile(r"^(\d{20})\.([0-9a-f]{8,64})\.blob$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_MARK = re.compile(r"^(\d{20})\.restore\.[0-9a-f]{16}$")
 
 
 def manifest_name(seq: int) -> str:
@@ -185,9 +189,30 @@ def _rate(size: int, seconds: float) -> str:
 class SnapshotStore:
     """Commits, restores and prunes the snapshots under one backend root."""
 
-    def __init__(self, backend: Backend, *, keep: int) -> None:
+    def __init__(self, backend: Backend, *, keep: int, signing_key: bytes | None = None) -> None:
         self.backend = backend
         self.keep = keep
+        self.signing_key = signing_key
+
+    def _signature(self, m: Manifest) -> str:
+        assert self.signing_key is not None
+        # The payload's digest plus everything that says how to read it: a valid signature
+        # cannot be moved to another payload, sequence number or kind.
+        fields = [FORMAT, m.seq, m.kind, m.size, m.sha256, m.compression, m.blob or ""]
+        message = "\n".join(str(f) for f in fields).encode()
+        return hmac.new(self.signing_key, message, hashlib.sha256).hexdigest()
+
+    def _check_signature(self, m: Manifest) -> None:
+        if self.signing_key is None:
+            return
+        found = m.extra.get("hmac")
+        if not isinstance(found, str):
+            raise SignatureError(
+                "manifest is not signed, but a signing key is set: refusing it (an unsigned "
+                "snapshot in a store others can write may run their code when unpickled)"
+            )
+        if not hmac.compare_digest(found, self._signature(m)):
+            raise SignatureError("manifest signature is wrong: another key, or forged")
 
     # -- writing ------------------------------------------------------------------------
 
@@ -244,6 +269,8 @@ class SnapshotStore:
             attempt=attempt,
             writer=writer_token,
         )
+        if self.signing_key is not None:
+            manifest.extra["hmac"] = self._signature(manifest)
         try:
             self.backend.create_exclusive(manifest_name(seq), manifest.to_json())
         except FileExistsError:
@@ -270,7 +297,7 @@ class SnapshotStore:
             self.backend.delete(manifest_name(old))
             prefix = f"{old:020d}."
             for e in entries:
-                if e.name.startswith(prefix) and e.name.endswith(".blob"):
+                if e.name.startswith(prefix) and (e.name.endswith(".blob") or _MARK.match(e.name)):
                     self.backend.delete(e.name)
 
     def clear(self) -> None:
@@ -278,7 +305,19 @@ class SnapshotStore:
         entries = self.backend.entries()
         self._drop(manifest_seqs(entries)[::-1], entries)
         for e in entries:
-            if _BLOB.match(e.name):
+            if _BLOB.match(e.name) or _MARK.match(e.name):
+                self.backend.delete(e.name)
+
+    # -- poison snapshots ---------------------------------------------------------------
+
+    def mark_restored(self, seq: int) -> None:
+        """Record that a task starts from snapshot ``seq`` (one small object per attempt)."""
+        self.backend.create_exclusive(f"{seq:020d}.restore.{secrets.token_hex(8)}", b"")
+
+    def clear_marks(self) -> None:
+        """Forget restore records: the task got past its snapshots."""
+        for e in self.backend.entries():
+            if _MARK.match(e.name):
                 self.backend.delete(e.name)
 
     # -- reading ------------------------------------------------------------------------
@@ -339,18 +378,35 @@ class SnapshotStore:
         workspace: Path,
         limits: Limits,
         accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
     ) -> Manifest | None:
         """Restore the newest valid snapshot into ``workspace`` (emptied first).
 
         Returns its manifest, ``None`` when there is no snapshot, and raises
         ``CorruptCheckpointError`` when snapshots exist but none verifies. ``accept`` sees each
-        manifest before anything is written and may refuse it by raising.
+        manifest before anything is written and may refuse it by raising. With
+        ``poison_after``, a snapshot that tasks already started from that many times without
+        committing a newer one is skipped (see :meth:`mark_restored`).
         """
         started = time.perf_counter()
         refused: list[str] = []
-        for seq in manifest_seqs(self.backend.entries()):
+        entries = self.backend.entries()
+        marks = Counter(int(k.group(1)) for e in entries if (k := _MARK.match(e.name)))
+        for seq in manifest_seqs(entries):
+            if poison_after is not None and marks[seq] >= poison_after:
+                refused.append(f"snapshot {seq}: poison (restored {marks[seq]} times)")
+                log.warning(
+                    "snapshot %d of %s was restored %d times and the task failed each time "
+                    "before saving a newer one; treating it as poison and falling back to the "
+                    "previous snapshot",
+                    seq,
+                    self.backend.url,
+                    marks[seq],
+                )
+                continue
             try:
                 m = self.manifest(seq)
+                self._check_signature(m)
             except FileNotFoundError:
                 # Pruned by another writer between our listing and our read.
                 refused.append(f"snapshot {seq}: deleted while loading")

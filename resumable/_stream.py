@@ -8,12 +8,22 @@ compressing a payload costs about as much as copying it, not the sum of both.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
-__all__ = ["CHUNK_SIZE", "POOL", "Chunk", "ChunkReader", "Digest", "ordered_map"]
+__all__ = [
+    "CHUNK_SIZE",
+    "POOL",
+    "Chunk",
+    "ChunkReader",
+    "Digest",
+    "discard",
+    "ordered_map",
+    "spool",
+]
 
 #: Size of one read, write or compressed member when streaming.
 CHUNK_SIZE = 1 << 20
@@ -113,3 +123,40 @@ class ChunkReader:
         self._buf = memoryview(b"")
         for _ in self._chunks:
             pass
+
+
+def discard(chunks: Iterable[Chunk]) -> None:
+    """Close a chunk stream that will not be read (releases its files)."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def spool(chunks: Iterable[Chunk]) -> Iterator[bytes]:
+    """Copy ``chunks`` to an unnamed temp file now; return an iterator that replays them."""
+    f = tempfile.TemporaryFile()  # noqa: SIM115 - _Replay closes it
+    try:
+        for chunk in chunks:
+            f.write(chunk)
+    except BaseException:
+        f.close()
+        raise
+    return _Replay(f)
+
+
+class _Replay(Iterator[bytes]):
+    """The spooled bytes, chunk by chunk; ``close()`` frees the file even if never read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        f.seek(0)
+
+    def __next__(self) -> bytes:
+        chunk = self._f.read(CHUNK_SIZE)
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self._f.close()

@@ -15,6 +15,7 @@ EXPECTED = [
     "NoTaskContextError",
     "Preempted",
     "ResumableError",
+    "SignatureError",
     "SourceNotFoundError",
     "StateError",
     "StorageError",

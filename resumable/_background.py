@@ -1,0 +1,117 @@
+"""At most one save in flight: a worker thread where a newer job replaces a waiting one.
+
+Used by ``Checkpoint.save_background`` and by ``@resumable(background=True)``. Jobs are
+captured snapshots (already serialized), so replacing a waiting one loses nothing that a
+newer snapshot does not supersede. A failure is kept and raised in the caller's thread at the
+next submit or flush: never silent. Interpreter exit waits for pending saves (bounded).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+
+from ._errors import ResumableError, StorageError
+
+__all__ = ["EXIT_TIMEOUT", "Background", "Job"]
+
+log = logging.getLogger("resumable")
+
+#: How long interpreter exit waits for a background save before giving up (and saying so).
+EXIT_TIMEOUT = 120.0
+
+Job = Callable[[], None]
+
+
+class Background:
+    """One worker thread; a newer job replaces a waiting one; failures are kept for the task."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._cond = threading.Condition()
+        self._waiting: Job | None = None
+        self._discard: Job | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        _LIVE.add(self)
+
+    def submit(self, job: Job, discard: Job | None = None) -> None:
+        """Queue ``job``; it replaces a job still waiting, whose ``discard`` is then called.
+
+        Raises a failure an earlier job met.
+        """
+        with self._cond:
+            self._raise_error()
+            replaced = self._discard if self._waiting is not None else None
+            if self._waiting is not None:
+                log.debug("%s: a newer snapshot replaces one still waiting to be saved", self._name)
+            self._waiting, self._discard = job, discard
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"resumable-save:{self._name}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+        if replaced is not None:
+            replaced()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._waiting is not None or self._closed)
+                if self._waiting is None:
+                    return
+                job, self._waiting, self._discard = self._waiting, None, None
+                self._busy = True
+            try:
+                job()
+            except BaseException as exc:
+                log.exception("%s: background save failed", self._name)
+                with self._cond:
+                    self._error = self._error or exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        exc, self._error = self._error, None
+        if exc is None:
+            return
+        if isinstance(exc, ResumableError):
+            raise exc
+        raise StorageError(f"a background save of {self._name} failed: {exc!r}") from exc
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until nothing is waiting or in flight; raise a failure the worker met."""
+        with self._cond:
+            idle = self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)
+            if not idle:
+                raise StorageError(
+                    f"a background save of {self._name} did not finish within {timeout:.0f} s"
+                )
+            self._raise_error()
+
+    def close(self) -> None:
+        """Let the worker thread end once it is idle."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        _LIVE.discard(self)
+
+
+_LIVE: weakref.WeakSet[Background] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for worker in list(_LIVE):
+        try:
+            worker.flush(EXIT_TIMEOUT)
+        except BaseException:
+            log.exception("at exit, a background save was lost")
