@@ -21,6 +21,7 @@ from ._backend import open_backend
 from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, UnsupportedDataError
+from ._progress import Progress, make_progress
 from ._store import Kind, Manifest, SnapshotStore
 from ._stream import Chunk, discard, spool
 
@@ -49,6 +50,9 @@ class Checkpoint:
         limits: caps on what restoring a folder may write (tar bombs).
         signing_key: a secret; manifests then carry an HMAC, and loads refuse unsigned or
             wrongly signed snapshots before reading them. Default: ``$RESUMABLE_SIGNING_KEY``.
+        progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
+            a callable ``(what, done, total, finished)``. Transfers of 16 MiB or more also
+            log their size and rate at INFO level either way.
 
     Example:
         >>> import tempfile
@@ -69,6 +73,7 @@ class Checkpoint:
         storage_options: dict[str, Any] | None = None,
         limits: Limits | None = None,
         signing_key: bytes | str | None = None,
+        progress: bool | Progress = False,
     ) -> None:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ConfigurationError(f"keep must be a whole number >= 1, got {keep!r}")
@@ -83,7 +88,12 @@ class Checkpoint:
             key = key.encode()
         if key is not None and not key:
             raise ConfigurationError("signing_key is empty: pass a secret, or None")
-        self._store = SnapshotStore(open_backend(uri, storage_options), keep=keep, signing_key=key)
+        self._store = SnapshotStore(
+            open_backend(uri, storage_options),
+            keep=keep,
+            signing_key=key,
+            progress=make_progress(progress),
+        )
         self._lock = threading.RLock()
         self._bg: Background | None = None
         self._workspace = Path(tempfile.mkdtemp(prefix="resumable-"))

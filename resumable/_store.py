@@ -37,6 +37,7 @@ from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
 from ._codec import Limits, extract_tar, gunzip_members
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
+from ._progress import Progress
 from ._stream import Chunk, Digest
 
 __all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore"]
@@ -189,10 +190,18 @@ def _rate(size: int, seconds: float) -> str:
 class SnapshotStore:
     """Commits, restores and prunes the snapshots under one backend root."""
 
-    def __init__(self, backend: Backend, *, keep: int, signing_key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        keep: int,
+        signing_key: bytes | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         self.backend = backend
         self.keep = keep
         self.signing_key = signing_key
+        self.progress = progress
 
     def _signature(self, m: Manifest) -> str:
         assert self.signing_key is not None
@@ -236,10 +245,13 @@ class SnapshotStore:
         spooled = 0
         out: BlobWriter | None = None
         try:
+            what = f"save {self.backend.url} #{seq}"
             for chunk in chunks:
                 if not chunk:
                     continue
                 digest.update(chunk)
+                if self.progress is not None:
+                    self.progress(what, digest.size, None, False)
                 if spool is not None and spooled + len(chunk) <= INLINE_MAX:
                     spool.append(chunk)
                     spooled += len(chunk)
@@ -253,6 +265,8 @@ class SnapshotStore:
             sha = digest.hexdigest()
             if out is not None:
                 out.commit()
+            if self.progress is not None:
+                self.progress(what, digest.size, digest.size, True)
         except BaseException:
             if out is not None:
                 out.abort()
@@ -329,6 +343,7 @@ class SnapshotStore:
     def _payload(self, m: Manifest) -> Iterator[Chunk]:
         """The payload's bytes, checked against the manifest's size and sha256 on the way."""
         digest = Digest()
+        what = f"load {self.backend.url} #{m.seq}"
         with contextlib.ExitStack() as stack:
             if m.inline is not None:
                 source: Iterable[Chunk] = (m.inline,)
@@ -341,6 +356,8 @@ class SnapshotStore:
                 source = iter_read(stream)
             for chunk in source:
                 digest.update(chunk)
+                if self.progress is not None:
+                    self.progress(what, digest.size, m.size, False)
                 if digest.size > m.size:
                     raise CorruptCheckpointError(
                         f"payload is larger than the {m.size} bytes its manifest records"
@@ -350,6 +367,8 @@ class SnapshotStore:
             raise CorruptCheckpointError(f"payload is truncated: {digest.size} of {m.size} bytes")
         if digest.hexdigest() != m.sha256:
             raise CorruptCheckpointError("payload does not match its sha256")
+        if self.progress is not None:
+            self.progress(what, digest.size, m.size, True)
 
     def _restore_one(self, m: Manifest, workspace: Path, limits: Limits) -> None:
         payload = self._payload(m)
