@@ -234,20 +234,23 @@ def gzip_members(chunks: Iterable[Chunk]) -> Iterator[bytes]:
 
 
 def gunzip_members(chunks: Iterable[Chunk]) -> Iterator[bytes]:
-    """Decompress a (multi-member) gzip stream chunk by chunk."""
+    """Decompress a (multi-member) gzip stream chunk by chunk; a truncated one raises."""
     d = zlib.decompressobj(wbits=31)
+    started = False  # whether the current member has received any input
     for chunk in chunks:
         data = chunk
         while data:
+            started = True
             out = d.decompress(data, 1 << 22)
             if out:
                 yield out
             if d.eof:
                 data = d.unused_data
                 d = zlib.decompressobj(wbits=31)
+                started = False
             else:
                 data = d.unconsumed_tail
-    if not d.eof and (d.unconsumed_tail or d.unused_data or d.decompress(b"")):
+    if started:
         raise zlib.error("truncated gzip stream")
 
 

@@ -1,0 +1,306 @@
+"""A corpus of broken and hostile stores, each with its documented outcome.
+
+Every case damages the newest of two snapshots (or plants a hostile newest one). The
+documented outcome for all of them is the same: the damaged snapshot is skipped with a
+warning naming it, the previous valid snapshot is loaded, and nothing is written outside the
+workspace. ``test_alone_raises`` pins the other half: with no valid snapshot to fall back to,
+``load`` raises ``CorruptCheckpointError`` (or its subclasses) and the workspace stays empty.
+The table is listed in docs/guarantees.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io as stdio
+import json
+import logging
+import os
+import pickle
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resumable import Checkpoint, CorruptCheckpointError, Limits
+
+from .conftest import IO, delete_object, read_object, store_files, write_object
+
+SECRET = b"signing secret"
+NEWEST = "00000000000000000001"
+OLD = b"previous valid snapshot"
+
+
+class Store:
+    """A store with a valid snapshot 0 and tools to plant a damaged snapshot 1."""
+
+    def __init__(self, url: str, signed: bool) -> None:
+        self.url = url
+        self.key = SECRET if signed else None
+        self.cp = Checkpoint(url, keep=5, signing_key=self.key, limits=Limits(max_entries=100))
+        self.cp.save_sync(OLD)
+
+    def blob(self) -> str:
+        return next(n for n in store_files(self.url) if n.startswith(NEWEST) and ".blob" in n)
+
+    def doc(self) -> dict[str, Any]:
+        return dict(json.loads(read_object(self.url, f"{NEWEST}.json")))
+
+    def put_doc(self, doc: Any) -> None:
+        write_object(self.url, f"{NEWEST}.json", json.dumps(doc).encode())
+
+    def edit(self, **fields: Any) -> None:
+        self.put_doc({**self.doc(), **fields})
+
+    def file_snapshot(self) -> None:
+        self.cp.save_sync(os.urandom(200_000))
+
+    def dir_snapshot(self, data: bytes, compression: str = "none") -> None:
+        self.cp._store.commit("dir", [data], compression=compression)
+
+
+def tar_of(*members: tuple[str, bytes, str]) -> bytes:
+    """A tar holding (name, type, link) members; regular files get a byte of data."""
+    buf = stdio.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, link in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = link
+            data = b"x" if kind == tarfile.REGTYPE else b""
+            info.size = len(data)
+            tar.addfile(info, stdio.BytesIO(data) if data else None)
+    return buf.getvalue()
+
+
+def _flip(s: Store) -> None:
+    s.file_snapshot()
+    data = bytearray(read_object(s.url, s.blob()))
+    data[1000] ^= 1
+    write_object(s.url, s.blob(), bytes(data))
+
+
+def _payload_edit(fn: Callable[[bytes], bytes]) -> Callable[[Store], None]:
+    def case(s: Store) -> None:
+        s.file_snapshot()
+        write_object(s.url, s.blob(), fn(read_object(s.url, s.blob())))
+
+    return case
+
+
+def _missing(s: Store) -> None:
+    s.file_snapshot()
+    delete_object(s.url, s.blob())
+
+
+def _manifest_bytes(data: bytes) -> Callable[[Store], None]:
+    def case(s: Store) -> None:
+        s.file_snapshot()
+        write_object(s.url, f"{NEWEST}.json", data)
+
+    return case
+
+
+def _field(**fields: Any) -> Callable[[Store], None]:
+    def case(s: Store) -> None:
+        s.file_snapshot()
+        s.edit(**fields)
+
+    return case
+
+
+def _drop_field(name: str) -> Callable[[Store], None]:
+    def case(s: Store) -> None:
+        s.file_snapshot()
+        doc = s.doc()
+        del doc[name]
+        s.put_doc(doc)
+
+    return case
+
+
+def _other_blob(s: Store) -> None:
+    s.cp.save_sync(os.urandom(200_000))
+    s.file_snapshot()  # snapshot 2 is valid; make snapshot 2 the newest damaged one below
+    second = "00000000000000000002"
+    doc = json.loads(read_object(s.url, f"{second}.json"))
+    doc["blob"] = s.blob()  # the payload of snapshot 1
+    write_object(s.url, f"{second}.json", json.dumps(doc).encode())
+    delete_object(s.url, f"{NEWEST}.json")  # so that the fallback is snapshot 0
+
+
+def _inline(value: Any) -> Callable[[Store], None]:
+    def case(s: Store) -> None:
+        s.cp.save_sync(b"small")
+        s.edit(inline=value)
+
+    return case
+
+
+def _dir(*members: tuple[str, bytes, str]) -> Callable[[Store], None]:
+    return lambda s: s.dir_snapshot(tar_of(*members))
+
+
+def _entries_bomb(s: Store) -> None:
+    s.dir_snapshot(tar_of(*[(f"f{i}", tarfile.REGTYPE, "") for i in range(150)]))
+
+
+def _size_bomb(s: Store) -> None:
+    info = tarfile.TarInfo("huge")
+    info.size = 1 << 45
+    s.dir_snapshot(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + bytes(1024))
+
+
+def _gzip_garbage(s: Store) -> None:
+    s.dir_snapshot(os.urandom(5000), compression="gzip")
+
+
+def _gzip_truncated(s: Store) -> None:
+    s.dir_snapshot(gzip.compress(tar_of(("a", tarfile.REGTYPE, "")) * 50)[:-40], "gzip")
+
+
+def _tar_garbage(s: Store) -> None:
+    s.dir_snapshot(os.urandom(5000))
+
+
+def _deflate_not_gzip(s: Store) -> None:
+    s.dir_snapshot(zlib.compress(tar_of(("a", tarfile.REGTYPE, ""))), "gzip")
+
+
+def _unsigned(s: Store) -> None:
+    with Checkpoint(s.url) as plain:
+        plain.save_sync(b"planted")
+
+
+def _wrong_key(s: Store) -> None:
+    with Checkpoint(s.url, signing_key=b"another key") as other:
+        other.save_sync(b"planted")
+
+
+def _moved_signature(s: Store) -> None:
+    s.cp.save_sync(b"newer")
+    first = json.loads(read_object(s.url, "00000000000000000000.json"))
+    s.edit(hmac=first["hmac"], inline="cGxhbnRlZA==")
+
+
+class Exploit:
+    """Unpickling this would create a file: the attack signing defends against."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path("pwned").touch, ())
+
+
+def _pickle_exploit(s: Store) -> None:
+    with Checkpoint(s.url) as plain:
+        plain._commit("state", [pickle.dumps(Exploit())])
+
+
+# name -> (damage, needs a signing key)
+CORPUS: dict[str, tuple[Callable[[Store], None], bool]] = {
+    "payload: flipped byte": (_flip, False),
+    "payload: truncated": (_payload_edit(lambda b: b[:100]), False),
+    "payload: longer than recorded": (_payload_edit(lambda b: b + b"x"), False),
+    "payload: zero bytes": (_payload_edit(lambda b: b""), False),
+    "payload: missing": (_missing, False),
+    "payload: another snapshot's": (_other_blob, False),
+    "manifest: garbage JSON": (_manifest_bytes(b"{nope"), False),
+    "manifest: zero bytes": (_manifest_bytes(b""), False),
+    "manifest: not UTF-8": (_manifest_bytes(b"\xff\xfe\x00garbage"), False),
+    "manifest: a JSON array": (_manifest_bytes(b"[1, 2]"), False),
+    "manifest: future format": (_field(format=2), False),
+    "manifest: no format": (_drop_field("format"), False),
+    "manifest: no sha256": (_drop_field("sha256"), False),
+    "manifest: seq mismatch": (_field(seq=7), False),
+    "manifest: seq is a boolean": (_field(seq=True), False),
+    "manifest: unknown kind": (_field(kind="exe"), False),
+    "manifest: negative size": (_field(size=-1), False),
+    "manifest: size as text": (_field(size="200000"), False),
+    "manifest: sha256 not hex": (_field(sha256="z" * 64), False),
+    "manifest: unknown compression": (_field(compression="zstd"), False),
+    "manifest: payload outside": (_field(blob="../../etc/passwd"), False),
+    "manifest: created is NaN": (_manifest_bytes(b'{"format": 1, "created": NaN}'), False),
+    "inline: invalid base64": (_inline("!!!not base64"), False),
+    "inline: altered bytes": (_inline("YWx0ZXJlZA=="), False),
+    "archive: absolute path": (_dir(("/tmp/resumable-evil", tarfile.REGTYPE, "")), False),
+    "archive: dot-dot": (_dir(("../resumable-evil", tarfile.REGTYPE, "")), False),
+    "archive: symlink out": (_dir(("out", tarfile.SYMTYPE, "../../..")), False),
+    "archive: absolute symlink": (_dir(("abs", tarfile.SYMTYPE, "/etc")), False),
+    "archive: write through symlink": (
+        _dir(("hop", tarfile.SYMTYPE, ".."), ("hop/resumable-evil", tarfile.REGTYPE, "")),
+        False,
+    ),
+    "archive: hard link out": (_dir(("h", tarfile.LNKTYPE, "../../etc/passwd")), False),
+    "archive: character device": (_dir(("dev", tarfile.CHRTYPE, "")), False),
+    "archive: block device": (_dir(("blk", tarfile.BLKTYPE, "")), False),
+    "archive: fifo": (_dir(("fifo", tarfile.FIFOTYPE, "")), False),
+    "archive: too many entries": (_entries_bomb, False),
+    "archive: huge declared size": (_size_bomb, False),
+    "archive: not gzip": (_gzip_garbage, False),
+    "archive: truncated gzip": (_gzip_truncated, False),
+    "archive: zlib, not gzip": (_deflate_not_gzip, False),
+    "archive: not a tar": (_tar_garbage, False),
+    "signed store: unsigned snapshot": (_unsigned, True),
+    "signed store: another key": (_wrong_key, True),
+    "signed store: moved signature": (_moved_signature, True),
+    "signed store: pickle that runs code": (_pickle_exploit, True),
+}
+
+
+def escaped(tmp_path: Path) -> list[Path]:
+    """Files a hostile archive may have written outside the workspace."""
+    return [
+        *tmp_path.parent.rglob("resumable-evil*"),
+        *Path("/tmp").glob("resumable-evil*"),
+        *tmp_path.rglob("pwned"),
+    ]
+
+
+def test_corpus_is_large_enough() -> None:
+    """The corpus holds at least 30 distinct bad stores."""
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize(("damage", "signed"), CORPUS.values(), ids=CORPUS.keys())
+def test_damaged_newest_falls_back(
+    store_url: str,
+    io: IO,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Store], None],
+    signed: bool,
+) -> None:
+    """The damaged snapshot is skipped with a warning; the previous valid one loads."""
+    monkeypatch.chdir(tmp_path)
+    store = Store(store_url, signed)
+    damage(store)
+    with caplog.at_level(logging.WARNING, logger="resumable"):
+        root = io.load(store.cp)
+    assert root is not None
+    assert sorted(p.name for p in root.iterdir()) == ["payload"]
+    assert (root / "payload").read_bytes() == OLD
+    assert any("skipping snapshot" in r.getMessage() for r in caplog.records)
+    assert escaped(tmp_path) == []
+    store.cp.close()
+
+
+@pytest.mark.parametrize(("damage", "signed"), CORPUS.values(), ids=CORPUS.keys())
+def test_alone_raises(
+    store_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Store], None],
+    signed: bool,
+) -> None:
+    """With nothing valid to fall back to, load raises CorruptCheckpointError; nothing leaks."""
+    monkeypatch.chdir(tmp_path)
+    store = Store(store_url, signed)
+    damage(store)
+    store.cp._store.backend.delete("00000000000000000000.json")
+    with pytest.raises(CorruptCheckpointError, match="no valid snapshot"):
+        store.cp.load_sync()
+    assert list(store.cp.path.iterdir()) == []
+    assert escaped(tmp_path) == []
+    store.cp.close()
