@@ -1,0 +1,1 @@
+"""Stress scripts run on demand, and the machinery they share with the tests."""
