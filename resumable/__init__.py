@@ -32,6 +32,7 @@ from ._errors import (
     UnsupportedDataError,
 )
 from ._latest import latest_checkpoint
+from ._retry import RetryPolicy
 from ._version import VERSION as __version__
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "NoTaskContextError",
     "Preempted",
     "ResumableError",
+    "RetryPolicy",
     "SignatureError",
     "SourceNotFoundError",
     "StateError",

@@ -7,6 +7,7 @@ worker thread, so a running event loop never blocks on I/O, hashing or compressi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,18 +18,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from ._backend import open_backend
+from ._backend import LocalBackend, open_backend
 from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, UnsupportedDataError
 from ._progress import Progress, make_progress
+from ._retry import RetryingBackend, RetryPolicy, retry_call
 from ._store import Kind, Manifest, SnapshotStore
-from ._stream import Chunk, discard, spool
+from ._stream import Chunk, Spool, discard
 
 __all__ = ["SIGNING_KEY_ENV", "Checkpoint", "SaveData"]
 
 #: The environment variable that holds the default signing key.
 SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
+
+#: A callable that produces a snapshot's bytes, again on every call.
+Source = Callable[[], Iterable[Chunk]]
 
 #: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
 SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
@@ -53,6 +58,12 @@ class Checkpoint:
         progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
             a callable ``(what, done, total, finished)``. Transfers of 16 MiB or more also
             log their size and rate at INFO level either way.
+        retry: how storage calls are retried and how long each may take
+            (:class:`RetryPolicy`; by default 5 tries with backoff, 60 s per call; on a
+            local disk only whole saves and loads are retried unless a policy is given). A save
+            that meets a transient error is retried whole; when tries run out, or a call
+            hangs past its timeout, a ``StorageError`` says so and the previous snapshot
+            stays intact.
 
     Example:
         >>> import tempfile
@@ -74,6 +85,7 @@ class Checkpoint:
         limits: Limits | None = None,
         signing_key: bytes | str | None = None,
         progress: bool | Progress = False,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ConfigurationError(f"keep must be a whole number >= 1, got {keep!r}")
@@ -88,8 +100,14 @@ class Checkpoint:
             key = key.encode()
         if key is not None and not key:
             raise ConfigurationError("signing_key is empty: pass a secret, or None")
+        self.retry = retry or RetryPolicy()
+        backend = open_backend(uri, storage_options)
+        if retry is not None or not isinstance(backend, LocalBackend):
+            # Per-call retries and deadlines cost a thread hop per call: worth it for
+            # networks, not for a local disk unless asked for (NFS mounts can hang).
+            backend = RetryingBackend(backend, self.retry)
         self._store = SnapshotStore(
-            open_backend(uri, storage_options),
+            backend,
             keep=keep,
             signing_key=key,
             progress=make_progress(progress),
@@ -145,8 +163,7 @@ class Checkpoint:
             >>> Checkpoint(tempfile.mkdtemp()).save_sync(b"")
 
         """
-        kind, chunks = self._encode(data)
-        self._commit(kind, chunks)
+        self._commit(*self._encode(data))
 
     async def save(self, data: SaveData) -> None:
         """Async twin of :meth:`save_sync`.
@@ -156,8 +173,7 @@ class Checkpoint:
             >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).save(b"state"))
 
         """
-        kind, chunks = self._encode(data)
-        await asyncio.to_thread(self._commit, kind, chunks)
+        await asyncio.to_thread(self._commit, *self._encode(data))
 
     def save_background(self, data: SaveData) -> None:
         """Capture ``data`` now and save it on a worker thread; return at once.
@@ -173,19 +189,19 @@ class Checkpoint:
             ...     cp.flush_sync()
 
         """
-        kind, chunks = self._encode(data)
+        kind, source = self._encode(data)
         if kind != "bytes":
-            chunks = spool(chunks)  # the file or folder may change once we return
+            source = Spool(source())  # the file or folder may change once we return
         if self._bg is None:
             self._bg = Background(self.uri)
 
         def job() -> None:
             try:
-                self._commit(kind, chunks)
+                self._commit(kind, source)
             finally:
-                discard(chunks)
+                discard(source)
 
-        self._bg.submit(job, lambda: discard(chunks))
+        self._bg.submit(job, lambda: discard(source))
 
     def flush_sync(self) -> None:
         """Wait until background saves are committed; raise a failure one of them met."""
@@ -220,27 +236,50 @@ class Checkpoint:
 
     # -- shared by the twins and by @resumable ------------------------------------------
 
-    def _encode(self, data: SaveData) -> tuple[Kind, Iterable[Chunk]]:
-        """What kind of snapshot ``data`` makes, and its bytes as a (lazy) stream."""
+    def _encode(self, data: SaveData) -> tuple[Kind, Source]:
+        """What kind of snapshot ``data`` makes, and a source of its bytes.
+
+        The source can be called again to produce the bytes again: a save that meets a
+        transient storage error is retried from the start.
+        """
         if isinstance(data, bytes | bytearray | memoryview):
             # Copied now: the caller may reuse its buffer as soon as save() returns.
-            return "bytes", (bytes(data),)
+            frozen = bytes(data)
+            return "bytes", lambda: (frozen,)
         if isinstance(data, str | os.PathLike):
             path = Path(data)
             if check_source(path) == "file":
-                return "file", iter_file(path)
-            tar = iter_tar(path)
-            return "dir", gzip_members(tar) if self.compression == "gzip" else tar
+                return "file", lambda: iter_file(path)
+            if self.compression == "gzip":
+                return "dir", lambda: gzip_members(iter_tar(path))
+            return "dir", lambda: iter_tar(path)
         raise UnsupportedDataError(
             f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
             f"{type(data).__name__}. To save a Python object, pickle it first or use "
             "@resumable(state=...)."
         )
 
-    def _commit(self, kind: Kind, chunks: Iterable[Chunk], attempt: int = 0) -> Manifest:
+    def _commit(self, kind: Kind, source: Source | Iterable[Chunk], attempt: int = 0) -> Manifest:
+        """Commit a snapshot, retrying it whole on transient storage errors.
+
+        ``source`` is a callable that produces the bytes (again on each try), or chunks that
+        are tried once unless they are a list or tuple.
+        """
+        policy = self.retry
+        if callable(source):
+            make: Source = source
+        else:
+            chunks = source
+            make = lambda: chunks  # noqa: E731 - tiny adapter
+            if not isinstance(chunks, list | tuple):
+                policy = dataclasses.replace(policy, attempts=1)
         compression = self.compression if kind == "dir" else "none"
+
+        def commit() -> Manifest:
+            return self._store.commit(kind, make(), compression=compression, attempt=attempt)
+
         with self._lock:
-            return self._store.commit(kind, chunks, compression=compression, attempt=attempt)
+            return retry_call(commit, policy, f"saving a snapshot to {self.uri}")
 
     def _restore(
         self,
@@ -251,4 +290,10 @@ class Checkpoint:
         with self._lock:
             if not self._cleanup.alive:
                 raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-            return self._store.restore(into or self._workspace, self.limits, accept, poison_after)
+            return retry_call(
+                lambda: self._store.restore(
+                    into or self._workspace, self.limits, accept, poison_after
+                ),
+                self.retry,
+                f"loading a snapshot from {self.uri}",
+            )

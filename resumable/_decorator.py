@@ -28,6 +28,7 @@ from ._errors import ConfigurationError, ResumableError, StateError
 from ._keys import call_key, check_key
 from ._persist import Persister
 from ._preempt import PreemptionWatch
+from ._retry import RetryPolicy
 from ._store import Manifest
 
 __all__ = ["Dir", "resumable"]
@@ -94,6 +95,8 @@ class _Spec:
     poison_after: int | None
     preemptible: bool
     signing_key: bytes | str | None
+    storage_options: dict[str, Any] | None
+    storage_retry: RetryPolicy | None
 
 
 def _positive_int(name: str, value: object, minimum: int) -> int:
@@ -140,6 +143,8 @@ def resumable(
     poison_after: int | None = 3,
     preemptible: bool = False,
     signing_key: bytes | str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    storage_retry: RetryPolicy | None = None,
 ) -> _Decorator:
     """Make a task resume from its last snapshot after a crash or a retry.
 
@@ -168,6 +173,9 @@ def resumable(
             ``Preempted`` (not retried); the next process resumes. Main thread only.
         signing_key: sign snapshots and refuse unsigned ones (default
             ``$RESUMABLE_SIGNING_KEY``); see ``Checkpoint``.
+        storage_options: passed to the fsspec filesystem of ``store`` (credentials, ...).
+        storage_retry: how storage calls are retried and time out (a ``RetryPolicy``);
+            separate from ``retries``, which retries the task itself.
 
     Example:
         >>> @resumable(state=0, store="memory://doc-counter")
@@ -217,6 +225,8 @@ def resumable(
         else _positive_int("poison_after", poison_after, 1),
         preemptible=bool(preemptible),
         signing_key=signing_key,
+        storage_options=storage_options,
+        storage_retry=storage_retry,
     )
     return _make_decorator(spec)  # type: ignore[return-value]
 
@@ -302,7 +312,11 @@ class _Call:
         if "://" not in store:
             store = os.path.abspath(store)
         self.checkpoint = Checkpoint(
-            f"{store.rstrip('/')}/{self.key}", keep=spec.keep, signing_key=spec.signing_key
+            f"{store.rstrip('/')}/{self.key}",
+            keep=spec.keep,
+            signing_key=spec.signing_key,
+            storage_options=spec.storage_options,
+            retry=spec.storage_retry,
         )
         self.persister = Persister(
             self.checkpoint,

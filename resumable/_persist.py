@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ._background import Background, Job
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, Source
 from ._codec import dumps_state
 from ._errors import ConfigurationError, Preempted
 from ._store import Kind
-from ._stream import Chunk, discard, spool
+from ._stream import Spool, discard
 
 __all__ = ["MISSING", "Persister"]
 
 #: A snapshot serialized at the yield: its kind and its bytes.
-Captured = tuple[Kind, Iterable[Chunk]]
+Captured = tuple[Kind, Source]
 
 log = logging.getLogger("resumable")
 
@@ -145,11 +144,12 @@ class Persister:
     def _capture(self, value: Any) -> Captured:
         """Serialize the snapshot now, on the task's thread."""
         if self._folder is None:
-            return "state", (dumps_state(value),)
-        kind, chunks = self._cp._encode(self._folder)
+            data = dumps_state(value)
+            return "state", lambda: (data,)
+        kind, source = self._cp._encode(self._folder)
         if self._bg is not None:
-            chunks = spool(chunks)  # the folder may change as soon as the task resumes
-        return kind, chunks
+            return kind, Spool(source())  # the folder may change as soon as the task resumes
+        return kind, source
 
     async def _acapture(self, value: Any) -> Captured:
         if self._folder is None:
@@ -158,13 +158,13 @@ class Persister:
 
     def _job(self, captured: Captured) -> Job:
         cp, attempt = self._cp, self.attempt
-        kind, chunks = captured
+        kind, source = captured
 
         def job() -> None:
             try:
-                seq = cp._commit(kind, chunks, attempt).seq
+                seq = cp._commit(kind, source, attempt).seq
             finally:
-                discard(chunks)
+                discard(source)
             log.debug("%s: committed snapshot %d", cp.uri, seq)
 
         return job

@@ -20,9 +20,9 @@ __all__ = [
     "Chunk",
     "ChunkReader",
     "Digest",
+    "Spool",
     "discard",
     "ordered_map",
-    "spool",
 ]
 
 #: Size of one read, write or compressed member when streaming.
@@ -125,38 +125,32 @@ class ChunkReader:
             pass
 
 
-def discard(chunks: Iterable[Chunk]) -> None:
-    """Close a chunk stream that will not be read (releases its files)."""
-    close = getattr(chunks, "close", None)
+def discard(source: object) -> None:
+    """Release what a chunk source holds (a spool's temp file, an open generator)."""
+    close = getattr(source, "close", None)
     if close is not None:
         close()
 
 
-def spool(chunks: Iterable[Chunk]) -> Iterator[bytes]:
-    """Copy ``chunks`` to an unnamed temp file now; return an iterator that replays them."""
-    f = tempfile.TemporaryFile()  # noqa: SIM115 - _Replay closes it
-    try:
-        for chunk in chunks:
-            f.write(chunk)
-    except BaseException:
-        f.close()
-        raise
-    return _Replay(f)
+class Spool:
+    """Chunks copied to an unnamed temp file, replayable from the start (for retries).
 
+    Calling it returns a fresh iterator over the bytes; ``close()`` frees the file.
+    """
 
-class _Replay(Iterator[bytes]):
-    """The spooled bytes, chunk by chunk; ``close()`` frees the file even if never read."""
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self._f: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - close() closes it
+        try:
+            for chunk in chunks:
+                self._f.write(chunk)
+        except BaseException:
+            self._f.close()
+            raise
 
-    def __init__(self, f: BinaryIO) -> None:
-        self._f = f
-        f.seek(0)
-
-    def __next__(self) -> bytes:
-        chunk = self._f.read(CHUNK_SIZE)
-        if not chunk:
-            self.close()
-            raise StopIteration
-        return chunk
+    def __call__(self) -> Iterator[bytes]:
+        self._f.seek(0)
+        return iter(lambda: self._f.read(CHUNK_SIZE), b"")
 
     def close(self) -> None:
+        """Delete the temp file."""
         self._f.close()

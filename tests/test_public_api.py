@@ -15,6 +15,7 @@ EXPECTED = [
     "NoTaskContextError",
     "Preempted",
     "ResumableError",
+    "RetryPolicy",
     "SignatureError",
     "SourceNotFoundError",
     "StateError",
