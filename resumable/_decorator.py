@@ -166,9 +166,9 @@ def resumable(
         keep: how many snapshots to keep.
         background: write snapshots on a background thread (at most one in flight).
         on_success: ``"clear"`` deletes the snapshots after success, ``"keep"`` keeps them.
-        poison_after: after this many attempts that started from the same snapshot and
-            failed before saving a newer one, skip that snapshot and fall back to the previous
-            one (``None``: never).
+        poison_after: after the task failed this many times (with an exception, in any
+            process) from the same snapshot without saving a newer one, skip that snapshot
+            and fall back to the previous one (``None``: never).
         preemptible: on SIGTERM, persist the next yield at once, flush, and raise
             ``Preempted`` (not retried); the next process resumes. Main thread only.
         signing_key: sign snapshots and refuse unsigned ones (default
@@ -318,6 +318,7 @@ class _Call:
             storage_options=spec.storage_options,
             retry=spec.storage_retry,
         )
+        self.restored: int | None = None  # the snapshot the current attempt started from
         self.persister = Persister(
             self.checkpoint,
             folder=spec.folder,
@@ -371,14 +372,30 @@ class _Call:
         """Run one attempt with ``ctx()`` set; flush pending background saves if it fails."""
         self.persister.attempt = number
         token = _current.set(TaskContext(self.checkpoint, self.key, number, self.persister))
+        self.restored = None
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 self.persister.flush_sync()  # the next attempt must see every snapshot
+            self._note_failure(exc)
             raise
         finally:
             _current.reset(token)
+
+    def _note_failure(self, exc: BaseException) -> None:
+        """Count a failure of the task against the snapshot it started from (poison)."""
+        seq = self.restored
+        if self.spec.poison_after is None or seq is None:
+            return
+        # Kills, interrupts, preemption and the library's own errors say nothing about the
+        # snapshot; only the task's own exceptions do.
+        if not isinstance(exc, Exception) or isinstance(exc, ResumableError):
+            return
+        with contextlib.suppress(Exception):
+            store = self.checkpoint._store
+            if store.latest() == seq:  # nothing newer was committed: the snapshot is suspect
+                store.mark_failed(seq)
 
     def _accept(self, m: Manifest) -> None:
         want = "dir" if self.spec.folder is not None else "state"
@@ -405,10 +422,9 @@ class _Call:
                 value = loads_state(self.spec.initial)
             else:
                 value = loads_state((self.checkpoint.path / "payload").read_bytes())
+        self.restored = None if m is None else m.seq
         if m is not None:
             log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
-            if poison_after is not None:
-                self.checkpoint._store.mark_restored(m.seq)
         elif number:
             log.info("%s: attempt %d starts from the initial state", self.key, number)
         return value

@@ -56,7 +56,7 @@ _KINDS = ("bytes", "file", "dir", "state")
 _MANIFEST = re.compile(r"^(\d{20})\.json$")
 _BLOB = re.compile(r"^(\d{20})\.([0-9a-f]{8,64})\.blob$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_MARK = re.compile(r"^(\d{20})\.restore\.[0-9a-f]{16}$")
+_MARK = re.compile(r"^(\d{20})\.failed\.[0-9a-f]{16}$")
 
 
 def manifest_name(seq: int) -> str:
@@ -324,12 +324,12 @@ class SnapshotStore:
 
     # -- poison snapshots ---------------------------------------------------------------
 
-    def mark_restored(self, seq: int) -> None:
-        """Record that a task starts from snapshot ``seq`` (one small object per attempt)."""
-        self.backend.create_exclusive(f"{seq:020d}.restore.{secrets.token_hex(8)}", b"")
+    def mark_failed(self, seq: int) -> None:
+        """Record that a task started from snapshot ``seq`` failed before saving a newer one."""
+        self.backend.create_exclusive(f"{seq:020d}.failed.{secrets.token_hex(8)}", b"")
 
     def clear_marks(self) -> None:
-        """Forget restore records: the task got past its snapshots."""
+        """Forget failure records: the task got past its snapshots."""
         for e in self.backend.entries():
             if _MARK.match(e.name):
                 self.backend.delete(e.name)
@@ -404,8 +404,8 @@ class SnapshotStore:
         Returns its manifest, ``None`` when there is no snapshot, and raises
         ``CorruptCheckpointError`` when snapshots exist but none verifies. ``accept`` sees each
         manifest before anything is written and may refuse it by raising. With
-        ``poison_after``, a snapshot that tasks already started from that many times without
-        committing a newer one is skipped (see :meth:`mark_restored`).
+        ``poison_after``, a snapshot from which tasks failed that many times without
+        committing a newer one is skipped (see :meth:`mark_failed`).
         """
         started = time.perf_counter()
         refused: list[str] = []
@@ -413,14 +413,15 @@ class SnapshotStore:
         marks = Counter(int(k.group(1)) for e in entries if (k := _MARK.match(e.name)))
         for seq in manifest_seqs(entries):
             if poison_after is not None and marks[seq] >= poison_after:
-                refused.append(f"snapshot {seq}: poison (restored {marks[seq]} times)")
+                refused.append(
+                    f"snapshot {seq}: poison (the task failed {marks[seq]} times from it)"
+                )
                 log.warning(
-                    "snapshot %d of %s was restored %d times and the task failed each time "
-                    "before saving a newer one; treating it as poison and falling back to the "
-                    "previous snapshot",
+                    "the task failed %d times from snapshot %d of %s before saving a newer one; "
+                    "treating it as poison and falling back to the previous snapshot",
+                    marks[seq],
                     seq,
                     self.backend.url,
-                    marks[seq],
                 )
                 continue
             try:

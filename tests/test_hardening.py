@@ -132,7 +132,7 @@ def test_poison_snapshot_falls_back_to_previous(
 
 
 def test_poison_counting_survives_processes(store_url: str) -> None:
-    """Restore records live in the store, so crashes in separate calls count too."""
+    """Failure records live in the store, so failures in separate calls count too."""
     calls: list[int] = []
 
     @resumable(state=0, store=store_url, key="q", poison_after=2, on_success="keep")
@@ -164,7 +164,7 @@ def test_successful_runs_do_not_count_as_poison(store_url: str) -> None:
     assert task() == 0
     for _ in range(3):
         assert task() == 5
-    assert not [n for n in store_files(f"{store_url}/ok") if ".restore." in n]
+    assert not [n for n in store_files(f"{store_url}/ok") if ".failed." in n]
 
 
 # -- background saves for Checkpoint users --------------------------------------------------
