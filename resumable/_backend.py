@@ -255,12 +255,18 @@ class _FsspecWriter:
         self._file.close()
 
     def abort(self) -> None:
-        discard = getattr(self._file, "discard", None)
+        file = self._file
+        discard = getattr(file, "discard", None)
         with contextlib.suppress(Exception):
-            if discard is not None:
-                discard()  # aborts an unfinished multipart upload instead of publishing it
+            if discard is None:
+                file.close()
             else:
-                self._file.close()
+                discard()  # aborts an unfinished multipart upload instead of publishing it
+        if discard is not None and not getattr(file, "closed", True):
+            # discard() leaves the file open, and closing it later (explicitly or when it is
+            # garbage collected) would try to publish what was buffered: mark it closed.
+            with contextlib.suppress(AttributeError):
+                file.closed = True
         with contextlib.suppress(FileNotFoundError, OSError):
             self._fs.rm_file(self._path)
 
@@ -290,7 +296,9 @@ class FsspecBackend:
     def entries(self) -> list[Entry]:
         out = []
         for info in self._ls():
-            if info.get("type") != "file":
+            # Object stores may list a "folder" marker (a key ending in "/") for a prefix
+            # whose objects are gone: it is not one of our objects.
+            if info.get("type") != "file" or str(info["name"]).endswith("/"):
                 continue
             mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
             stamp: float | None
@@ -328,6 +336,13 @@ class FsspecBackend:
                 f.write(data)
         except FileExistsError:
             raise
+        except OSError as exc:
+            # S3 answers a refused conditional write (If-None-Match: *) with 412
+            # PreconditionFailed; s3fs reports it as FileExistsError only when the answer names
+            # the condition, which not every server does (SeaweedFS: an EINVAL OSError).
+            if self._precondition_failed(exc):
+                raise FileExistsError(errno.EEXIST, "exists", path) from exc
+            raise
         except (ValueError, NotImplementedError, TypeError):
             # No exclusive mode on this backend: check, then write. Documented as racy.
             if self.fs.exists(path):
@@ -337,6 +352,28 @@ class FsspecBackend:
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(name))
+
+    @staticmethod
+    def _precondition_failed(exc: BaseException) -> bool:
+        """Whether ``exc`` (or what it was raised from) is an HTTP 412 "precondition failed" answer.
+
+        s3fs wraps botocore's ``ClientError``, whose ``response`` holds the error code and the
+        HTTP status; gcsfs's ``HttpError`` carries the status as ``code``.
+        """
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            response = getattr(current, "response", None)
+            if isinstance(response, dict):
+                error = response.get("Error") or {}
+                meta = response.get("ResponseMetadata") or {}
+                if error.get("Code") == "PreconditionFailed" or meta.get("HTTPStatusCode") == 412:
+                    return True
+            if getattr(current, "code", None) == 412:
+                return True
+            current = current.__cause__ or current.__context__
+        return False
 
 
 def iter_read(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:

