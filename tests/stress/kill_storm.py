@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--poison-after",
         type=int,
-        default=None,
-        help="pass poison_after=N to @resumable (default: None, the heuristic off)",
+        default=3,
+        help="poison_after=N for @resumable (default: 3, the library's default)",
     )
     args = parser.parse_args(argv)
 

@@ -319,7 +319,7 @@ def run_storm(
     kills: int,
     dir_state: bool,
     seed: int,
-    poison_after: int | None = None,
+    poison_after: int | None = 3,
     progress: Callable[[StormReport], None] | None = None,
 ) -> StormReport:
     """Kill the task ``kills`` times and check the store after each kill.
@@ -329,11 +329,9 @@ def run_storm(
     previous child's life instead of adding to the storm's duration; the previous child is
     dead before the next one touches the store.
 
-    ``poison_after`` is passed to ``@resumable``. The storm turns that heuristic off by default:
-    it counts every restore that is not followed by a newer save as a failure of the snapshot,
-    so SIGKILLs that land before a run's first save would make a good snapshot "poison" and
-    the task resume from an older one, or from none (see ``test_sigkills_poison_a_good_snapshot``
-    in tests/test_kill_storm.py).
+    ``poison_after`` is passed to ``@resumable`` (3, its default). SIGKILLs that land between
+    a restore and the next save must not count against a good snapshot: were they counted,
+    the task would resume from an older snapshot, or from none.
     """
     rng = random.Random(seed)
     store, folder = workdir / "store", workdir / "folder"
