@@ -7,7 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
+
+import pytest
+
+from .servers import SeaweedS3
 
 TASK = textwrap.dedent(
     """
@@ -29,11 +34,20 @@ TASK = textwrap.dedent(
 )
 
 
-def test_sigkill_then_resume(tmp_path: Path) -> None:
+@pytest.fixture(name="kill_store", params=["local", "s3"])
+def _kill_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store both processes reach: a local folder, or a prefix on the test S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    server: SeaweedS3 = request.getfixturevalue("s3_server")  # sets the AWS_* variables
+    return f"s3://{server.bucket}/kill-{uuid.uuid4().hex}"
+
+
+def test_sigkill_then_resume(tmp_path: Path, kill_store: str) -> None:
     """After SIGKILL, a fresh process starts at the last committed snapshot, not at zero."""
     script = tmp_path / "task.py"
     script.write_text(TASK)
-    store = str(tmp_path / "store")
+    store = kill_store
     proc = subprocess.Popen(
         [sys.executable, str(script), store, "hang"],
         stdin=subprocess.PIPE,
