@@ -436,6 +436,7 @@ class _Call:
 
     def succeed(self) -> None:
         """After success: clear the snapshots (unless on_success="keep"), free the workspace."""
+        self.checkpoint.flush_sync()  # the task's own save_background() calls land first
         if self.spec.on_success == "clear":
             self.checkpoint._store.clear()
         elif self.spec.poison_after is not None:
