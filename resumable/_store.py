@@ -48,6 +48,8 @@ log = logging.getLogger("resumable")
 FORMAT = 1
 #: Payloads up to this size live inside the manifest: one object, one fsync.
 INLINE_MAX = 64 * 1024
+#: How many fresh listings a load tries when other writers delete what it listed.
+_RELIST = 3
 #: Saves and loads at least this large log their size and rate.
 _LOG_SIZE = 16 << 20
 
@@ -185,6 +187,19 @@ def _clear(folder: Path) -> None:
 def _rate(size: int, seconds: float) -> str:
     mib = size / 2**20
     return f"{mib:.1f} MiB in {seconds:.2f} s ({mib / max(seconds, 1e-9):.0f} MiB/s)"
+
+
+@dataclass
+class _Load:
+    """One pass of a load over one listing."""
+
+    entries: list[Entry]
+    refused: list[str] = field(default_factory=list)
+    raced: bool = False
+
+    def deleted(self, seq: int) -> None:
+        self.refused.append(f"snapshot {seq}: deleted while loading")
+        self.raced = True
 
 
 class SnapshotStore:
@@ -408,14 +423,44 @@ class SnapshotStore:
         committing a newer one is skipped (see :meth:`mark_failed`).
         """
         started = time.perf_counter()
-        refused: list[str] = []
-        entries = self.backend.entries()
-        marks = Counter(int(k.group(1)) for e in entries if (k := _MARK.match(e.name)))
-        for seq in manifest_seqs(entries):
+        # Another writer's retention may delete every snapshot we listed before we read it;
+        # newer ones exist then, and a fresh listing finds them.
+        for _ in range(_RELIST):
+            attempt = _Load(self.backend.entries())
+            m = self._restore_listed(attempt, workspace, limits, accept, poison_after)
+            if m is not None:
+                if m.size >= _LOG_SIZE:
+                    log.info(
+                        "loaded snapshot %d from %s: %s",
+                        m.seq,
+                        self.backend.url,
+                        _rate(m.size, time.perf_counter() - started),
+                    )
+                return m
+            if not attempt.raced:
+                break
+        if attempt.refused:
+            raise CorruptCheckpointError(
+                f"no valid snapshot in {self.backend.url}: "
+                + "; ".join(attempt.refused)
+                + ". Inspect it with `resumable show`, or delete it with `resumable rm` to "
+                "start over."
+            )
+        return None
+
+    def _restore_listed(
+        self,
+        attempt: _Load,
+        workspace: Path,
+        limits: Limits,
+        accept: Callable[[Manifest], None] | None,
+        poison_after: int | None,
+    ) -> Manifest | None:
+        """Try the listed snapshots newest first; the first that verifies is restored."""
+        marks = Counter(int(k.group(1)) for e in attempt.entries if (k := _MARK.match(e.name)))
+        for seq in manifest_seqs(attempt.entries):
             if poison_after is not None and marks[seq] >= poison_after:
-                refused.append(
-                    f"snapshot {seq}: poison (the task failed {marks[seq]} times from it)"
-                )
+                attempt.refused.append(f"snapshot {seq}: poison ({marks[seq]} failures from it)")
                 log.warning(
                     "the task failed %d times from snapshot %d of %s before saving a newer one; "
                     "treating it as poison and falling back to the previous snapshot",
@@ -428,11 +473,10 @@ class SnapshotStore:
                 m = self.manifest(seq)
                 self._check_signature(m)
             except FileNotFoundError:
-                # Pruned by another writer between our listing and our read.
-                refused.append(f"snapshot {seq}: deleted while loading")
+                attempt.deleted(seq)
                 continue
             except CorruptCheckpointError as exc:
-                refused.append(self._skip(seq, exc))
+                attempt.refused.append(self._skip(seq, exc))
                 continue
             if accept is not None:
                 accept(m)
@@ -441,25 +485,23 @@ class SnapshotStore:
                 self._restore_one(m, workspace, limits)
             except CorruptCheckpointError as exc:
                 _clear(workspace)
-                refused.append(self._skip(seq, exc))
+                if self._exists(manifest_name(seq)):
+                    attempt.refused.append(self._skip(seq, exc))
+                else:  # pruned while we read its payload: not corruption
+                    attempt.deleted(seq)
                 continue
             except BaseException:
                 _clear(workspace)
                 raise
-            if m.size >= _LOG_SIZE:
-                log.info(
-                    "loaded snapshot %d from %s: %s",
-                    seq,
-                    self.backend.url,
-                    _rate(m.size, time.perf_counter() - started),
-                )
             return m
-        if refused:
-            raise CorruptCheckpointError(
-                f"no valid snapshot in {self.backend.url}: " + "; ".join(refused) + ". Inspect it "
-                "with `resumable show`, or delete it with `resumable rm` to start over."
-            )
         return None
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.backend.read(name)
+        except FileNotFoundError:
+            return False
+        return True
 
     def latest(self) -> int | None:
         """The newest committed sequence number, if any."""

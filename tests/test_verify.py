@@ -162,3 +162,26 @@ def test_orphan_payload_without_manifest_is_ignored(store_url: str, io: IO) -> N
         io.save(cp, b"committed")
         write_object(store_url, "00000000000000000005.deadbeefdeadbeef.blob", b"torn")
         assert (io.load(cp) / "payload").read_bytes() == b"committed"
+
+
+def test_load_relists_when_another_writer_pruned_what_it_listed(
+    store_url: str, io: IO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load whose listed snapshots were all pruned meanwhile lists again and finds newer ones."""
+    with Checkpoint(store_url, keep=2) as reader, Checkpoint(store_url, keep=2) as writer:
+        io.save(writer, b"one")
+        io.save(writer, b"two")
+        backend = reader._store.backend
+        stale = backend.entries()
+        io.save(writer, b"three")
+        io.save(writer, b"four")  # retention removed both snapshots the reader listed
+        real = backend.entries
+        calls: list[int] = []
+
+        def first_stale() -> list:  # type: ignore[type-arg]
+            calls.append(1)
+            return stale if len(calls) == 1 else real()
+
+        monkeypatch.setattr(backend, "entries", first_stale)
+        assert (io.load(reader) / "payload").read_bytes() == b"four"
+        assert len(calls) == 2
