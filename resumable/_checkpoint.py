@@ -22,6 +22,7 @@ from ._backend import LocalBackend, open_backend
 from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, UnsupportedDataError
+from ._pipe import PipelinedBackend
 from ._progress import Progress, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
 from ._store import Kind, Manifest, SnapshotStore
@@ -106,6 +107,8 @@ class Checkpoint:
             # Per-call retries and deadlines cost a thread hop per call: worth it for
             # networks, not for a local disk unless asked for (NFS mounts can hang).
             backend = RetryingBackend(backend, self.retry)
+        if not isinstance(backend, LocalBackend):
+            backend = PipelinedBackend(backend)  # uploads and downloads overlap our work
         self._store = SnapshotStore(
             backend,
             keep=keep,

@@ -63,7 +63,7 @@ def test_hung_store_times_out_with_storage_error() -> None:
     url = f"faulty:///hung-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=1, wait=tenacity.wait_none(), timeout=0.2)
     cp = Checkpoint(url, storage_options=faulty(hang_rate=1.0, hang_seconds=30), retry=policy)
-    fs = cp._store.backend.backend.fs  # type: ignore[attr-defined]
+    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
     assert isinstance(fs, FaultyFileSystem)
     try:
         with pytest.raises(StorageError, match=r"did not answer within 0\.2 s"):
