@@ -331,6 +331,21 @@ class FsspecBackend:
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         path = self._path(name)
+        protocols = self.fs.protocol
+        if "gs" in (protocols if isinstance(protocols, tuple | list) else (protocols,)):
+            # gcsfs: one upload request carrying the precondition ifGenerationMatch=0, which GCS
+            # refuses with 412 (gcsfs raises FileExistsError) when the object exists. Its "xb"
+            # mode puts the same precondition on a resumable upload's first request instead,
+            # which not every GCS server enforces (fake-gcs-server, for one, overwrites).
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if self._precondition_failed(exc):
+                    raise FileExistsError(errno.EEXIST, "exists", path) from exc
+                raise
+            return
         try:
             with self.fs.open(path, "xb") as f:
                 f.write(data)

@@ -1,8 +1,9 @@
-"""Shared fixtures: every store test runs on disk, in memory and on a real S3 server.
+"""Shared fixtures: every store test runs on disk, in memory and on real object-store servers.
 
-Storage tests run on local disk, on ``memory://`` and on ``s3://`` (a SeaweedFS server on
-loopback, started once per session by ``tests/servers.py``; see docs/testing.md); I/O tests run
-through the sync methods and through their async twins.
+Storage tests run on local disk, on ``memory://``, on ``s3://`` (a SeaweedFS server on loopback,
+started once per session by ``tests/servers.py``), on ``gs://`` (fake-gcs-server) and on
+``az://`` (Azurite), both started by ``tests/servers_gcs_azure.py``; see docs/testing.md. I/O
+tests run through the sync methods and through their async twins.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from resumable import Checkpoint
 
 from .servers import SeaweedS3
 from .servers import s3_server as s3_server  # the session fixture, re-exported for pytest
+from .servers_gcs_azure import AzuriteBlob, FakeGCS
+from .servers_gcs_azure import azure_server as azure_server  # session fixtures, re-exported
+from .servers_gcs_azure import gcs_server as gcs_server
 
-STORES = ["local", "memory", "s3"]
+STORES = ["local", "memory", "s3", "gcs", "azure"]
 
 
 @pytest.fixture(name="store_url", params=STORES)
 def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store URL on local disk, in fsspec's memory filesystem or on S3."""
+    """A fresh, empty store URL: local disk, fsspec's memory filesystem, S3, GCS or Azure."""
     if request.param == "local":
         yield str(tmp_path / "store")
         return
@@ -34,6 +38,14 @@ def _store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         server: SeaweedS3 = request.getfixturevalue("s3_server")
         # A prefix of its own per test; the server and its data go at the end of the session.
         yield f"s3://{server.bucket}/{uuid.uuid4().hex}"
+        return
+    if request.param == "gcs":
+        gcs: FakeGCS = request.getfixturevalue("gcs_server")
+        yield f"gs://{gcs.bucket}/{uuid.uuid4().hex}"
+        return
+    if request.param == "azure":
+        azure: AzuriteBlob = request.getfixturevalue("azure_server")
+        yield f"az://{azure.bucket}/{uuid.uuid4().hex}"
         return
     root = f"/resumable-test-{uuid.uuid4().hex}"
     yield f"memory://{root}"

