@@ -193,8 +193,11 @@ class Checkpoint:
 
         """
         kind, source = self._encode(data)
-        if kind != "bytes":
-            source = Spool(source())  # the file or folder may change once we return
+        # The file or folder may change once we return: capture it now.
+        if kind == "file":
+            source = Spool.of_file(Path(data))  # type: ignore[arg-type]
+        elif kind == "dir":
+            source = Spool(source())
         if self._bg is None:
             self._bg = Background(self.uri)
 

@@ -8,10 +8,12 @@ compressing a payload costs about as much as copying it, not the sum of both.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 __all__ = [
@@ -132,6 +134,13 @@ def discard(source: object) -> None:
         close()
 
 
+def _kernel_copy(src: int, dst: int, count: int) -> int:
+    try:
+        return os.copy_file_range(src, dst, count)
+    except OSError:  # not supported between these filesystems: sendfile copies in-kernel too
+        return os.sendfile(dst, src, None, count)
+
+
 class Spool:
     """Chunks copied to an unnamed temp file, replayable from the start (for retries).
 
@@ -146,6 +155,27 @@ class Spool:
         except BaseException:
             self._f.close()
             raise
+
+    @classmethod
+    def of_file(cls, path: Path) -> Spool:
+        """Copy a file in the kernel (no trip through Python's memory) when it can."""
+        spool = cls(())
+        try:
+            with path.open("rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                copied = 0
+                while copied < size or size == 0:
+                    n = _kernel_copy(src.fileno(), spool._f.fileno(), size - copied or CHUNK_SIZE)
+                    if not n:
+                        break
+                    copied += n
+                # The file may have grown while we copied: take the rest the plain way.
+                while chunk := src.read(CHUNK_SIZE):
+                    spool._f.write(chunk)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     def __call__(self) -> Iterator[bytes]:
         self._f.seek(0)
