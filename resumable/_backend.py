@@ -22,7 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._errors import ConfigurationError
-from ._stream import CHUNK_SIZE, POOL
+from ._stream import CHUNK_SIZE, submit
 
 __all__ = ["Backend", "BlobWriter", "Entry", "open_backend"]
 
@@ -132,7 +132,7 @@ class _LocalWriter:
         self._unsynced += len(data)
         if self._unsynced >= self._SYNC_EVERY and (self._syncing is None or self._syncing.done()):
             self._unsynced = 0
-            self._syncing = POOL.submit(os.fdatasync, self._fd)
+            self._syncing = submit(os.fdatasync, self._fd)
 
     def _settle(self) -> None:
         if self._syncing is not None:

@@ -46,7 +46,13 @@ class Background:
         Raises a failure an earlier job met.
         """
         with self._cond:
-            self._raise_error()
+            try:
+                self._check_open()
+                self._raise_error()
+            except BaseException:
+                if discard is not None:
+                    discard()  # the job will never run: free what it captured
+                raise
             replaced = self._discard if self._waiting is not None else None
             if self._waiting is not None:
                 log.debug("%s: a newer snapshot replaces one still waiting to be saved", self._name)
@@ -75,9 +81,16 @@ class Background:
                 with self._cond:
                     self._error = self._error or exc
             finally:
+                del job  # the job holds its Checkpoint: let it be collected while we wait
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ResumableError(
+                f"background saves of {self._name} are closed: use a new Checkpoint"
+            )
 
     def _raise_error(self) -> None:
         exc, self._error = self._error, None

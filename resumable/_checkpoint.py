@@ -7,21 +7,23 @@ worker thread, so a running event loop never blocks on I/O, hashing or compressi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from ._backend import LocalBackend, open_backend
-from ._background import Background
+from ._background import EXIT_TIMEOUT, Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
-from ._errors import ConfigurationError, ResumableError, UnsupportedDataError
+from ._errors import ConfigurationError, ResumableError, StorageError, UnsupportedDataError
 from ._pipe import PipelinedBackend
 from ._progress import Progress, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
@@ -29,6 +31,8 @@ from ._store import Kind, Manifest, SnapshotStore
 from ._stream import Chunk, Spool, discard
 
 __all__ = ["SIGNING_KEY_ENV", "Checkpoint", "SaveData"]
+
+log = logging.getLogger("resumable")
 
 #: The environment variable that holds the default signing key.
 SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
@@ -118,7 +122,8 @@ class Checkpoint:
         self._lock = threading.RLock()
         self._bg: Background | None = None
         self._workspace = Path(tempfile.mkdtemp(prefix="resumable-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._workspace, True)
+        self._workers: list[Background] = []  # shared with the finalizer, which stops them
+        self._cleanup = weakref.finalize(self, _release, self._workspace, self._workers)
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.uri!r})"
@@ -166,6 +171,7 @@ class Checkpoint:
             >>> Checkpoint(tempfile.mkdtemp()).save_sync(b"")
 
         """
+        self.flush_sync()  # an older background snapshot must not land after this one
         self._commit(*self._encode(data))
 
     async def save(self, data: SaveData) -> None:
@@ -176,7 +182,9 @@ class Checkpoint:
             >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).save(b"state"))
 
         """
-        await asyncio.to_thread(self._commit, *self._encode(data))
+        kind, source = self._encode(data)
+        await self.flush()  # an older background snapshot must not land after this one
+        await asyncio.to_thread(self._commit, kind, source)
 
     def save_background(self, data: SaveData) -> None:
         """Capture ``data`` now and save it on a worker thread; return at once.
@@ -200,6 +208,7 @@ class Checkpoint:
             source = Spool(source())
         if self._bg is None:
             self._bg = Background(self.uri)
+            self._workers.append(self._bg)
 
         def job() -> None:
             try:
@@ -284,7 +293,7 @@ class Checkpoint:
         def commit() -> Manifest:
             return self._store.commit(kind, make(), compression=compression, attempt=attempt)
 
-        with self._lock:
+        with self._lock, _storage_errors(f"saving a snapshot to {self.uri}"):
             return retry_call(commit, policy, f"saving a snapshot to {self.uri}")
 
     def _restore(
@@ -293,13 +302,43 @@ class Checkpoint:
         accept: Callable[[Manifest], None] | None = None,
         poison_after: int | None = None,
     ) -> Manifest | None:
+        self.flush_sync()  # a load must see every snapshot saved before it
         with self._lock:
             if not self._cleanup.alive:
                 raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-            return retry_call(
-                lambda: self._store.restore(
+
+            def restore() -> Manifest | None:
+                return self._store.restore(
                     into or self._workspace, self.limits, accept, poison_after
-                ),
-                self.retry,
-                f"loading a snapshot from {self.uri}",
-            )
+                )
+
+            what = f"loading a snapshot from {self.uri}"
+            with _storage_errors(what):
+                return retry_call(restore, self.retry, what)
+
+
+def _release(workspace: Path, workers: list[Background]) -> None:
+    # Also runs at interpreter exit (weakref.finalize's own atexit hook, which runs before
+    # the background module's): pending saves are committed first, never dropped.
+    for worker in workers:
+        try:
+            worker.flush(EXIT_TIMEOUT)
+        except BaseException:
+            log.exception("a background save was lost")
+        worker.close()
+    shutil.rmtree(workspace, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """Report the store's own errors as StorageError: a library error, never a task's.
+
+    A ``StorageError`` is not retried by ``@resumable`` and never counts against a snapshot
+    as a crash of the task. The library's own errors and a vanished source pass unchanged.
+    """
+    try:
+        yield
+    except ResumableError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{what} failed: {exc!r}; the previous snapshot is intact") from exc

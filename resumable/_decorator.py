@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
@@ -235,7 +243,7 @@ async def _closing_async(coro: Coroutine[Any, Any, Any], call: _Call) -> Any:
     try:
         return await coro
     finally:
-        call.close()
+        await asyncio.to_thread(call.close)
 
 
 def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
@@ -312,13 +320,14 @@ class _Call:
         if "://" not in store:
             store = os.path.abspath(store)
         self.checkpoint = Checkpoint(
-            f"{store.rstrip('/')}/{self.key}",
+            f"{store if store.endswith('/') else store + '/'}{self.key}",
             keep=spec.keep,
             signing_key=spec.signing_key,
             storage_options=spec.storage_options,
             retry=spec.storage_retry,
         )
         self.restored: int | None = None  # the snapshot the current attempt started from
+        self.newest_at_start: int | None = None  # the newest committed one at that moment
         self.persister = Persister(
             self.checkpoint,
             folder=spec.folder,
@@ -367,18 +376,37 @@ class _Call:
 
     # -- one attempt ------------------------------------------------------------------------
 
+    def _begin(self, number: int) -> contextvars.Token[TaskContext | None]:
+        self.persister.begin(number)
+        self.restored = self.newest_at_start = None
+        return _current.set(TaskContext(self.checkpoint, self.key, number, self.persister))
+
+    def _failed(self, exc: BaseException) -> None:
+        """After a failed attempt: flush, so the next attempt sees every snapshot; count it."""
+        with contextlib.suppress(Exception):
+            self.persister.flush_sync()
+        self._note_failure(exc)
+
     @contextlib.contextmanager
     def attempt(self, number: int) -> Iterator[None]:
         """Run one attempt with ``ctx()`` set; flush pending background saves if it fails."""
-        self.persister.attempt = number
-        token = _current.set(TaskContext(self.checkpoint, self.key, number, self.persister))
-        self.restored = None
+        token = self._begin(number)
         try:
             yield
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                self.persister.flush_sync()  # the next attempt must see every snapshot
-            self._note_failure(exc)
+            self._failed(exc)
+            raise
+        finally:
+            _current.reset(token)
+
+    @contextlib.asynccontextmanager
+    async def aattempt(self, number: int) -> AsyncIterator[None]:
+        """Async twin of :meth:`attempt`: the failure path's I/O runs off the event loop."""
+        token = self._begin(number)
+        try:
+            yield
+        except BaseException as exc:
+            await asyncio.to_thread(self._failed, exc)
             raise
         finally:
             _current.reset(token)
@@ -394,7 +422,9 @@ class _Call:
             return
         with contextlib.suppress(Exception):
             store = self.checkpoint._store
-            if store.latest() == seq:  # nothing newer was committed: the snapshot is suspect
+            # Nothing committed since the attempt started: the snapshot it started from is
+            # suspect (also when it is an older one, chosen because a newer one was poison).
+            if store.latest() == self.newest_at_start:
                 store.mark_failed(seq)
 
     def _accept(self, m: Manifest) -> None:
@@ -423,6 +453,8 @@ class _Call:
             else:
                 value = loads_state((self.checkpoint.path / "payload").read_bytes())
         self.restored = None if m is None else m.seq
+        if m is not None and poison_after is not None:
+            self.newest_at_start = self.checkpoint._store.latest()
         if m is not None:
             log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
         elif number:
@@ -495,10 +527,11 @@ async def _drive_coroutine(call: _Call) -> Any:
     with call.guard():
         async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
             number = attempt.retry_state.attempt_number - 1
-            with attempt, call.attempt(number):
-                state = await asyncio.to_thread(call.load_state, number)
-                result = await call.wrapped(*call.args, **call.call_args(state))
-                await call.persister.flush()
+            with attempt:
+                async with call.aattempt(number):
+                    state = await asyncio.to_thread(call.load_state, number)
+                    result = await call.wrapped(*call.args, **call.call_args(state))
+                    await call.persister.flush()
     await asyncio.to_thread(call.succeed)
     return result
 
@@ -508,18 +541,19 @@ async def _drive_async_generator(call: _Call) -> Any:
     with call.guard():
         async for attempt in tenacity.AsyncRetrying(**call.retry_kwargs()):
             number = attempt.retry_state.attempt_number - 1
-            with attempt, call.attempt(number):
-                result = state = await asyncio.to_thread(call.load_state, number)
-                agen = call.wrapped(*call.args, **call.call_args(state))
-                offer = persister.offer
-                try:
-                    async for value in agen:
-                        result = value
-                        await offer(value)
-                finally:
-                    await agen.aclose()
-                if call.spec.on_success == "keep":
-                    await persister.finish()
-                await persister.flush()
+            with attempt:
+                async with call.aattempt(number):
+                    result = state = await asyncio.to_thread(call.load_state, number)
+                    agen = call.wrapped(*call.args, **call.call_args(state))
+                    offer = persister.offer
+                    try:
+                        async for value in agen:
+                            result = value
+                            await offer(value)
+                    finally:
+                        await agen.aclose()
+                    if call.spec.on_success == "keep":
+                        await persister.finish()
+                    await persister.flush()
     await asyncio.to_thread(call.succeed)
     return result

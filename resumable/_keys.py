@@ -21,6 +21,7 @@ from ._errors import ConfigurationError, StateError
 __all__ = ["call_key", "check_key", "task_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_KEY = re.compile(r"[A-Za-z0-9._=+@,/-]+")
 
 
 def task_name(fn: Callable[..., Any]) -> str:
@@ -34,10 +35,11 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not key.strip("/"):
         raise ConfigurationError(f"key must be a non-empty string, got {key!r}")
     parts = key.strip("/").split("/")
-    if any(p in ("", ".", "..") for p in parts) or "\\" in key:
+    # Anything else may mean something to fsspec or to a store ("::" chains filesystems).
+    if any(p in ("", ".", "..") for p in parts) or not _KEY.fullmatch(key):
         raise ConfigurationError(
-            f"key {key!r} is not a clean relative path: use letters, digits, '.', '-', '_' "
-            "and '/' between segments"
+            f"key {key!r} is not a clean relative path: use letters, digits, '.', '-', '_', "
+            "'=', '+', '@', ',' and '/' between segments"
         )
     return key.strip("/")
 

@@ -56,6 +56,13 @@ class Persister:
         #: Set (from a signal handler) when the process was asked to stop.
         self.preempted = False
 
+    def begin(self, attempt: int) -> None:
+        """Start an attempt: the throttle starts over, and nothing of a failed one is pending."""
+        self.attempt = attempt
+        self._count = 0
+        self._last = time.monotonic()
+        self.pending = MISSING
+
     def preempt(self) -> None:
         """Ask for a snapshot at the next yield and a stop after it (signal-handler safe)."""
         # Only plain attribute stores: the hot path then needs no extra check.

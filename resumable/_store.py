@@ -49,7 +49,7 @@ FORMAT = 1
 #: Payloads up to this size live inside the manifest: one object, one fsync.
 INLINE_MAX = 64 * 1024
 #: How many fresh listings a load tries when other writers delete what it listed.
-_RELIST = 3
+_RELIST = 5
 #: Saves and loads at least this large log their size and rate.
 _LOG_SIZE = 16 << 20
 
@@ -167,6 +167,14 @@ class Manifest:
             if blob is None or int(blob.group(1)) != seq:
                 return f"points to a payload that is not its own ({self.blob!r})"
         return None
+
+
+def _missing_as_corrupt(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """Object stores report a payload deleted mid-read on a later ranged read."""
+    try:
+        yield from chunks
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"payload {name} disappeared while it was read") from None
 
 
 def _finite(value: object) -> float:
@@ -310,7 +318,11 @@ class SnapshotStore:
                 f"another writer committed snapshot {seq} of {self.backend.url} first; this "
                 "snapshot was discarded. Is the same task running twice with the same key?",
             ) from None
-        self._drop([seq, *seqs][self.keep :], entries)
+        try:
+            # Oldest first: a load racing us never falls back past a snapshot we keep.
+            self._drop([seq, *seqs][self.keep :][::-1], entries)
+        except Exception as exc:  # housekeeping: the next commit retries it
+            log.warning("snapshot %d is committed, but retention failed: %r", seq, exc)
         if manifest.size >= _LOG_SIZE:
             log.info(
                 "saved snapshot %d to %s: %s",
@@ -332,9 +344,11 @@ class SnapshotStore:
     def clear(self) -> None:
         """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
         entries = self.backend.entries()
-        self._drop(manifest_seqs(entries)[::-1], entries)
-        for e in entries:
-            if _BLOB.match(e.name) or _MARK.match(e.name):
+        seqs = manifest_seqs(entries)
+        self._drop(seqs[::-1], entries)
+        dropped = {f"{seq:020d}." for seq in seqs}
+        for e in entries:  # orphans: payloads and marks of snapshots without a manifest
+            if (_BLOB.match(e.name) or _MARK.match(e.name)) and e.name[:21] not in dropped:
                 self.backend.delete(e.name)
 
     # -- poison snapshots ---------------------------------------------------------------
@@ -368,7 +382,7 @@ class SnapshotStore:
                     stream = stack.enter_context(self.backend.open_read(m.blob))
                 except FileNotFoundError:
                     raise CorruptCheckpointError(f"payload {m.blob} is missing") from None
-                source = iter_read(stream)
+                source = _missing_as_corrupt(iter_read(stream), m.blob)
             for chunk in source:
                 digest.update(chunk)
                 if self.progress is not None:
@@ -474,7 +488,7 @@ class SnapshotStore:
                 self._check_signature(m)
             except FileNotFoundError:
                 attempt.deleted(seq)
-                continue
+                return None  # pruned by another writer: newer ones exist, list again
             except CorruptCheckpointError as exc:
                 attempt.refused.append(self._skip(seq, exc))
                 continue
@@ -485,10 +499,10 @@ class SnapshotStore:
                 self._restore_one(m, workspace, limits)
             except CorruptCheckpointError as exc:
                 _clear(workspace)
-                if self._exists(manifest_name(seq)):
-                    attempt.refused.append(self._skip(seq, exc))
-                else:  # pruned while we read its payload: not corruption
+                if not self._exists(manifest_name(seq)):  # pruned while we read its payload
                     attempt.deleted(seq)
+                    return None
+                attempt.refused.append(self._skip(seq, exc))
                 continue
             except BaseException:
                 _clear(workspace)

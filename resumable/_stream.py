@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 __all__ = [
     "CHUNK_SIZE",
@@ -25,6 +25,7 @@ __all__ = [
     "Spool",
     "discard",
     "ordered_map",
+    "submit",
 ]
 
 #: Size of one read, write or compressed member when streaming.
@@ -37,6 +38,23 @@ U = TypeVar("U")
 # A small shared pool: digest updates and (de)compression of chunks. Each stream keeps its own
 # ordering by waiting on its previous future, so streams never interleave their bytes.
 POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resumable-io")
+
+
+def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """``POOL.submit``, or the call done here once the pool is shut down.
+
+    Python shuts thread pools down before ``atexit`` handlers run, and the exit flush of
+    background saves must still be able to hash, compress and sync.
+    """
+    try:
+        return POOL.submit(fn, *args)
+    except RuntimeError:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
 
 # Below this, handing a chunk to another thread costs more than hashing it here.
 _INLINE_HASH = 64 * 1024
@@ -70,7 +88,7 @@ class Digest:
         if len(chunk) < _INLINE_HASH:
             self._hash.update(chunk)
         else:
-            self._pending = POOL.submit(self._hash.update, chunk)
+            self._pending = submit(self._hash.update, chunk)
 
     def hexdigest(self) -> str:
         """The lowercase hex sha256 of everything added so far."""
@@ -85,7 +103,7 @@ def ordered_map(fn: Callable[[T], U], items: Iterable[T], ahead: int = 2) -> Ite
     window: deque[Future[U]] = deque()
     try:
         for item in items:
-            window.append(POOL.submit(fn, item))
+            window.append(submit(fn, item))
             if len(window) > ahead:
                 yield window.popleft().result()
         while window:

@@ -19,7 +19,9 @@ from resumable import (
     Checkpoint,
     ConfigurationError,
     CorruptCheckpointError,
+    ResumableError,
     StateError,
+    StorageError,
     ctx,
     resumable,
 )
@@ -299,3 +301,118 @@ def test_state_error_names_the_task(store_url: str) -> None:
 
     with pytest.raises(StateError, match="resumable rm"):
         task()
+
+
+# -- review fixes -------------------------------------------------------------------------------
+
+
+def test_retention_failure_never_fails_a_committed_save(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that refuses deletes still commits saves; retention failing is only a warning."""
+    with Checkpoint(store_url, keep=1) as cp:
+        cp.save_sync(b"one")
+
+        def refuse(name: str) -> None:
+            raise PermissionError(13, "DeleteObject denied", name)
+
+        monkeypatch.setattr(cp._store.backend, "delete", refuse)
+        with caplog.at_level(logging.WARNING, logger="resumable"):
+            cp.save_sync(b"two")
+        assert (cp.load_sync() / "payload").read_bytes() == b"two"
+    assert any("retention failed" in r.getMessage() for r in caplog.records)
+
+
+def test_storage_answer_is_a_storage_error_and_not_retried(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during a save is a StorageError: the task is not retried, nothing poisoned."""
+    import errno
+
+    attempts: list[int] = []
+
+    @resumable(state=0, store=store_url, key="full", retries=3, wait=0)
+    def task(state: int = 0) -> Any:
+        attempts.append(ctx().attempt_number())
+        store = ctx().checkpoint._store
+
+        def full(name: str, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store.backend, "create_exclusive", full)
+        yield 1
+
+    with pytest.raises(StorageError, match="No space left"):
+        task()
+    assert attempts == [0]
+
+
+def test_poison_fallback_is_protected_too(store_url: str) -> None:
+    """Failures from the snapshot used after a poison one count as well: no endless loop."""
+    starts: list[int] = []
+
+    @resumable(state=0, store=store_url, key="loop", retries=20, wait=0, poison_after=2)
+    def task(state: int = 0) -> Any:
+        starts.append(state)
+        if state == 0:
+            yield 1
+            yield 2
+        raise RuntimeError("always fails")
+
+    with pytest.raises(CorruptCheckpointError, match="poison"):
+        task()
+    assert starts == [0, 2, 2, 1, 1]
+
+
+def test_sync_save_lands_after_pending_background_save(store_url: str) -> None:
+    """save_sync after save_background: the synchronous (newer) snapshot is the newest."""
+    with Checkpoint(store_url) as cp:
+        cp.save_background(b"older")
+        cp.save_sync(b"newer")
+        assert (cp.load_sync() / "payload").read_bytes() == b"newer"
+
+
+def test_background_save_after_close_is_refused(store_url: str) -> None:
+    """save_background on a closed Checkpoint raises instead of waiting forever."""
+    cp = Checkpoint(store_url)
+    cp.save_background(b"x")
+    cp.close()
+    with pytest.raises(ResumableError, match="closed"):
+        cp.save_background(b"y")
+
+
+EXIT_FLUSH = textwrap.dedent(
+    """
+    import os, sys
+    from resumable import Checkpoint
+    cp = Checkpoint(sys.argv[1])
+    cp.save_background(b"big" * 2_000_000)   # hashed on worker threads: > 64 KiB
+    # no flush, no close: interpreter exit must still commit it
+    """
+)
+
+
+def test_interpreter_exit_flushes_large_background_saves(tmp_path: Path) -> None:
+    """A large background save still pending at exit is committed before the process ends."""
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_FLUSH)
+    store = str(tmp_path / "store")
+    done = subprocess.run(
+        [sys.executable, str(script), store], capture_output=True, text=True, check=True
+    )
+    assert "lost" not in done.stderr
+    with Checkpoint(store) as cp:
+        assert (cp.load_sync() / "payload").read_bytes() == b"big" * 2_000_000
+
+
+def test_store_url_joins_keys_on_bare_protocols() -> None:
+    """store="memory://" puts key k at memory://k, not at a local path named memory:."""
+
+    @resumable(state=0, store="memory://", key="joined-key", on_success="keep")
+    def task(state: int = 0) -> Any:
+        yield 1
+
+    task()
+    assert not Path("memory:").exists()
+    with Checkpoint("memory://joined-key") as cp:
+        assert cp.load_sync() is not None

@@ -91,7 +91,7 @@ def test_task_name_is_a_safe_path_segment() -> None:
     assert name.startswith("tests.test_keys.")
 
 
-@pytest.mark.parametrize("bad", ["", "/", "a/../b", "..", "a//b", "a\\b"])
+@pytest.mark.parametrize("bad", ["", "/", "a/../b", "..", "a//b", "a\\b", "a::b", "a b", "x?y"])
 def test_bad_explicit_keys(bad: str) -> None:
     """Keys that are empty or could escape the store are refused."""
     with pytest.raises(ConfigurationError):
