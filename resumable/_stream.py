@@ -56,6 +56,7 @@ def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
             done.set_exception(exc)
         return done
 
+
 # Below this, handing a chunk to another thread costs more than hashing it here.
 _INLINE_HASH = 64 * 1024
 
