@@ -24,7 +24,15 @@ from fsspec.implementations.local import LocalFileSystem
 from ._errors import ConfigurationError
 from ._stream import CHUNK_SIZE, submit
 
-__all__ = ["Backend", "BlobWriter", "Entry", "open_backend"]
+__all__ = [
+    "Backend",
+    "BlobWriter",
+    "Entry",
+    "Upload",
+    "abort_upload",
+    "open_backend",
+    "unfinished_uploads",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,3 +403,50 @@ def iter_read(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Read ``stream`` in chunks of ``size`` until its end (the caller closes it)."""
     while chunk := stream.read(size):
         yield chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An unfinished multipart upload under a backend's root (a writer died mid-upload)."""
+
+    #: The object's path relative to the root, e.g. ``task/00000000000000000007.<token>.blob``.
+    name: str
+    upload_id: str
+    initiated: float | None
+
+
+def unfinished_uploads(backend: Backend) -> list[Upload]:
+    """Multipart uploads started under ``backend``'s root and never completed (S3 only).
+
+    A writer killed mid-upload leaves its parts billed and invisible; only an abort frees
+    them. Other backends have nothing of the kind and return an empty list.
+    """
+    if not isinstance(backend, FsspecBackend):
+        return []
+    fs = backend.fs
+    if not hasattr(fs, "list_multipart_uploads"):
+        return []
+    bucket, _, prefix = backend.root.partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    found = []
+    for upload in fs.list_multipart_uploads(bucket):
+        key = str(upload.get("Key", ""))
+        if not key.startswith(prefix):
+            continue
+        when = upload.get("Initiated")
+        found.append(
+            Upload(
+                name=key[len(prefix) :],
+                upload_id=str(upload["UploadId"]),
+                initiated=float(when.timestamp()) if hasattr(when, "timestamp") else None,
+            )
+        )
+    return found
+
+
+def abort_upload(backend: Backend, upload: Upload) -> None:
+    """Abort an unfinished multipart upload found by :func:`unfinished_uploads`."""
+    assert isinstance(backend, FsspecBackend)
+    bucket, _, prefix = backend.root.partition("/")
+    key = f"{prefix}/{upload.name}" if prefix else upload.name
+    backend.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)

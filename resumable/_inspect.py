@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._backend import Backend, Entry, FsspecBackend, LocalBackend, open_backend
+from ._backend import (
+    Backend,
+    Entry,
+    FsspecBackend,
+    LocalBackend,
+    abort_upload,
+    open_backend,
+    unfinished_uploads,
+)
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._store import Manifest, SnapshotStore, manifest_name, manifest_seqs
 
@@ -43,7 +51,7 @@ _MANIFEST = re.compile(r"^(\d{20})\.json$")
 _BLOB = re.compile(r"^(\d{20})\.[0-9a-f]{8,64}\.blob$")
 
 Status = Literal["ok", "bad", "unchecked", "gone"]
-GarbageReason = Literal["orphan payload", "temp file"]
+GarbageReason = Literal["orphan payload", "temp file", "unfinished upload"]
 
 
 def _is_temp(name: str) -> bool:
@@ -66,7 +74,8 @@ def _exists(backend: Backend) -> bool:
         if not backend.root:
             return True  # the filesystem's top, e.g. "memory://"
         backend.fs.invalidate_cache(backend.root)
-        return bool(backend.fs.isdir(backend.root))
+        # A prefix holding only an unfinished upload has no object yet, but gc has work there.
+        return bool(backend.fs.isdir(backend.root)) or bool(unfinished_uploads(backend))
     return True
 
 
@@ -347,13 +356,25 @@ def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) 
     """
     removed: list[Garbage] = []
     kept: list[Garbage] = []
+
+    def old(g: Garbage) -> bool:
+        return grace <= 0 or (g.mtime is not None and now - g.mtime > grace)
+
     for folder in find_task_folders(store):
         for g in find_garbage(folder):
-            old = grace <= 0 or (g.mtime is not None and now - g.mtime > grace)
-            if not old:
+            if not old(g):
                 kept.append(g)
                 continue
             if not dry_run:
                 folder.backend.delete(g.name)
             removed.append(g)
+    for upload in unfinished_uploads(store):
+        key, _, name = upload.name.rpartition("/")
+        g = Garbage(key or ".", name, 0, upload.initiated, "unfinished upload")
+        if not old(g):
+            kept.append(g)
+            continue
+        if not dry_run:
+            abort_upload(store, upload)
+        removed.append(g)
     return GcReport(removed, kept)
