@@ -74,33 +74,46 @@ class _ExitedError(ServerError):
     """The server exited while starting."""
 
 
-class SeaweedS3:
-    """One SeaweedFS server (master, volume, filer and S3 gateway) on loopback."""
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
-    access_key = "resumable-test"
-    secret_key = "resumable-test-secret"  # a local test server's key, not a secret
-    region = "us-east-1"
+
+class _LoopbackServer:
+    """One server process on 127.0.0.1: launch, readiness poll, stop by process group."""
+
+    #: Its temp folder's and log's name; ``title``: what messages call it.
+    name = title = "server"
+    #: Seconds between readiness probes.
+    pause = 0.1
 
     def __init__(self, bucket: str = "resumable-test") -> None:
         self.bucket = bucket
-        self.endpoint = ""
+        self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
     @property
-    def env(self) -> dict[str, str]:
-        """The standard AWS variables that point boto, and so s3fs, at this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-        }
+    def endpoint(self) -> str:
+        """The server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def _binary(self) -> str:
+        raise NotImplementedError
+
+    def _command(self, binary: str, workdir: Path) -> list[str]:
+        """The server's command line, on ports picked free now (``self.port`` the clients')."""
+        raise NotImplementedError
+
+    def _client(self) -> Any:
+        """A file system on the server, for the readiness probe."""
+        raise NotImplementedError
 
     def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
         """Start the server and wait until the bucket exists and takes writes."""
-        binary = weed_binary()
-        self._workdir = Path(tempfile.mkdtemp(prefix="resumable-weed-"))
+        binary = self._binary()  # a missing binary fails at once
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"resumable-{self.name}-"))
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         problem = ""
@@ -119,13 +132,110 @@ class SeaweedS3:
             return
         log = self._log_tail()
         self.stop()
-        raise ServerError(f"SeaweedFS did not start: {problem}\n--- weed log (end) ---\n{log}")
+        raise ServerError(
+            f"{self.title} did not start: {problem}\n--- {self.name} log (end) ---\n{log}"
+        )
 
     def _launch(self, binary: str, workdir: Path) -> None:
+        args = self._command(binary, workdir)
+        with (workdir / f"{self.name}.log").open("ab") as log:
+            self._proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=workdir,
+                start_new_session=True,  # its own process group, stopped as a whole
+            )
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll until a bucket create and an object write succeed, or the deadline passes."""
+        assert self._proc is not None
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            code = self._proc.poll()
+            if code is not None:
+                raise _ExitedError(f"{self.name} exited with status {code} while starting ({last})")
+            try:
+                # The clients retry a refused connection with long backoffs: probe the port
+                # first, and through the client only once something listens.
+                if _port_open(self.port):
+                    fs = self._client()
+                    if not fs.exists(self.bucket):
+                        fs.mkdir(self.bucket)
+                    fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
+                    return
+                last = f"nothing listens on 127.0.0.1:{self.port}"
+            except Exception as exc:  # anything means: not ready yet
+                last = f"{type(exc).__name__}: {exc}"
+            # Pause between probes, and wake up at once if the server exits meanwhile.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=self.pause)
+        raise ServerError(f"not ready before the deadline; last probe: {last}")
+
+    def _log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's log (all of it for 0)."""
+        if self._workdir is None:
+            return ""
+        try:
+            text = (self._workdir / f"{self.name}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _terminate(self) -> None:
+        """TERM the server's process group, then KILL it if it is still there after 3 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Children that outlived the leader (none expected) go with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Stop the server and remove its folder; safe to call twice (finalizer and atexit)."""
+        self._terminate()
+        workdir, self._workdir = self._workdir, None
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+
+class SeaweedS3(_LoopbackServer):
+    """One SeaweedFS server (master, volume, filer and S3 gateway) on loopback."""
+
+    name, title, pause = "weed", "SeaweedFS", 0.2
+    access_key = "resumable-test"
+    secret_key = "resumable-test-secret"  # a local test server's key, not a secret
+    region = "us-east-1"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point boto, and so s3fs, at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def _binary(self) -> str:
+        return weed_binary()
+
+    def _command(self, binary: str, workdir: Path) -> list[str]:
         picked = _free_ports(2 * len(_SERVICES))
         ports = dict(zip(_SERVICES, picked[: len(_SERVICES)], strict=True))
         grpc = dict(zip(_SERVICES, picked[len(_SERVICES) :], strict=True))
-        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        self.port = ports["s3"]
         data = workdir / "data"
         data.mkdir(exist_ok=True)
         config = workdir / "s3.json"
@@ -165,15 +275,7 @@ class SeaweedS3:
         ]
         for service in _SERVICES:
             args += [f"-{service}.port={ports[service]}", f"-{service}.port.grpc={grpc[service]}"]
-        with (workdir / "weed.log").open("ab") as log:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                start_new_session=True,  # its own process group, stopped as a whole
-            )
+        return args
 
     def _client(self) -> Any:
         import s3fs  # the test extra's dependency, imported only when an s3 test runs
@@ -191,55 +293,8 @@ class SeaweedS3:
             },
         )
 
-    def _wait_ready(self, deadline: float) -> None:
-        """Poll until a bucket create and an object write succeed, or the deadline passes."""
-        assert self._proc is not None
-        last = "no answer yet"
-        fs = self._client()
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise _ExitedError(f"weed exited with status {code} while starting ({last})")
-            try:
-                if not fs.exists(self.bucket):
-                    fs.mkdir(self.bucket)
-                fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
-            except Exception as exc:  # anything means: not ready yet
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                return
-            # Pause between probes, and wake up at once if the server exits meanwhile.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=0.2)
-        raise ServerError(f"not ready before the deadline; last probe: {last}")
-
-    def _log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server's log (all of it for 0)."""
-        if self._workdir is None:
-            return ""
-        try:
-            text = (self._workdir / "weed.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
     def _terminate(self) -> None:
-        """TERM the server's process group, then KILL it if it is still there after 3 s."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Children that outlived the leader (none expected) go with the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        super()._terminate()
         # Its gRPC services also listen on Unix sockets at fixed places in /tmp, which a
         # killed server leaves behind: the log names them.
         for line in self._log_tail(lines=0).splitlines():
@@ -248,21 +303,10 @@ class SeaweedS3:
                 if path.name.startswith("seaweedfs-") and path.suffix == ".sock":
                     path.unlink(missing_ok=True)
 
-    def stop(self) -> None:
-        """Stop the server and remove its data; safe to call twice (finalizer and atexit)."""
-        self._terminate()
-        workdir, self._workdir = self._workdir, None
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        atexit.unregister(self.stop)
 
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[SeaweedS3]:
-    """A SeaweedFS S3 server for the session; the AWS variables point at it meanwhile."""
-    if os.environ.get(S3_ENV_SWITCH, "").lower() == "skip":
-        pytest.skip(f"{S3_ENV_SWITCH}=skip: the s3 tests are skipped")
-    server = SeaweedS3()
+def _start_or_fail(server: _LoopbackServer, switch: str, what: str) -> None:
+    if os.environ.get(switch, "").lower() == "skip":
+        pytest.skip(f"{switch}=skip: the {what} tests are skipped")
     problem = None
     try:
         server.start()
@@ -270,21 +314,37 @@ def s3_server() -> Iterator[SeaweedS3]:
         problem = str(exc)
     if problem is not None:
         pytest.fail(
-            f"cannot start the S3 test server: {problem}\n(set {S3_ENV_SWITCH}=skip to skip "
-            "the s3 tests on a machine that cannot run it)",
+            f"cannot start the {what} test server: {problem}\n(set {switch}=skip to skip the "
+            f"{what} tests on a machine that cannot run it)",
             pytrace=False,
         )
-    import s3fs
 
+
+@contextlib.contextmanager
+def _pointed_at(server: Any, fs_class: Any, unset: tuple[str, ...] = ()) -> Iterator[Any]:
+    """``server`` with its variables set, ``unset`` removed and no cached clients; then stopped."""
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
+            for name in unset:
                 mp.delenv(name, raising=False)
             for name, value in server.env.items():
                 mp.setenv(name, value)
             # Instances cached before the variables were set would keep other settings.
-            s3fs.S3FileSystem.clear_instance_cache()
+            fs_class.clear_instance_cache()
             yield server
-            s3fs.S3FileSystem.clear_instance_cache()
+            fs_class.clear_instance_cache()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 server for the session; the AWS variables point at it meanwhile."""
+    server = SeaweedS3()
+    _start_or_fail(server, S3_ENV_SWITCH, "s3")
+    import s3fs
+
+    with _pointed_at(
+        server, s3fs.S3FileSystem, ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE")
+    ) as started:
+        yield started

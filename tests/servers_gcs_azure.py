@@ -15,25 +15,17 @@ the summary). Unset, a server that cannot start fails them: CI must exercise the
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import fsspec
 import pytest
 
-from .servers import ServerError, _free_ports
+from .servers import ServerError, _free_ports, _LoopbackServer, _pointed_at, _start_or_fail
 
 __all__ = [
     "AZURE_ENV_SWITCH",
@@ -59,10 +51,6 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
-
-
-class _ExitedError(ServerError):
-    """The server exited while starting."""
 
 
 def fake_gcs_binary() -> str:
@@ -99,132 +87,6 @@ def azurite_binary() -> str:
     return found
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class _LoopbackServer:
-    """One server process on 127.0.0.1: launch, readiness poll, stop by process group."""
-
-    #: Name used in messages and in the temp folder's name.
-    name = "server"
-
-    def __init__(self, bucket: str = "resumable-test") -> None:
-        self.bucket = bucket
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._workdir: Path | None = None
-
-    @property
-    def endpoint(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def _binary(self) -> str:
-        raise NotImplementedError
-
-    def _command(self, binary: str) -> list[str]:
-        raise NotImplementedError
-
-    def _probe(self) -> None:
-        """Create the bucket (or container) if needed and write an object; raise if that fails."""
-        raise NotImplementedError
-
-    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
-        """Start the server and wait until the bucket exists and takes writes."""
-        binary = self._binary()  # a missing binary fails at once
-        self._workdir = Path(tempfile.mkdtemp(prefix=f"resumable-{self.name}-"))
-        atexit.register(self.stop)
-        deadline = time.monotonic() + timeout
-        problem = ""
-        for _ in range(attempts):
-            (self.port,) = _free_ports(1)
-            with (self._workdir / "server.log").open("ab") as log:
-                self._proc = subprocess.Popen(
-                    self._command(binary),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self._workdir,
-                    start_new_session=True,  # its own process group, stopped as a whole
-                )
-            try:
-                self._wait_ready(deadline)
-            except _ExitedError as exc:
-                # Another process may have taken the port we picked: launch again, new port.
-                problem = str(exc)
-                self._terminate()
-                continue
-            except ServerError as exc:
-                problem = str(exc)
-                break
-            return
-        log_tail = self._log_tail()
-        self.stop()
-        raise ServerError(
-            f"{self.name} did not start: {problem}\n--- {self.name} log (end) ---\n{log_tail}"
-        )
-
-    def _wait_ready(self, deadline: float) -> None:
-        """Poll until the port answers, then until the probe succeeds, or the deadline passes."""
-        assert self._proc is not None
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            code = self._proc.poll()
-            if code is not None:
-                raise _ExitedError(f"exited with status {code} while starting ({last})")
-            try:
-                # The clients retry a refused connection with long backoffs: probe the port
-                # first, and through the client only once something listens.
-                if _port_open(self.port):
-                    self._probe()
-                    return
-                last = f"nothing listens on 127.0.0.1:{self.port}"
-            except Exception as exc:  # anything means: not ready yet
-                last = f"{type(exc).__name__}: {exc}"
-            # Pause between probes, and wake up at once if the server exits meanwhile.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=0.1)
-        raise ServerError(f"not ready before the deadline; last probe: {last}")
-
-    def _log_tail(self, lines: int = 40) -> str:
-        if self._workdir is None:
-            return ""
-        try:
-            text = (self._workdir / "server.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _terminate(self) -> None:
-        """TERM the server's process group, then KILL it if it is still there after 3 s."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Children that outlived the leader (none expected) go with the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def stop(self) -> None:
-        """Stop the server and remove its folder; safe to call twice (finalizer and atexit)."""
-        self._terminate()
-        workdir, self._workdir = self._workdir, None
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        atexit.unregister(self.stop)
-
-
 class FakeGCS(_LoopbackServer):
     """fake-gcs-server over plain HTTP on loopback, objects in memory."""
 
@@ -255,7 +117,8 @@ class FakeGCS(_LoopbackServer):
     def _binary(self) -> str:
         return fake_gcs_binary()
 
-    def _command(self, binary: str) -> list[str]:
+    def _command(self, binary: str, workdir: Path) -> list[str]:
+        (self.port,) = _free_ports(1)
         return [
             binary,
             "-scheme",
@@ -272,15 +135,12 @@ class FakeGCS(_LoopbackServer):
             "warn",
         ]
 
-    def _probe(self) -> None:
+    def _client(self) -> Any:
         from gcsfs.core import GCSFileSystem  # the plain client, whatever the variable says
 
-        fs = GCSFileSystem(
+        return GCSFileSystem(
             endpoint_url=self.endpoint, skip_instance_cache=True, **self.storage_options
         )
-        if not fs.exists(self.bucket):
-            fs.mkdir(self.bucket)
-        fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
 
 
 class AzuriteBlob(_LoopbackServer):
@@ -304,7 +164,8 @@ class AzuriteBlob(_LoopbackServer):
     def _binary(self) -> str:
         return azurite_binary()
 
-    def _command(self, binary: str) -> list[str]:
+    def _command(self, binary: str, workdir: Path) -> list[str]:
+        (self.port,) = _free_ports(1)
         return [
             binary,
             "--blobHost",
@@ -320,28 +181,11 @@ class AzuriteBlob(_LoopbackServer):
             "--silent",  # no access log
         ]
 
-    def _probe(self) -> None:
+    def _client(self) -> Any:
         from adlfs import AzureBlobFileSystem
 
-        fs = AzureBlobFileSystem(connection_string=self.connection_string, skip_instance_cache=True)
-        if not fs.exists(self.bucket):
-            fs.mkdir(self.bucket)
-        fs.pipe_file(f"{self.bucket}/.ready-{uuid.uuid4().hex}", b"ready")
-
-
-def _start_or_fail(server: _LoopbackServer, switch: str, what: str) -> None:
-    if os.environ.get(switch, "").lower() == "skip":
-        pytest.skip(f"{switch}=skip: the {what} tests are skipped")
-    problem = None
-    try:
-        server.start()
-    except ServerError as exc:
-        problem = str(exc)
-    if problem is not None:
-        pytest.fail(
-            f"cannot start the {what} test server: {problem}\n(set {switch}=skip to skip the "
-            f"{what} tests on a machine that cannot run it)",
-            pytrace=False,
+        return AzureBlobFileSystem(
+            connection_string=self.connection_string, skip_instance_cache=True
         )
 
 
@@ -385,19 +229,10 @@ def azure_server() -> Iterator[AzuriteBlob]:
     """An Azurite blob server for the session; adlfs points at it meanwhile."""
     server = AzuriteBlob()
     _start_or_fail(server, AZURE_ENV_SWITCH, "azure")
-    try:
-        from adlfs import AzureBlobFileSystem  # the probe imported it already
+    from adlfs import AzureBlobFileSystem  # the probe imported it already
 
-        with pytest.MonkeyPatch.context() as mp:
-            for name in _AZURE_CREDENTIAL_VARIABLES:
-                mp.delenv(name, raising=False)
-            for name, value in server.env.items():
-                mp.setenv(name, value)
-            AzureBlobFileSystem.clear_instance_cache()
-            yield server
-            AzureBlobFileSystem.clear_instance_cache()
-    finally:
-        server.stop()
+    with _pointed_at(server, AzureBlobFileSystem, _AZURE_CREDENTIAL_VARIABLES) as started:
+        yield started
 
 
 #: Other adlfs credentials that could take precedence over the connection string.

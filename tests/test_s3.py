@@ -15,12 +15,16 @@ from typing import Any
 import fsspec
 import pytest
 
-from resumable import Checkpoint, ConcurrentWriterError
+from resumable import Checkpoint
 from resumable._backend import open_backend
 from resumable._store import INLINE_MAX, SnapshotStore
 
-from .conftest import read_object, store_files
+from .conftest import store_files
 from .servers import SeaweedS3
+from .test_gcs_azure import (  # noqa: F401  the same tests, collected here with this ``url``
+    test_second_exclusive_create_raises_file_exists,
+    test_second_store_committing_the_same_seq_loses_cleanly,
+)
 
 MiB = 1 << 20
 #: Small multipart parts (S3's minimum is 5 MiB) so that a 20 MiB payload takes several.
@@ -46,42 +50,12 @@ def _uploads_in_progress(url: str) -> list[str]:
     return [u["Key"] for u in fs.list_multipart_uploads(bucket) if u["Key"].startswith(prefix)]
 
 
-def test_second_exclusive_create_raises_file_exists(url: str) -> None:
-    """A second exclusive create of a name raises FileExistsError; the first's content stays."""
-    backend = open_backend(url, None)
-    backend.create_exclusive("00000000000000000000.json", b"first")
-    with pytest.raises(FileExistsError):
-        backend.create_exclusive("00000000000000000000.json", b"second")
-    assert read_object(url, "00000000000000000000.json") == b"first"
-
-
 def test_failed_write_that_is_not_a_conflict_is_not_file_exists(s3_server: SeaweedS3) -> None:
     """A refused exclusive create for another reason (no such bucket) stays an error of its own."""
     backend = open_backend(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/x", None)
     with pytest.raises(OSError) as caught:
         backend.create_exclusive("00000000000000000000.json", b"data")
     assert not isinstance(caught.value, FileExistsError)
-
-
-def test_second_store_committing_the_same_seq_loses_cleanly(
-    url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A writer that picked a committed seq gets ConcurrentWriterError; the first one stays."""
-    first = SnapshotStore(open_backend(url, None), keep=2)
-    second = SnapshotStore(open_backend(url, None), keep=2)
-    # The second writer listed the store before the first one committed: both pick seq 0.
-    stale = second.backend.entries()
-    monkeypatch.setattr(second.backend, "entries", lambda: stale)
-    winner = os.urandom(INLINE_MAX + 1)  # large enough for a payload object of its own
-    first.commit("bytes", [winner])
-    with pytest.raises(ConcurrentWriterError):
-        second.commit("bytes", [os.urandom(INLINE_MAX + 1)])
-    names = store_files(url)
-    assert len(names) == 2, names  # the winner's manifest and payload; the loser's payload went
-    with Checkpoint(url) as cp:
-        root = cp.load_sync()
-        assert root is not None
-        assert (root / "payload").read_bytes() == winner
 
 
 def test_large_file_round_trips_through_multipart_upload(url: str, tmp_path: Any) -> None:
