@@ -337,6 +337,23 @@ class FsspecBackend:
     def writer(self, name: str) -> BlobWriter:
         return _FsspecWriter(self.fs, self._path(name))
 
+    @contextlib.contextmanager
+    def _refused_means_exists(self, path: str) -> Iterator[None]:
+        """Map a refused conditional write to ``FileExistsError``.
+
+        S3 and GCS answer a refused precondition (If-None-Match: *, ifGenerationMatch=0) with
+        412; clients report it as FileExistsError only when the answer names the condition,
+        which not every server does (SeaweedFS: an EINVAL OSError).
+        """
+        try:
+            yield
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if self._precondition_failed(exc):
+                raise FileExistsError(errno.EEXIST, "exists", path) from exc
+            raise
+
     def create_exclusive(self, name: str, data: bytes) -> None:
         path = self._path(name)
         protocols = self.fs.protocol
@@ -345,27 +362,12 @@ class FsspecBackend:
             # refuses with 412 (gcsfs raises FileExistsError) when the object exists. Its "xb"
             # mode puts the same precondition on a resumable upload's first request instead,
             # which not every GCS server enforces (fake-gcs-server, for one, overwrites).
-            try:
+            with self._refused_means_exists(path):
                 self.fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                if self._precondition_failed(exc):
-                    raise FileExistsError(errno.EEXIST, "exists", path) from exc
-                raise
             return
         try:
-            with self.fs.open(path, "xb") as f:
+            with self._refused_means_exists(path), self.fs.open(path, "xb") as f:
                 f.write(data)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            # S3 answers a refused conditional write (If-None-Match: *) with 412
-            # PreconditionFailed; s3fs reports it as FileExistsError only when the answer names
-            # the condition, which not every server does (SeaweedFS: an EINVAL OSError).
-            if self._precondition_failed(exc):
-                raise FileExistsError(errno.EEXIST, "exists", path) from exc
-            raise
         except (ValueError, NotImplementedError, TypeError):
             # No exclusive mode on this backend: check, then write. Documented as racy.
             if self.fs.exists(path):
@@ -415,6 +417,12 @@ class Upload:
     initiated: float | None
 
 
+def _bucket_and_key(backend: FsspecBackend, name: str) -> tuple[str, str]:
+    """The bucket of ``backend``'s root, and the key of ``name`` under it ("" for the root/)."""
+    bucket, _, prefix = backend.root.partition("/")
+    return bucket, f"{prefix}/{name}" if prefix else name
+
+
 def unfinished_uploads(backend: Backend) -> list[Upload]:
     """Multipart uploads started under ``backend``'s root and never completed (S3 only).
 
@@ -426,8 +434,7 @@ def unfinished_uploads(backend: Backend) -> list[Upload]:
     fs = backend.fs
     if not hasattr(fs, "list_multipart_uploads"):
         return []
-    bucket, _, prefix = backend.root.partition("/")
-    prefix = f"{prefix}/" if prefix else ""
+    bucket, prefix = _bucket_and_key(backend, "")
     found = []
     for upload in fs.list_multipart_uploads(bucket):
         key = str(upload.get("Key", ""))
@@ -447,6 +454,5 @@ def unfinished_uploads(backend: Backend) -> list[Upload]:
 def abort_upload(backend: Backend, upload: Upload) -> None:
     """Abort an unfinished multipart upload found by :func:`unfinished_uploads`."""
     assert isinstance(backend, FsspecBackend)
-    bucket, _, prefix = backend.root.partition("/")
-    key = f"{prefix}/{upload.name}" if prefix else upload.name
+    bucket, key = _bucket_and_key(backend, upload.name)
     backend.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)
