@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import get_type_hints as _get_type_hints
+
 from ._checkpoint import Checkpoint
 from ._codec import Limits
 from ._context import TaskContext, ctx
@@ -20,6 +22,7 @@ from ._errors import (
     ConcurrentWriterError,
     ConfigurationError,
     CorruptCheckpointError,
+    DeadlineExceeded,
     NoTaskContextError,
     Preempted,
     ResumableError,
@@ -40,6 +43,7 @@ __all__ = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
+    "DeadlineExceeded",
     "Dir",
     "Limits",
     "NoTaskContextError",
@@ -59,3 +63,23 @@ __all__ = [
     "latest_checkpoint",
     "resumable",
 ]
+
+
+def _report_as_public(name: str) -> None:
+    # Public names say where users import them from (``resumable.Checkpoint``, not
+    # ``resumable._checkpoint.Checkpoint``): in reprs, tracebacks and docs, and in pickles,
+    # which then do not depend on the private module layout.
+    obj = globals()[name]
+    if not callable(obj):
+        return
+    if isinstance(obj, type) and "__annotations__" in vars(obj):
+        # typing.get_type_hints() evaluates a class's string annotations in the namespace of
+        # its __module__; evaluate them now, where they were written, so that it still can.
+        hints = _get_type_hints(obj, include_extras=True)
+        obj.__annotations__ = {key: hints[key] for key in vars(obj)["__annotations__"]}
+    obj.__module__ = __name__
+
+
+for _name in __all__:
+    _report_as_public(_name)
+del _name, _report_as_public

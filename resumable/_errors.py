@@ -1,21 +1,35 @@
 """The exceptions of resumable.
 
 Every error the library raises on purpose derives from :class:`ResumableError`, and each
-subclass also derives from the builtin a caller would already catch::
+subclass also derives from the builtin a caller would already catch. They come in two kinds:
+the ones a correct program still meets and *catches* (the store, another writer, the
+process), and the ones that point at a mistake the caller *fixes* (the message says how)::
 
     ResumableError (Exception)
-    ├── CorruptCheckpointError (ValueError)    snapshots exist, none verifies
-    │   ├── SignatureError                     unsigned or wrongly signed, with a key set
-    │   └── UnsafeArchiveError                 a directory snapshot would escape its folder
-    ├── UnsafeSymlinkError (ValueError)        a folder to save links outside itself
-    ├── UnsupportedDataError (TypeError)       save() got something it cannot store
-    ├── SourceNotFoundError (FileNotFoundError) save() got a path that does not exist
+    │   (to catch: conditions a correct program meets)
+    ├── CorruptCheckpointError (ValueError)     snapshots exist, none verifies
+    │   ├── SignatureError                      unsigned or wrongly signed, with a key set
+    │   └── UnsafeArchiveError                  a folder snapshot would escape its folder
+    ├── StorageError (OSError)                  the store kept failing
+    │   └── DeadlineExceeded (TimeoutError)     a storage call did not answer in time
     ├── ConcurrentWriterError (FileExistsError) another writer committed the same snapshot
-    ├── StorageError (OSError)                 the store kept failing, or timed out
-    ├── ConfigurationError (ValueError)        a bad argument to resumable() or Checkpoint()
-    ├── StateError (TypeError)                 state that cannot be pickled or injected
-    ├── NoTaskContextError (RuntimeError)      ctx() called outside a resumable task
-    └── Preempted (RuntimeError)               the process was asked to stop (SIGTERM)
+    ├── Preempted (RuntimeError)                the process was asked to stop (SIGTERM)
+    │   (to fix: a mistake in the calling code or its data)
+    ├── ConfigurationError (ValueError)         a bad argument to resumable() or Checkpoint()
+    ├── StateError (TypeError)                  state that cannot be pickled, unpickled or
+    │                                           injected, or arguments without a stable key
+    ├── UnsupportedDataError (TypeError)        save() got something it cannot store
+    ├── SourceNotFoundError (FileNotFoundError) save() got a path that does not exist
+    ├── UnsafeSymlinkError (ValueError)         a folder to save links outside itself
+    └── NoTaskContextError (RuntimeError)       ctx() called outside a resumable task
+
+The errors to fix stay separate classes rather than being folded into fewer. Each has the
+builtin base that existing ``except`` clauses expect, and the pairs that share one differ in
+what to fix: ``StateError`` is about the task's state and arguments, ``UnsupportedDataError``
+about a value handed to ``save()`` (both ``TypeError``); ``ConfigurationError`` about an
+option, ``UnsafeSymlinkError`` about a folder's content (both ``ValueError``). Folding them
+would save a name but make the one left vaguer, and a caller who wants them all already
+catches ``ResumableError``.
 
 Example:
     >>> from resumable import ResumableError, CorruptCheckpointError
@@ -30,6 +44,7 @@ __all__ = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
+    "DeadlineExceeded",
     "NoTaskContextError",
     "Preempted",
     "ResumableError",
@@ -61,6 +76,15 @@ class CorruptCheckpointError(ResumableError, ValueError):
 
     Raised by ``load`` instead of silently starting from scratch. The message lists each
     snapshot and why it was refused.
+
+    Example:
+        >>> from resumable import Checkpoint, CorruptCheckpointError
+        >>> def restore(cp: Checkpoint):
+        ...     try:
+        ...         return cp.load_sync()
+        ...     except CorruptCheckpointError:
+        ...         return None  # every snapshot is damaged: start over, knowingly
+
     """
 
 
@@ -69,6 +93,11 @@ class UnsafeArchiveError(CorruptCheckpointError):
 
     Absolute paths, ``..``, links pointing outside, devices and fifos, and archives over the
     size or entry limits are refused before anything is written.
+
+    Example:
+        >>> issubclass(UnsafeArchiveError, CorruptCheckpointError)  # skipped like corrupt ones
+        True
+
     """
 
 
@@ -76,19 +105,60 @@ class SignatureError(CorruptCheckpointError):
     """A signing key is set and a snapshot is unsigned or signed with another key.
 
     The snapshot is refused before anything in it is unpickled or extracted.
+
+    Example:
+        >>> issubclass(SignatureError, CorruptCheckpointError)  # skipped like corrupt ones
+        True
+
     """
 
 
 class UnsafeSymlinkError(ResumableError, ValueError):
-    """A folder given to ``save`` holds a symbolic link that points outside it."""
+    """A folder given to ``save`` holds a symbolic link that points outside it.
+
+    Example:
+        >>> import os, tempfile
+        >>> from resumable import Checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> os.symlink("/etc/hostname", os.path.join(folder, "link"))
+        >>> with Checkpoint("memory://doc-symlink") as cp:
+        ...     try:
+        ...         cp.save_sync(folder)
+        ...     except UnsafeSymlinkError:
+        ...         print("refused")
+        refused
+
+    """
 
 
 class UnsupportedDataError(ResumableError, TypeError):
-    """``save`` was given a value that is neither bytes nor a path."""
+    """``save`` was given a value that is neither bytes nor a path, or a special file.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> with Checkpoint("memory://doc-unsupported") as cp:
+        ...     try:
+        ...         cp.save_sync(42)  # type: ignore[arg-type]
+        ...     except UnsupportedDataError:
+        ...         print("pickle it first")
+        pickle it first
+
+    """
 
 
 class SourceNotFoundError(ResumableError, FileNotFoundError):
-    """``save`` was given a path that does not exist."""
+    """``save`` was given a path that does not exist.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> with Checkpoint("memory://doc-missing") as cp:
+        ...     try:
+        ...         cp.save_sync("no/such/model.pt")
+        ...     except FileNotFoundError as exc:  # a SourceNotFoundError
+        ...         print(exc.filename)
+        no/such/model.pt
+
+    """
 
 
 class ConcurrentWriterError(ResumableError, FileExistsError):
@@ -96,24 +166,107 @@ class ConcurrentWriterError(ResumableError, FileExistsError):
 
     Two processes are running the same task against the same key. The loser's snapshot is
     discarded; the winner's stays intact.
+
+    Example:
+        >>> issubclass(ConcurrentWriterError, FileExistsError)
+        True
+
     """
 
 
 class StorageError(ResumableError, OSError):
-    """The store failed, kept failing after retries, or did not answer in time."""
+    """The store failed, kept failing after retries, or did not answer in time.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> def save_or_skip(cp: Checkpoint, data: bytes) -> bool:
+        ...     try:
+        ...         cp.save_sync(data)
+        ...     except StorageError:
+        ...         return False  # the previous snapshot is intact; try again later
+        ...     return True
+
+    """
+
+
+class DeadlineExceeded(StorageError, TimeoutError):
+    """A storage call did not answer within its ``RetryPolicy.timeout``.
+
+    The call may still be running on a daemon thread; the snapshot being written is never
+    committed, and the previous one stays loadable.
+
+    Example:
+        >>> from resumable import Checkpoint, DeadlineExceeded, RetryPolicy
+        >>> cp = Checkpoint("memory://doc-deadline", retry=RetryPolicy(timeout=30.0))
+        >>> try:
+        ...     cp.save_sync(b"state")
+        ... except DeadlineExceeded:  # also a StorageError and a TimeoutError
+        ...     pass  # the store hung: the previous snapshot is intact
+        >>> cp.close()
+
+    """
 
 
 class ConfigurationError(ResumableError, ValueError):
-    """An argument given to ``resumable()`` or ``Checkpoint()`` is not valid."""
+    """An argument given to ``resumable()`` or ``Checkpoint()`` is not valid.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> try:
+        ...     Checkpoint("memory://doc-config", keep=0)
+        ... except ConfigurationError as exc:
+        ...     print(exc)
+        keep must be a whole number >= 1, got 0
+
+    """
 
 
 class StateError(ResumableError, TypeError):
-    """Task state could not be pickled, unpickled or injected."""
+    """Task state could not be pickled, unpickled or injected.
+
+    Also raised when a call's arguments have no stable digest for the default key.
+
+    Example:
+        >>> import threading
+        >>> from resumable import resumable
+        >>> try:
+        ...     resumable(state=threading.Lock())
+        ... except StateError:
+        ...     print("state must be picklable")
+        state must be picklable
+
+    """
 
 
 class NoTaskContextError(ResumableError, RuntimeError):
-    """``ctx()`` was called outside a function decorated with ``@resumable``."""
+    """``ctx()`` was called outside a function decorated with ``@resumable``.
+
+    Example:
+        >>> from resumable import ctx
+        >>> try:
+        ...     ctx()
+        ... except NoTaskContextError:
+        ...     print("not in a task")
+        not in a task
+
+    """
 
 
 class Preempted(ResumableError, RuntimeError):
-    """The process was asked to stop; the last snapshot is saved, and a new process resumes."""
+    """The process was asked to stop; the last snapshot is saved, and a new process resumes.
+
+    Raised by a task decorated with ``@resumable(preemptible=True)`` after SIGTERM.
+
+    Example:
+        >>> import sys
+        >>> from resumable import resumable
+        >>> @resumable(state=0, preemptible=True, store="memory://doc-preempted")
+        ... def train(state: int = 0):
+        ...     yield state + 1
+        >>> def main() -> None:
+        ...     try:
+        ...         train()
+        ...     except Preempted:
+        ...         sys.exit(143)  # the scheduler restarts the job, which resumes
+
+    """

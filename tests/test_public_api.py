@@ -1,6 +1,12 @@
-"""The public surface: __all__ is pinned and sorted, and every error subclasses a builtin."""
+"""The public surface: __all__, names that report as resumable.X, errors that pickle."""
 
 from __future__ import annotations
+
+import pickle
+import traceback
+import typing
+
+import pytest
 
 import resumable
 from resumable import _errors
@@ -10,6 +16,7 @@ EXPECTED = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
+    "DeadlineExceeded",
     "Dir",
     "Limits",
     "NoTaskContextError",
@@ -54,3 +61,58 @@ def test_public_objects_have_docstrings() -> None:
     for name in resumable.__all__:
         if name != "__version__":
             assert getattr(resumable, name).__doc__, name
+
+
+PUBLIC_OBJECTS = [name for name in EXPECTED if name != "__version__"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_OBJECTS)
+def test_public_names_report_as_resumable(name: str) -> None:
+    """Every public class and function says it is resumable.X, and pickles by that name."""
+    obj = getattr(resumable, name)
+    assert obj.__module__ == "resumable"
+    assert pickle.loads(pickle.dumps(obj)) is obj
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in PUBLIC_OBJECTS if isinstance(getattr(resumable, n), type)]
+)
+def test_type_hints_of_public_classes_still_resolve(name: str) -> None:
+    """typing.get_type_hints works on public classes although __module__ was changed."""
+    cls = getattr(resumable, name)
+    hints = typing.get_type_hints(cls)
+    assert all(not isinstance(h, str) for h in hints.values())
+
+
+def test_dataclass_values_pickle_round_trip() -> None:
+    """Public value types pickle by their public name and come back equal."""
+    for value in [resumable.Dir("out"), resumable.Limits(max_entries=3)]:
+        assert pickle.loads(pickle.dumps(value)) == value
+    policy = pickle.loads(pickle.dumps(resumable.RetryPolicy(attempts=3, timeout=5.0)))
+    assert type(policy) is resumable.RetryPolicy
+    assert (policy.attempts, policy.timeout) == (3, 5.0)
+
+
+def _instance(cls: type[BaseException]) -> BaseException:
+    if issubclass(cls, OSError):
+        return cls(2, f"{cls.__name__} message", "some/path")
+    return cls(f"{cls.__name__} message")
+
+
+@pytest.mark.parametrize("name", _errors.__all__)
+def test_errors_pickle_round_trip(name: str) -> None:
+    """Each error pickles and unpickles to the same type, message and OSError fields."""
+    error = _instance(getattr(resumable, name))
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    assert back.args == error.args
+    assert str(back) == str(error)
+    if isinstance(error, OSError):
+        assert isinstance(back, OSError)
+        assert (back.errno, back.filename) == (error.errno, error.filename)
+
+
+def test_traceback_names_the_public_module() -> None:
+    """A raised error is printed as resumable.X, the name to import and catch."""
+    line = traceback.format_exception_only(resumable.StorageError("disk gone"))[-1]
+    assert line == "resumable.StorageError: disk gone\n"
