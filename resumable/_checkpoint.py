@@ -25,7 +25,7 @@ from ._background import EXIT_TIMEOUT, Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, StorageError, UnsupportedDataError
 from ._pipe import PipelinedBackend
-from ._progress import Progress, make_progress
+from ._progress import ProgressArg, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
 from ._store import Kind, Manifest, SnapshotStore
 from ._stream import Chunk, Spool, discard
@@ -61,8 +61,10 @@ class Checkpoint:
         signing_key: a secret; manifests then carry an HMAC, and loads refuse unsigned or
             wrongly signed snapshots before reading them. Default: ``$RESUMABLE_SIGNING_KEY``.
         progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
-            a callable ``(what, done, total, finished)``. Transfers of 16 MiB or more also
-            log their size and rate at INFO level either way.
+            an ``fsspec.callbacks.Callback``: each save and load is reported to
+            ``callback.branched(source, destination)``, or to the callback itself when it
+            does not branch (``set_size``, ``relative_update``, ``close``). Transfers of
+            16 MiB or more also log their size and rate at INFO level either way.
         retry: how storage calls are retried and how long each may take
             (:class:`RetryPolicy`; by default 5 tries with backoff, 60 s per call; on a
             local disk only whole saves and loads are retried unless a policy is given). A save
@@ -89,7 +91,7 @@ class Checkpoint:
         storage_options: dict[str, Any] | None = None,
         limits: Limits | None = None,
         signing_key: bytes | str | None = None,
-        progress: bool | Progress = False,
+        progress: ProgressArg = False,
         retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:

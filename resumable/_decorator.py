@@ -15,7 +15,6 @@ import inspect
 import logging
 import os
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
     Callable,
     Coroutine,
@@ -71,12 +70,46 @@ class Dir:
     path: str | os.PathLike[str]
 
 
+S = TypeVar("S")
+It = TypeVar("It", bound=Iterator[Any])
+
+
 class _Decorator(Protocol):
+    """What ``resumable(...)`` returns: the type of a decorated task follows its kind.
+
+    - generator (``Generator[Y, S, R]``): a function returning ``R``; one annotated
+      ``Iterator[Y]`` returns ``None``, as such a generator has no return value;
+    - async generator (``AsyncGenerator[Y, S]`` or ``AsyncIterator[Y]``): a coroutine
+      function whose result is ``Y``, the last state;
+    - anything else (plain functions, coroutines): unchanged.
+
+    Parameters are kept (``ParamSpec``). A plain function whose return type is an iterator
+    is typed as a generator task (types cannot tell a generator from a function that returns
+    one); sync ``Iterable`` is not matched, since lists and strings are iterables.
+
+    Example:
+        >>> from collections.abc import Iterator
+        >>> @resumable(state=0, store="memory://doc-typing")
+        ... def count(n: int, state: int = 0) -> Iterator[int]:
+        ...     yield from range(state + 1, n + 1)
+        >>> count(3)  # typed as returning None
+
+    """
+
+    # The parameters use type variables, never Any: when a task's own annotations contain
+    # Any, mypy compares the overloads that match, and only identical inferred parameter
+    # types let it pick the first one instead of giving up with an untyped callable. Hence
+    # Iterator as a bound type variable, and no separate AsyncGenerator overload (its
+    # AsyncIterator supertype gives the same result for both).
     @overload
-    def __call__(self, fn: Callable[P, Generator[Any, Any, R]]) -> Callable[P, R]: ...
+    def __call__(  # type: ignore[overload-overlap]  # a Generator is an Iterator: order picks
+        self, fn: Callable[P, Generator[Y, S, R]]
+    ) -> Callable[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, It]) -> Callable[P, None]: ...
     @overload
     def __call__(
-        self, fn: Callable[P, AsyncGenerator[Y, Any]]
+        self, fn: Callable[P, AsyncIterator[Y]]
     ) -> Callable[P, Coroutine[Any, Any, Y]]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...

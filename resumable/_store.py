@@ -37,7 +37,7 @@ from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
 from ._codec import Limits, extract_tar, gunzip_members
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
-from ._progress import Progress
+from ._progress import Progress, transfer
 from ._stream import Chunk, Digest
 
 __all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore"]
@@ -267,14 +267,13 @@ class SnapshotStore:
         spool: list[Chunk] | None = []
         spooled = 0
         out: BlobWriter | None = None
+        callback = transfer(self.progress, f"snapshot {seq}", self.backend.url)
         try:
-            what = f"save {self.backend.url} #{seq}"
             for chunk in chunks:
                 if not chunk:
                     continue
                 digest.update(chunk)
-                if self.progress is not None:
-                    self.progress(what, digest.size, None, False)
+                callback.relative_update(len(chunk))
                 if spool is not None and spooled + len(chunk) <= INLINE_MAX:
                     spool.append(chunk)
                     spooled += len(chunk)
@@ -288,11 +287,12 @@ class SnapshotStore:
             sha = digest.hexdigest()
             if out is not None:
                 out.commit()
-            if self.progress is not None:
-                self.progress(what, digest.size, digest.size, True)
+            callback.set_size(digest.size)  # a save knows its size once it is written
+            callback.close()
         except BaseException:
             if out is not None:
                 out.abort()
+            callback.close()
             raise
         manifest = Manifest(
             seq=seq,
@@ -372,8 +372,9 @@ class SnapshotStore:
     def _payload(self, m: Manifest) -> Iterator[Chunk]:
         """The payload's bytes, checked against the manifest's size and sha256 on the way."""
         digest = Digest()
-        what = f"load {self.backend.url} #{m.seq}"
         with contextlib.ExitStack() as stack:
+            callback = transfer(self.progress, self.backend.url, f"snapshot {m.seq}", m.size)
+            stack.enter_context(callback)  # closed when the transfer ends, however it ends
             if m.inline is not None:
                 source: Iterable[Chunk] = (m.inline,)
             else:
@@ -385,8 +386,7 @@ class SnapshotStore:
                 source = _missing_as_corrupt(iter_read(stream), m.blob)
             for chunk in source:
                 digest.update(chunk)
-                if self.progress is not None:
-                    self.progress(what, digest.size, m.size, False)
+                callback.relative_update(len(chunk))
                 if digest.size > m.size:
                     raise CorruptCheckpointError(
                         f"payload is larger than the {m.size} bytes its manifest records"
@@ -396,8 +396,6 @@ class SnapshotStore:
             raise CorruptCheckpointError(f"payload is truncated: {digest.size} of {m.size} bytes")
         if digest.hexdigest() != m.sha256:
             raise CorruptCheckpointError("payload does not match its sha256")
-        if self.progress is not None:
-            self.progress(what, digest.size, m.size, True)
 
     def _restore_one(self, m: Manifest, workspace: Path, limits: Limits) -> None:
         payload = self._payload(m)

@@ -1,9 +1,17 @@
-"""Checked by mypy --strict, never run: the public API's types as users see them."""
+"""Checked by mypy --strict (and pyright), never run: the public API's types as users see them.
+
+``assert_type`` pins a type without printing anything, so this file stays error-free in CI's
+plain ``mypy --strict resumable tests/typing``; the revealed types and the negative cases
+with their error messages are pinned in ``tests/typing_golden`` instead.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any, assert_type
+
+import fsspec.callbacks
 
 from resumable import Checkpoint, latest_checkpoint, resumable
 
@@ -15,6 +23,9 @@ def checkpoint_types() -> None:
     cp.save_sync("a/path")
     cp.save_sync(Path("a/path"))
     newest: Path | None = latest_checkpoint(".")
+    Checkpoint("memory://typing", progress=True)
+    Checkpoint("memory://typing", progress=fsspec.callbacks.TqdmCallback())
+    Checkpoint("memory://typing", progress=None)
     del root, newest
 
 
@@ -26,7 +37,23 @@ def counter(n: int, state: int = 0) -> Generator[int, None, str]:
 
 
 @resumable(state=0)
+def steps(n: int, state: int = 0) -> Iterator[int]:
+    yield from range(state, n)
+
+
+@resumable(state={})
+def loose(n: int, state: dict[str, Any] | None = None) -> Generator[dict[str, Any], None, int]:
+    yield {"n": n}
+    return n
+
+
+@resumable(state=0)
 async def acounter(n: int, state: int = 0) -> AsyncGenerator[int, None]:
+    yield n
+
+
+@resumable(state=0)
+async def asteps(n: int, state: int = 0) -> AsyncIterator[int]:
     yield n
 
 
@@ -40,10 +67,25 @@ def plain(n: int, state: int = 0) -> bytes:
     return b"x" * n
 
 
+class Trainer:
+    @resumable(state=0)
+    def fit(self, epochs: int, state: int = 0) -> Iterator[int]:
+        yield epochs
+
+    @resumable(state=0)
+    async def afit(self, epochs: int, state: int = 0) -> AsyncIterator[int]:
+        yield epochs
+
+
 async def decorator_types() -> None:
-    result: str = counter(3)  # the generator's return type
-    last: int = await acounter(3)  # an async generator becomes a coroutine of its yields
-    half: float = await coro(3)
-    data: bytes = plain(2)
+    assert_type(counter(3), str)  # the generator's return type
+    assert_type(steps(3), None)  # an Iterator-annotated generator returns nothing
+    assert_type(loose(3), int)  # Any in the annotations does not lose the types
+    assert_type(await acounter(3), int)  # awaitable, and gives the last yield
+    assert_type(await asteps(3), int)
+    assert_type(await coro(3), float)
+    assert_type(plain(2), bytes)
+    assert_type(Trainer().fit(3), None)
+    assert_type(await Trainer().afit(3), int)
     counter("three")  # type: ignore[arg-type]  # parameter types are kept
-    del result, last, half, data
+    await counter(3)  # type: ignore[misc]  # a generator task is not awaitable
