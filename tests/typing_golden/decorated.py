@@ -1,5 +1,8 @@
 """Revealed types of decorated tasks, pinned by tests/test_typing.py; never run.
 
+Only definitions run on import (pytest imports every module for its doctests): the checks
+live in functions that nothing calls.
+
 Every ``reveal_type`` and every error line here is compared with ``decorated.mypy.out`` (and
 ``decorated.pyright.out``). The errors are the point of the negative cases, which is why
 this file lives outside ``tests/typing``, the folder CI type-checks expecting no errors.
@@ -49,14 +52,16 @@ def train(epochs: int, state: Path | None = None) -> Iterator[None]:
     yield
 
 
-reveal_type(counter)
-reveal_type(counter(3))
-reveal_type(steps)
-reveal_type(steps(3))
-reveal_type(with_any)
-reveal_type(iter_any)
-reveal_type(any_param)
-reveal_type(train)
+def generators() -> None:
+    reveal_type(counter)
+    reveal_type(counter(3))
+    reveal_type(steps)
+    reveal_type(steps(3))
+    reveal_type(with_any)
+    reveal_type(iter_any)
+    reveal_type(any_param)
+    reveal_type(train)
+
 
 # -- async generators: the call is awaitable, and gives the last state -------------------
 
@@ -104,14 +109,15 @@ def returns_iterator(words: list[str]) -> Iterator[str]:
     return iter(words)  # typed as a generator task: types cannot tell them apart
 
 
-reveal_type(acounter)
-reveal_type(asteps)
-reveal_type(asteps_any)
-reveal_type(agen_any)
-reveal_type(coro)
-reveal_type(plain)
-reveal_type(plain_any)
-reveal_type(returns_iterator)
+def others() -> None:
+    reveal_type(acounter)
+    reveal_type(asteps)
+    reveal_type(asteps_any)
+    reveal_type(agen_any)
+    reveal_type(coro)
+    reveal_type(plain)
+    reveal_type(plain_any)
+    reveal_type(returns_iterator)
 
 
 async def awaited() -> None:
@@ -153,22 +159,26 @@ class Trainer:
         yield 0
 
 
-reveal_type(Trainer().fit)
-reveal_type(Trainer().fit(3))
-reveal_type(Trainer().batches)
-reveal_type(Trainer().afit)
-reveal_type(Trainer().evaluate)
-reveal_type(Trainer.warmup)
-reveal_type(Trainer.export)
+def methods() -> None:
+    reveal_type(Trainer().fit)
+    reveal_type(Trainer().fit(3))
+    reveal_type(Trainer().batches)
+    reveal_type(Trainer().afit)
+    reveal_type(Trainer().evaluate)
+    reveal_type(Trainer.warmup)
+    reveal_type(Trainer.export)
+
 
 # -- negative cases: each line must be an error ----------------------------------------
 
-counter("three")
-counter(3, unknown=1)
-steps()
-print(plain(1) + 1)
-Trainer().fit("three")
-Trainer.warmup(steps=None)
+
+def negative_calls() -> None:
+    counter("three")
+    counter(3, unknown=1)
+    steps()
+    print(plain(1) + 1)
+    Trainer().fit("three")
+    Trainer.warmup(steps=None)
 
 
 async def negative_awaits() -> None:
