@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,17 +21,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._errors import ConfigurationError
-from ._stream import CHUNK_SIZE, submit
+from ._names import temp_name
+from ._stream import CHUNK_SIZE
+from ._threads import submit
 
-__all__ = [
-    "Backend",
-    "BlobWriter",
-    "Entry",
-    "Upload",
-    "abort_upload",
-    "open_backend",
-    "unfinished_uploads",
-]
+__all__ = ["Backend", "BlobWriter", "Entry", "Upload", "iter_read", "open_backend"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +74,36 @@ class Backend(Protocol):
     def delete(self, name: str) -> None:
         """Remove an object; a missing one is not an error."""
 
+    def delete_many(self, names: list[str]) -> None:
+        """Remove objects, in one request where the store can; missing ones are not errors."""
+
     def list_children(self) -> list[str]:
         """Names of the folders directly under the root."""
+
+    def child(self, name: str) -> Backend:
+        """The backend of the folder ``name`` directly under the root."""
+
+    def exists(self) -> bool:
+        """Whether the root exists (an object store's top level always does)."""
+
+    def remove_root_if_empty(self) -> None:
+        """Remove the root folder when it holds nothing (object stores have no folders)."""
+
+    def unfinished_uploads(self) -> list[Upload]:
+        """Multipart uploads started under the root and never completed (S3 only)."""
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort an upload found by :meth:`unfinished_uploads`, freeing its parts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An unfinished multipart upload under a backend's root (a writer died mid-upload)."""
+
+    #: The object's path relative to the root, e.g. ``task/00000000000000000007.<token>.blob``.
+    name: str
+    upload_id: str
+    initiated: float | None
 
 
 def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> Backend:
@@ -129,7 +150,7 @@ class _LocalWriter:
     def __init__(self, root: Path, name: str) -> None:
         self._root = root
         self._final = root / name
-        self._tmp = root / f".{name}.{secrets.token_hex(4)}.tmp"
+        self._tmp = root / temp_name(name)
         self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._unsynced = 0
         self._syncing: Future[None] | None = None
@@ -218,7 +239,7 @@ class LocalBackend:
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         self._ensure_root()
-        tmp = self.root / f".{name}.{secrets.token_hex(4)}.tmp"
+        tmp = self.root / temp_name(name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
@@ -246,6 +267,28 @@ class LocalBackend:
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.root / name).unlink()
+
+    def delete_many(self, names: list[str]) -> None:
+        for name in names:
+            self.delete(name)
+
+    def child(self, name: str) -> Backend:
+        return LocalBackend(self.root / name)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def remove_root_if_empty(self) -> None:
+        # It may still hold nested keys' folders, or a new save may have reused it: then the
+        # rmdir fails and the folder stays, as it should.
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+    def unfinished_uploads(self) -> list[Upload]:
+        return []  # a local write is one file: a killed writer leaves only a temp file
+
+    def abort_upload(self, upload: Upload) -> None:
+        raise FileNotFoundError(f"no upload {upload.name} on a local disk")
 
 
 class _FsspecWriter:
@@ -378,6 +421,56 @@ class FsspecBackend:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._path(name))
 
+    def delete_many(self, names: list[str]) -> None:
+        if len(names) == 1:
+            self.delete(names[0])
+        elif names:
+            # One request on S3 (DeleteObjects) and GCS (batch); missing objects are skipped.
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm([self._path(n) for n in names])
+
+    def child(self, name: str) -> Backend:
+        root = f"{self.root}/{name}" if self.root else name
+        return FsspecBackend(self.fs, root, f"{self.url.rstrip('/')}/{name}")
+
+    def exists(self) -> bool:
+        if not self.root:
+            return True  # the filesystem's top, e.g. "memory://"
+        self.fs.invalidate_cache(self.root)
+        # A prefix holding only an unfinished upload has no object yet, but gc has work there.
+        return bool(self.fs.isdir(self.root)) or bool(self.unfinished_uploads())
+
+    def remove_root_if_empty(self) -> None:
+        pass  # an object store's "folder" is only a prefix: it goes with its last object
+
+    def unfinished_uploads(self) -> list[Upload]:
+        if not hasattr(self.fs, "list_multipart_uploads"):
+            return []
+        bucket, prefix = self._bucket_and_key("")
+        found = []
+        for upload in self.fs.list_multipart_uploads(bucket):
+            key = str(upload.get("Key", ""))
+            if not key.startswith(prefix):
+                continue
+            when = upload.get("Initiated")
+            found.append(
+                Upload(
+                    name=key[len(prefix) :],
+                    upload_id=str(upload["UploadId"]),
+                    initiated=float(when.timestamp()) if hasattr(when, "timestamp") else None,
+                )
+            )
+        return found
+
+    def abort_upload(self, upload: Upload) -> None:
+        bucket, key = self._bucket_and_key(upload.name)
+        self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)
+
+    def _bucket_and_key(self, name: str) -> tuple[str, str]:
+        """The bucket of the root, and the key of ``name`` under it ("" for the root/)."""
+        bucket, _, prefix = self.root.partition("/")
+        return bucket, f"{prefix}/{name}" if prefix else name
+
     @staticmethod
     def _precondition_failed(exc: BaseException) -> bool:
         """Whether ``exc`` (or what it was raised from) is an HTTP 412 "precondition failed" answer.
@@ -405,54 +498,3 @@ def iter_read(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Read ``stream`` in chunks of ``size`` until its end (the caller closes it)."""
     while chunk := stream.read(size):
         yield chunk
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    """An unfinished multipart upload under a backend's root (a writer died mid-upload)."""
-
-    #: The object's path relative to the root, e.g. ``task/00000000000000000007.<token>.blob``.
-    name: str
-    upload_id: str
-    initiated: float | None
-
-
-def _bucket_and_key(backend: FsspecBackend, name: str) -> tuple[str, str]:
-    """The bucket of ``backend``'s root, and the key of ``name`` under it ("" for the root/)."""
-    bucket, _, prefix = backend.root.partition("/")
-    return bucket, f"{prefix}/{name}" if prefix else name
-
-
-def unfinished_uploads(backend: Backend) -> list[Upload]:
-    """Multipart uploads started under ``backend``'s root and never completed (S3 only).
-
-    A writer killed mid-upload leaves its parts billed and invisible; only an abort frees
-    them. Other backends have nothing of the kind and return an empty list.
-    """
-    if not isinstance(backend, FsspecBackend):
-        return []
-    fs = backend.fs
-    if not hasattr(fs, "list_multipart_uploads"):
-        return []
-    bucket, prefix = _bucket_and_key(backend, "")
-    found = []
-    for upload in fs.list_multipart_uploads(bucket):
-        key = str(upload.get("Key", ""))
-        if not key.startswith(prefix):
-            continue
-        when = upload.get("Initiated")
-        found.append(
-            Upload(
-                name=key[len(prefix) :],
-                upload_id=str(upload["UploadId"]),
-                initiated=float(when.timestamp()) if hasattr(when, "timestamp") else None,
-            )
-        )
-    return found
-
-
-def abort_upload(backend: Backend, upload: Upload) -> None:
-    """Abort an unfinished multipart upload found by :func:`unfinished_uploads`."""
-    assert isinstance(backend, FsspecBackend)
-    bucket, key = _bucket_and_key(backend, upload.name)
-    backend.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id)

@@ -1,44 +1,50 @@
-"""At most one save in flight: a worker thread where a newer job replaces a waiting one.
+"""At most one save in flight: a newer job replaces a waiting one, failures are kept.
 
-Used by ``Checkpoint.save_background`` and by ``@resumable(background=True)``. Jobs are
-captured snapshots (already serialized), so replacing a waiting one loses nothing that a
-newer snapshot does not supersede. A failure is kept and raised in the caller's thread at the
-next submit or flush: never silent. Interpreter exit waits for pending saves (bounded).
+Used by ``Checkpoint.save_background`` (and through it by ``@resumable(background=True)``).
+Jobs are captured snapshots (already serialized), so replacing a waiting one loses nothing
+that a newer snapshot does not supersede. A failure is kept and raised in the caller's thread
+at the next submit or flush: never silent. The worker runs on an IO thread of ``_threads``
+while there is work, and hands it back when idle.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 
 from ._errors import ResumableError, StorageError
+from ._threads import run_on_io
 
-__all__ = ["EXIT_TIMEOUT", "Background", "Job"]
+__all__ = ["Background", "Job"]
 
 log = logging.getLogger("resumable")
-
-#: How long interpreter exit waits for a background save before giving up (and saying so).
-EXIT_TIMEOUT = 120.0
 
 Job = Callable[[], None]
 
 
 class Background:
-    """One worker thread; a newer job replaces a waiting one; failures are kept for the task."""
+    """One saver at a time; a newer job replaces a waiting one; failures are kept for the task.
+
+    Example:
+        >>> done = []
+        >>> bg = Background("doc")
+        >>> bg.submit(lambda: done.append(1))
+        >>> bg.flush()
+        >>> done
+        [1]
+
+    """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._cond = threading.Condition()
         self._waiting: Job | None = None
         self._discard: Job | None = None
-        self._busy = False
+        self._running = False  # a worker is draining the queue
+        self._busy = False  # a job is executing
         self._error: BaseException | None = None
         self._closed = False
-        self._thread: threading.Thread | None = None
-        _LIVE.add(self)
 
     def submit(self, job: Job, discard: Job | None = None) -> None:
         """Queue ``job``; it replaces a job still waiting, whose ``discard`` is then called.
@@ -57,20 +63,19 @@ class Background:
             if self._waiting is not None:
                 log.debug("%s: a newer snapshot replaces one still waiting to be saved", self._name)
             self._waiting, self._discard = job, discard
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"resumable-save:{self._name}", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
+            start = not self._running
+            self._running = True
+        if start:
+            run_on_io(self._drain)
         if replaced is not None:
             replaced()
 
-    def _run(self) -> None:
+    def _drain(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._waiting is not None or self._closed)
                 if self._waiting is None:
+                    self._running = False
+                    self._cond.notify_all()
                     return
                 job, self._waiting, self._discard = self._waiting, None, None
                 self._busy = True
@@ -111,20 +116,6 @@ class Background:
             self._raise_error()
 
     def close(self) -> None:
-        """Let the worker thread end once it is idle."""
+        """Refuse new jobs; a job already queued still runs (flush first to wait for it)."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
-        _LIVE.discard(self)
-
-
-_LIVE: weakref.WeakSet[Background] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    for worker in list(_LIVE):
-        try:
-            worker.flush(EXIT_TIMEOUT)
-        except BaseException:
-            log.exception("at exit, a background save was lost")

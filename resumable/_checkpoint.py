@@ -1,12 +1,17 @@
 """``Checkpoint``: save and load bytes, a file or a folder at any fsspec URL.
 
-The sync methods hold the logic; each async twin sits next to its sync method and runs it on a
-worker thread, so a running event loop never blocks on I/O, hashing or compression.
+The sync methods hold the logic; each async twin sits next to its sync method and runs it on
+an IO thread (``_threads.run_async``), so a running event loop never blocks on I/O, hashing or
+compression.
+
+Besides the user's ``save`` / ``load``, a ``Checkpoint`` offers the layer ``@resumable`` is
+built on: :meth:`Checkpoint.capture` and :meth:`Checkpoint.commit` (a snapshot made at one
+moment and written later), :meth:`Checkpoint.restore_into` and :meth:`Checkpoint.read_newest`
+(restore without the workspace), and the failure marks of poison snapshots.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -18,10 +23,10 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from ._backend import LocalBackend, open_backend
-from ._background import EXIT_TIMEOUT, Background
+from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
 from ._errors import ConfigurationError, ResumableError, StorageError, UnsupportedDataError
 from ._pipe import PipelinedBackend
@@ -29,10 +34,13 @@ from ._progress import ProgressArg, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
 from ._store import Kind, Manifest, SnapshotStore
 from ._stream import Chunk, Spool, discard
+from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
 
-__all__ = ["SIGNING_KEY_ENV", "Checkpoint", "SaveData"]
+__all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "SaveData"]
 
 log = logging.getLogger("resumable")
+
+T = TypeVar("T")
 
 #: The environment variable that holds the default signing key.
 SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
@@ -42,6 +50,33 @@ Source = Callable[[], Iterable[Chunk]]
 
 #: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
 SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Captured:
+    """A snapshot's kind and a source of its bytes, made by :meth:`Checkpoint.capture`.
+
+    ``source()`` produces the bytes again on every call (a save that meets a transient
+    storage error starts over); :meth:`release` frees what the capture holds (a temp copy).
+
+    Example:
+        >>> snap = Captured.state(b"pickled")
+        >>> snap.kind, b"".join(snap.source())
+        ('state', b'pickled')
+
+    """
+
+    kind: Kind
+    source: Source
+
+    @classmethod
+    def state(cls, pickled: bytes) -> Captured:
+        """A pickled-state snapshot (what ``@resumable`` writes for a ``yield``)."""
+        return cls("state", lambda: (pickled,))
+
+    def release(self) -> None:
+        """Free the temp copy a frozen capture holds; the snapshot cannot be written after."""
+        discard(self.source)
 
 
 class Checkpoint:
@@ -122,10 +157,13 @@ class Checkpoint:
             progress=make_progress(progress),
         )
         self._lock = threading.RLock()
-        self._bg: Background | None = None
+        self._bg = Background(self.uri)
         self._workspace = Path(tempfile.mkdtemp(prefix="resumable-"))
-        self._workers: list[Background] = []  # shared with the finalizer, which stops them
-        self._cleanup = weakref.finalize(self, _release, self._workspace, self._workers)
+        # Garbage collection removes the workspace (a pending background job holds the
+        # Checkpoint, so none is pending then); at exit, close() flushes first.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._workspace, True)
+        self._cleanup.atexit = False
+        close_at_exit(self)
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.uri!r})"
@@ -150,7 +188,9 @@ class Checkpoint:
             True
 
         """
-        return None if self._restore() is None else self._workspace
+        self.flush_sync()  # a load must see every snapshot saved before it
+        self._check_open()
+        return None if self.restore_into(self._workspace) is None else self._workspace
 
     async def load(self) -> Path | None:
         """Async twin of :meth:`load_sync`.
@@ -161,7 +201,7 @@ class Checkpoint:
             True
 
         """
-        return await asyncio.to_thread(self.load_sync)
+        return await run_async(self.load_sync)
 
     # -- save ---------------------------------------------------------------------------
 
@@ -173,8 +213,9 @@ class Checkpoint:
             >>> Checkpoint(tempfile.mkdtemp()).save_sync(b"")
 
         """
+        captured = self.capture(data)
         self.flush_sync()  # an older background snapshot must not land after this one
-        self._commit(*self._encode(data))
+        self.commit(captured)
 
     async def save(self, data: SaveData) -> None:
         """Async twin of :meth:`save_sync`.
@@ -184,9 +225,9 @@ class Checkpoint:
             >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).save(b"state"))
 
         """
-        kind, source = self._encode(data)
-        await self.flush()  # an older background snapshot must not land after this one
-        await asyncio.to_thread(self._commit, kind, source)
+        captured = self.capture(data)  # bytes are copied now: the caller may reuse its buffer
+        await run_async(self.flush_sync)
+        await run_async(self.commit, captured)
 
     def save_background(self, data: SaveData) -> None:
         """Capture ``data`` now and save it on a worker thread; return at once.
@@ -202,42 +243,25 @@ class Checkpoint:
             ...     cp.flush_sync()
 
         """
-        kind, source = self._encode(data)
-        # The file or folder may change once we return: capture it now.
-        if kind == "file":
-            source = Spool.of_file(Path(data))  # type: ignore[arg-type]
-        elif kind == "dir":
-            source = Spool(source())
-        if self._bg is None:
-            self._bg = Background(self.uri)
-            self._workers.append(self._bg)
-
-        def job() -> None:
-            try:
-                self._commit(kind, source)
-            finally:
-                discard(source)
-
-        self._bg.submit(job, lambda: discard(source))
+        self.commit_in_background(self.capture(data, frozen=True))
 
     def flush_sync(self) -> None:
         """Wait until background saves are committed; raise a failure one of them met."""
-        if self._bg is not None:
-            self._bg.flush()
+        self._bg.flush()
 
     async def flush(self) -> None:
         """Async twin of :meth:`flush_sync`."""
-        await asyncio.to_thread(self.flush_sync)
+        await run_async(self.flush_sync)
 
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
         """Flush background saves, then remove the workspace. Snapshots in the store stay."""
         try:
-            self.flush_sync()
+            if self._cleanup.alive:
+                self._bg.flush(EXIT_TIMEOUT)
         finally:
-            if self._bg is not None:
-                self._bg.close()
+            self._bg.close()
             self._cleanup()
 
     def __enter__(self) -> Self:
@@ -251,84 +275,137 @@ class Checkpoint:
     ) -> None:
         self.close()
 
-    # -- shared by the twins and by @resumable ------------------------------------------
+    # -- the layer @resumable builds on (sync: call them from a worker thread in async code) --
 
-    def _encode(self, data: SaveData) -> tuple[Kind, Source]:
+    def capture(self, data: SaveData, *, frozen: bool = False) -> Captured:
         """What kind of snapshot ``data`` makes, and a source of its bytes.
 
-        The source can be called again to produce the bytes again: a save that meets a
-        transient storage error is retried from the start.
+        Bytes are copied at once. A file or folder is read when the snapshot is written,
+        unless ``frozen``: then it is copied now (to a temp file), so that changes made after
+        this call cannot reach the snapshot.
+
+        Example:
+            >>> import tempfile
+            >>> Checkpoint(tempfile.mkdtemp()).capture(b"abc").kind
+            'bytes'
+
         """
         if isinstance(data, bytes | bytearray | memoryview):
             # Copied now: the caller may reuse its buffer as soon as save() returns.
-            frozen = bytes(data)
-            return "bytes", lambda: (frozen,)
+            return _bytes_capture(bytes(data))
         if isinstance(data, str | os.PathLike):
             path = Path(data)
             if check_source(path) == "file":
-                return "file", lambda: iter_file(path)
-            if self.compression == "gzip":
-                return "dir", lambda: gzip_members(iter_tar(path))
-            return "dir", lambda: iter_tar(path)
+                if frozen:
+                    return Captured("file", Spool.of_file(path))
+                return Captured("file", lambda: iter_file(path))
+            gzip = self.compression == "gzip"
+
+            def tar() -> Iterable[Chunk]:
+                return gzip_members(iter_tar(path)) if gzip else iter_tar(path)
+
+            return Captured("dir", Spool(tar()) if frozen else tar)
         raise UnsupportedDataError(
             f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
             f"{type(data).__name__}. To save a Python object, pickle it first or use "
             "@resumable(state=...)."
         )
 
-    def _commit(self, kind: Kind, source: Source | Iterable[Chunk], attempt: int = 0) -> Manifest:
-        """Commit a snapshot, retrying it whole on transient storage errors.
+    def commit(self, captured: Captured, *, attempt: int = 0) -> Manifest:
+        """Write a captured snapshot and commit it, retrying it whole on transient errors.
 
-        ``source`` is a callable that produces the bytes (again on each try), or chunks that
-        are tried once unless they are a list or tuple.
+        ``attempt`` is recorded in the manifest. Does not wait for background saves.
         """
-        policy = self.retry
-        if callable(source):
-            make: Source = source
-        else:
-            chunks = source
-            make = lambda: chunks  # noqa: E731 - tiny adapter
-            if not isinstance(chunks, list | tuple):
-                policy = dataclasses.replace(policy, attempts=1)
-        compression = self.compression if kind == "dir" else "none"
+        compression = self.compression if captured.kind == "dir" else "none"
 
         def commit() -> Manifest:
-            return self._store.commit(kind, make(), compression=compression, attempt=attempt)
+            return self._store.commit(
+                captured.kind, captured.source(), compression=compression, attempt=attempt
+            )
 
-        with self._lock, _storage_errors(f"saving a snapshot to {self.uri}"):
-            return retry_call(commit, policy, f"saving a snapshot to {self.uri}")
+        what = f"saving a snapshot to {self.uri}"
+        with self._lock, _storage_errors(what):
+            return retry_call(commit, self.retry, what)
 
-    def _restore(
+    def commit_in_background(self, captured: Captured, *, attempt: int = 0) -> None:
+        """Commit a (frozen) capture on a worker; a newer one replaces one still waiting.
+
+        The capture is released once written or replaced. A failure is raised by the next
+        call of this method or of :meth:`flush_sync`.
+        """
+
+        def job() -> None:
+            try:
+                seq = self.commit(captured, attempt=attempt).seq
+            finally:
+                captured.release()
+            log.debug("%s: committed snapshot %d in the background", self.uri, seq)
+
+        self._bg.submit(job, captured.release)
+
+    def restore_into(
         self,
-        into: Path | None = None,
+        folder: Path,
+        *,
         accept: Callable[[Manifest], None] | None = None,
         poison_after: int | None = None,
     ) -> Manifest | None:
-        self.flush_sync()  # a load must see every snapshot saved before it
-        with self._lock:
-            if not self._cleanup.alive:
-                raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
+        """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
 
-            def restore() -> Manifest | None:
-                return self._store.restore(
-                    into or self._workspace, self.limits, accept, poison_after
-                )
+        ``accept`` sees each candidate's manifest first and may refuse it by raising; with
+        ``poison_after``, a snapshot from which the task failed that many times is skipped.
+        Does not wait for background saves (``load_sync`` does).
+        """
+        self._check_open()
+        return self._retried(
+            lambda: self._store.restore_into(folder, self.limits, accept, poison_after),
+            f"loading a snapshot from {self.uri}",
+        )
 
-            what = f"loading a snapshot from {self.uri}"
-            with _storage_errors(what):
-                return retry_call(restore, self.retry, what)
+    def read_newest(
+        self,
+        *,
+        accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
+    ) -> tuple[Manifest, bytes] | None:
+        """The newest valid snapshot's manifest and payload bytes, verified, in memory.
+
+        Like :meth:`restore_into`, without writing anything: for small payloads such as
+        pickled state.
+        """
+        return self._retried(
+            lambda: self._store.read_newest(accept, poison_after),
+            f"loading a snapshot from {self.uri}",
+        )
+
+    def newest_seq(self) -> int | None:
+        """The sequence number of the newest committed snapshot, if any (one listing)."""
+        return self._retried(self._store.newest_seq, f"listing {self.uri}")
+
+    def mark_failed(self, seq: int) -> None:
+        """Record that the task failed from snapshot ``seq`` before saving a newer one."""
+        self._retried(lambda: self._store.mark_failed(seq), f"marking snapshot {seq} failed")
+
+    def clear_marks(self) -> None:
+        """Forget the failure marks: the task got past its snapshots."""
+        self._retried(self._store.clear_marks, f"clearing failure marks of {self.uri}")
+
+    def clear(self) -> None:
+        """Delete every snapshot (oldest first, so an interrupted clear keeps the newest)."""
+        self.flush_sync()
+        self._retried(self._store.clear, f"clearing {self.uri}")
+
+    def _retried(self, fn: Callable[[], T], what: str) -> T:
+        with self._lock, _storage_errors(what):
+            return retry_call(fn, self.retry, what)
+
+    def _check_open(self) -> None:
+        if not self._cleanup.alive:
+            raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
 
 
-def _release(workspace: Path, workers: list[Background]) -> None:
-    # Also runs at interpreter exit (weakref.finalize's own atexit hook, which runs before
-    # the background module's): pending saves are committed first, never dropped.
-    for worker in workers:
-        try:
-            worker.flush(EXIT_TIMEOUT)
-        except BaseException:
-            log.exception("a background save was lost")
-        worker.close()
-    shutil.rmtree(workspace, ignore_errors=True)
+def _bytes_capture(frozen: bytes) -> Captured:
+    return Captured("bytes", lambda: (frozen,))
 
 
 @contextlib.contextmanager

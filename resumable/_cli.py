@@ -32,7 +32,8 @@ from ._inspect import (
     snapshot_infos,
     summarize,
 )
-from ._store import SnapshotStore, manifest_seqs
+from ._names import manifest_seqs
+from ._store import SnapshotStore, names_of
 
 __all__ = ["main"]
 
@@ -246,7 +247,7 @@ def _rm(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     backend = open_task(store, args.key)
     entries = backend.entries()
-    snapshots = len(manifest_seqs(entries))
+    snapshots = len(manifest_seqs(names_of(entries)))
     if not entries:
         raise _UsageError(f"no task {args.key!r} in {args.store}: nothing to remove")
     if not args.yes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoTaskContextError
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
     from ._persist import Persister
 
-__all__ = ["TaskContext", "ctx"]
+__all__ = ["TaskContext", "ctx", "enter_task", "leave_task"]
 
 
 class TaskContext:
@@ -71,6 +71,16 @@ class TaskContext:
 _current: ContextVar[TaskContext | None] = ContextVar("resumable_task", default=None)
 
 
+def enter_task(context: TaskContext) -> Token[TaskContext | None]:
+    """Make ``context`` what :func:`ctx` returns (for one attempt); undo with :func:`leave_task`."""
+    return _current.set(context)
+
+
+def leave_task(token: Token[TaskContext | None]) -> None:
+    """Undo :func:`enter_task`."""
+    _current.reset(token)
+
+
 def ctx() -> TaskContext:
     """The context of the ``@resumable`` task running now.
 
@@ -80,7 +90,7 @@ def ctx() -> TaskContext:
         >>> ctx()
         Traceback (most recent call last):
         ...
-        resumable.NoTaskContextError: ctx() was called outside a @resumable task ...
+        resumable.NoTaskContextError: ctx() was called outside a @resumable task: ...
 
     """
     current = _current.get()

@@ -8,7 +8,6 @@ it and how they wait.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import inspect
@@ -30,13 +29,14 @@ import wrapt
 
 from ._checkpoint import Checkpoint
 from ._codec import dumps_state, loads_state
-from ._context import TaskContext, _current
+from ._context import TaskContext, enter_task, leave_task
 from ._errors import ConfigurationError, ResumableError, StateError
 from ._keys import call_key, check_key
 from ._persist import Persister
 from ._preempt import PreemptionWatch
 from ._retry import RetryPolicy
 from ._store import Manifest
+from ._threads import run_async
 
 __all__ = ["Dir", "resumable"]
 
@@ -276,7 +276,7 @@ async def _closing_async(coro: Coroutine[Any, Any, Any], call: _Call) -> Any:
     try:
         return await coro
     finally:
-        await asyncio.to_thread(call.close)
+        await run_async(call.close)
 
 
 def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
@@ -412,7 +412,7 @@ class _Call:
     def _begin(self, number: int) -> contextvars.Token[TaskContext | None]:
         self.persister.begin(number)
         self.restored = self.newest_at_start = None
-        return _current.set(TaskContext(self.checkpoint, self.key, number, self.persister))
+        return enter_task(TaskContext(self.checkpoint, self.key, number, self.persister))
 
     def _failed(self, exc: BaseException) -> None:
         """After a failed attempt: flush, so the next attempt sees every snapshot; count it."""
@@ -430,7 +430,7 @@ class _Call:
             self._failed(exc)
             raise
         finally:
-            _current.reset(token)
+            leave_task(token)
 
     @contextlib.asynccontextmanager
     async def aattempt(self, number: int) -> AsyncIterator[None]:
@@ -439,10 +439,10 @@ class _Call:
         try:
             yield
         except BaseException as exc:
-            await asyncio.to_thread(self._failed, exc)
+            await run_async(self._failed, exc)
             raise
         finally:
-            _current.reset(token)
+            leave_task(token)
 
     def _note_failure(self, exc: BaseException) -> None:
         """Count a failure of the task against the snapshot it started from (poison)."""
@@ -454,11 +454,10 @@ class _Call:
         if not isinstance(exc, Exception) or isinstance(exc, ResumableError):
             return
         with contextlib.suppress(Exception):
-            store = self.checkpoint._store
             # Nothing committed since the attempt started: the snapshot it started from is
             # suspect (also when it is an older one, chosen because a newer one was poison).
-            if store.latest() == self.newest_at_start:
-                store.mark_failed(seq)
+            if self.checkpoint.newest_seq() == self.newest_at_start:
+                self.checkpoint.mark_failed(seq)
 
     def _accept(self, m: Manifest) -> None:
         want = "dir" if self.spec.folder is not None else "state"
@@ -474,20 +473,20 @@ class _Call:
         if not self.spec.inject:
             return None
         folder, poison_after = self.spec.folder, self.spec.poison_after
+        cp = self.checkpoint
+        m: Manifest | None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            m = self.checkpoint._restore(folder, self._accept, poison_after)
+            m = cp.restore_into(folder, accept=self._accept, poison_after=poison_after)
             value: Any = folder
         else:
-            m = self.checkpoint._restore(None, self._accept, poison_after)
-            if m is None:
-                assert self.spec.initial is not None
-                value = loads_state(self.spec.initial)
-            else:
-                value = loads_state((self.checkpoint.path / "payload").read_bytes())
+            found = cp.read_newest(accept=self._accept, poison_after=poison_after)
+            assert self.spec.initial is not None
+            m, pickled = found if found is not None else (None, self.spec.initial)
+            value = loads_state(pickled)  # straight from the verified bytes: no disk trip
         self.restored = None if m is None else m.seq
         if m is not None and poison_after is not None:
-            self.newest_at_start = self.checkpoint._store.latest()
+            self.newest_at_start = cp.newest_seq()
         if m is not None:
             log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
         elif number:
@@ -503,9 +502,9 @@ class _Call:
         """After success: clear the snapshots (unless on_success="keep"), free the workspace."""
         self.checkpoint.flush_sync()  # the task's own save_background() calls land first
         if self.spec.on_success == "clear":
-            self.checkpoint._store.clear()
+            self.checkpoint.clear()
         elif self.spec.poison_after is not None:
-            self.checkpoint._store.clear_marks()
+            self.checkpoint.clear_marks()
 
     def guard(self) -> contextlib.AbstractContextManager[None]:
         """SIGTERM handling for the whole call, when asked for."""
@@ -514,7 +513,6 @@ class _Call:
         return contextlib.nullcontext()
 
     def close(self) -> None:
-        self.persister.close()
         self.checkpoint.close()
 
 
@@ -562,10 +560,10 @@ async def _drive_coroutine(call: _Call) -> Any:
             number = attempt.retry_state.attempt_number - 1
             with attempt:
                 async with call.aattempt(number):
-                    state = await asyncio.to_thread(call.load_state, number)
+                    state = await run_async(call.load_state, number)
                     result = await call.wrapped(*call.args, **call.call_args(state))
                     await call.persister.flush()
-    await asyncio.to_thread(call.succeed)
+    await run_async(call.succeed)
     return result
 
 
@@ -576,7 +574,7 @@ async def _drive_async_generator(call: _Call) -> Any:
             number = attempt.retry_state.attempt_number - 1
             with attempt:
                 async with call.aattempt(number):
-                    result = state = await asyncio.to_thread(call.load_state, number)
+                    result = state = await run_async(call.load_state, number)
                     agen = call.wrapped(*call.args, **call.call_args(state))
                     offer = persister.offer
                     try:
@@ -588,5 +586,5 @@ async def _drive_async_generator(call: _Call) -> Any:
                     if call.spec.on_success == "keep":
                         await persister.finish()
                     await persister.flush()
-    await asyncio.to_thread(call.succeed)
+    await run_async(call.succeed)
     return result

@@ -115,7 +115,7 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     # -- fault machinery ----------------------------------------------------------------
 
-    def _enter(self, method: str, path: str) -> None:
+    def enter_call(self, method: str, path: str) -> None:
         """Count a call, maybe block it, maybe fail it."""
         with self._lock:
             self.calls[method] += 1
@@ -138,7 +138,7 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]
                 self.faults[method] += 1
             raise InjectedFault(f"injected fault: {method} {path}")
 
-    def _torn(self, data: bytes) -> bytes:
+    def torn(self, data: bytes) -> bytes:
         """``data``, or a random strict prefix of it when this write is chosen to tear."""
         with self._lock:
             if self._random.random() >= self.truncate_rate:
@@ -164,34 +164,34 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
         """List ``path`` on the inner filesystem."""
-        self._enter("ls", path)
+        self.enter_call("ls", path)
         return self.fs.ls(path, detail=detail, **kwargs)
 
     def info(self, path: str, **kwargs: Any) -> Any:
         """Details of ``path`` on the inner filesystem."""
-        self._enter("info", path)
+        self.enter_call("info", path)
         return self.fs.info(path, **kwargs)
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         """Whether ``path`` exists on the inner filesystem."""
-        self._enter("exists", path)
+        self.enter_call("exists", path)
         return bool(self.fs.exists(path, **kwargs))
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> Any:
         """Bytes of ``path`` on the inner filesystem."""
-        self._enter("cat_file", path)
+        self.enter_call("cat_file", path)
         return self.fs.cat_file(path, start=start, end=end, **kwargs)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         """Write ``value`` to ``path`` on the inner filesystem, maybe torn."""
-        self._enter("pipe_file", path)
-        self.fs.pipe_file(path, self._torn(bytes(value)), mode=mode, **kwargs)
+        self.enter_call("pipe_file", path)
+        self.fs.pipe_file(path, self.torn(bytes(value)), mode=mode, **kwargs)
 
     def rm_file(self, path: str) -> None:
         """Remove ``path`` from the inner filesystem."""
-        self._enter("rm_file", path)
+        self.enter_call("rm_file", path)
         self.fs.rm_file(path)
 
     def invalidate_cache(self, path: str | None = None) -> None:
@@ -207,7 +207,7 @@ class FaultyFileSystem(AbstractFileSystem):  # type: ignore[misc]
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        self._enter("open", path)
+        self.enter_call("open", path)
         if "w" in mode or "x" in mode:
             return _FaultyFile(self, path, mode, kwargs)
         return self.fs.open(
@@ -239,7 +239,7 @@ class _FaultyFile:
         if self.closed:
             raise ValueError("write to a closed file")
         try:
-            self._owner._enter("write", self._path)
+            self._owner.enter_call("write", self._path)
         except InjectedFault:
             # The connection is gone: this upload can never complete.
             self._failed = True
@@ -264,9 +264,9 @@ class _FaultyFile:
         self.closed = True
         data = b"".join(self._parts)
         self._parts = []
-        self._owner._enter("close", self._path)
+        self._owner.enter_call("close", self._path)
         with self._owner.fs.open(self._path, self._mode, **self._kwargs) as f:
-            f.write(self._owner._torn(data))
+            f.write(self._owner.torn(data))
 
     def __enter__(self) -> _FaultyFile:
         return self

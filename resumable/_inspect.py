@@ -7,23 +7,15 @@ A store holds one folder per task key; each task folder holds that task's snapsh
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._backend import (
-    Backend,
-    Entry,
-    FsspecBackend,
-    LocalBackend,
-    abort_upload,
-    open_backend,
-    unfinished_uploads,
-)
+from ._backend import Backend, Entry, open_backend
 from ._errors import ConfigurationError, CorruptCheckpointError
-from ._store import Manifest, SnapshotStore, manifest_name, manifest_seqs
+from ._keys import ROOT_KEY, key_parts
+from ._names import is_temp, manifest_name, manifest_seqs, parse
+from ._store import Manifest, SnapshotStore, names_of
 
 __all__ = [
     "ROOT_KEY",
@@ -44,39 +36,16 @@ __all__ = [
     "verify_snapshot",
 ]
 
-#: The key that names the store's root itself: a ``Checkpoint(url)`` keeps its snapshots there.
-ROOT_KEY = "."
-
-_MANIFEST = re.compile(r"^(\d{20})\.json$")
-_BLOB = re.compile(r"^(\d{20})\.[0-9a-f]{8,64}\.blob$")
-
 Status = Literal["ok", "bad", "unchecked", "gone"]
 GarbageReason = Literal["orphan payload", "temp file", "unfinished upload"]
 
 
-def _is_temp(name: str) -> bool:
-    # The format reserves ".<anything>.tmp" for saves in progress or killed mid-way.
-    return name.startswith(".") and name.endswith(".tmp") and len(name) > len("..tmp")
-
-
 def _is_ours(name: str) -> bool:
-    return bool(_MANIFEST.match(name) or _BLOB.match(name) or _is_temp(name))
+    found = parse(name)
+    return (found is not None and found.kind != "mark") or is_temp(name)
 
 
 # -- opening ------------------------------------------------------------------------------
-
-
-def _exists(backend: Backend) -> bool:
-    """Whether the backend's root exists; backends we cannot ask are assumed to exist."""
-    if isinstance(backend, LocalBackend):
-        return backend.root.is_dir()
-    if isinstance(backend, FsspecBackend):
-        if not backend.root:
-            return True  # the filesystem's top, e.g. "memory://"
-        backend.fs.invalidate_cache(backend.root)
-        # A prefix holding only an unfinished upload has no object yet, but gc has work there.
-        return bool(backend.fs.isdir(backend.root)) or bool(unfinished_uploads(backend))
-    return True
 
 
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
@@ -86,38 +55,16 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backe
     would otherwise look like a store with no tasks.
     """
     backend = open_backend(url, storage_options)
-    if not _exists(backend):
+    if not backend.exists():
         raise ConfigurationError(f"no store at {url!r}: no such folder")
     return backend
-
-
-def _child(backend: Backend, name: str) -> Backend:
-    """The backend of the folder ``name`` under ``backend``, sharing its filesystem."""
-    if isinstance(backend, LocalBackend):
-        return LocalBackend(backend.root / name)
-    if isinstance(backend, FsspecBackend):
-        return FsspecBackend(backend.fs, f"{backend.root}/{name}", f"{backend.url}/{name}")
-    return open_backend(f"{backend.url.rstrip('/')}/{name}", None)
-
-
-def _check_key(key: str) -> list[str]:
-    if key == ROOT_KEY:
-        return []
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") or "\\" in p for p in parts):
-        # A key is a path *inside* the store: never let `rm` reach outside it.
-        raise ConfigurationError(
-            f"invalid task key {key!r}: use a relative path inside the store without '.' or "
-            f"'..' parts (or {ROOT_KEY!r} for the store's own folder)"
-        )
-    return parts
 
 
 def open_task(store: Backend, key: str) -> Backend:
     """The backend of task ``key`` of ``store`` (``ROOT_KEY`` is the store's own folder)."""
     backend = store
-    for part in _check_key(key):
-        backend = _child(backend, part)
+    for part in key_parts(key):
+        backend = backend.child(part)
     return backend
 
 
@@ -135,7 +82,7 @@ class TaskFolder:
     @property
     def seqs(self) -> list[int]:
         """Sequence numbers of its committed snapshots, newest first."""
-        return manifest_seqs(self.entries)
+        return manifest_seqs(names_of(self.entries))
 
 
 def _join(prefix: str, name: str) -> str:
@@ -154,9 +101,9 @@ def find_task_folders(store: Backend) -> list[TaskFolder]:
         entries = backend.entries()
         if any(_is_ours(e.name) for e in entries):
             found.append(TaskFolder(key, backend, entries))
-        if depth < 2 and (depth == 0 or not manifest_seqs(entries)):
+        if depth < 2 and (depth == 0 or not manifest_seqs(names_of(entries))):
             for name in backend.list_children():
-                visit(_join(key, name), _child(backend, name), depth + 1)
+                visit(_join(key, name), backend.child(name), depth + 1)
 
     visit(ROOT_KEY, store, 0)
     return sorted(found, key=lambda f: f.key)
@@ -247,7 +194,7 @@ def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> S
     if not verify:
         return _info(seq, m, "unchecked")
     try:
-        for _ in store._payload(m):
+        for _ in store.payload(m):
             pass
     except CorruptCheckpointError as exc:
         if _gone(store, seq):
@@ -261,7 +208,7 @@ def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> S
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
     """Every committed snapshot of ``store``, oldest first, verified unless ``verify=False``."""
-    seqs = manifest_seqs(store.backend.entries())
+    seqs = manifest_seqs(names_of(store.backend.entries()))
     return [verify_snapshot(store, seq, verify=verify) for seq in reversed(seqs)]
 
 
@@ -281,11 +228,8 @@ def remove_task(store: Backend, key: str) -> list[Entry]:
         if _is_ours(e.name):
             backend.delete(e.name)
     remaining = {e.name for e in backend.entries()}
-    if isinstance(backend, LocalBackend) and key != ROOT_KEY and not remaining:
-        # An empty folder is harmless, but removing it keeps the store tidy. It may still
-        # hold nested keys' folders, or a new save may have reused it: then it stays.
-        with contextlib.suppress(OSError):
-            backend.root.rmdir()
+    if key != ROOT_KEY and not remaining:
+        backend.remove_root_if_empty()  # harmless if left, but a tidy store is easier to read
     return [e for e in before if e.name not in remaining]
 
 
@@ -338,12 +282,13 @@ def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
     """
     referenced, unreadable = _referenced(folder)
     for e in sorted(folder.entries, key=lambda e: e.name):
-        if _is_temp(e.name):
+        if is_temp(e.name):
             yield Garbage(folder.key, e.name, e.size, e.mtime, "temp file")
         elif (
-            (blob := _BLOB.match(e.name))
+            (found := parse(e.name)) is not None
+            and found.kind == "blob"
             and e.name not in referenced
-            and int(blob.group(1)) not in unreadable
+            and found.seq not in unreadable
         ):
             yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
 
@@ -368,13 +313,13 @@ def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) 
             if not dry_run:
                 folder.backend.delete(g.name)
             removed.append(g)
-    for upload in unfinished_uploads(store):
+    for upload in store.unfinished_uploads():
         key, _, name = upload.name.rpartition("/")
         g = Garbage(key or ".", name, 0, upload.initiated, "unfinished upload")
         if not old(g):
             kept.append(g)
             continue
         if not dry_run:
-            abort_upload(store, upload)
+            store.abort_upload(upload)
         removed.append(g)
     return GcReport(removed, kept)

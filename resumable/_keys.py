@@ -18,7 +18,13 @@ from typing import Any
 
 from ._errors import ConfigurationError, StateError
 
-__all__ = ["call_key", "check_key", "task_name"]
+__all__ = ["ROOT_KEY", "call_key", "check_key", "key_parts", "task_name"]
+
+#: The key that names a store's root itself (``resumable`` command): a ``Checkpoint(url)``
+#: keeps its snapshots there.
+ROOT_KEY = "."
+#: Longest path segment most filesystems and object-store tools accept, in bytes.
+_MAX_SEGMENT = 255
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KEY = re.compile(r"[A-Za-z0-9._=+@,/-]+")
@@ -31,17 +37,44 @@ def task_name(fn: Callable[..., Any]) -> str:
 
 
 def check_key(key: str) -> str:
-    """Refuse keys that would escape the store or are empty."""
+    """The key without outer slashes; ``ConfigurationError`` for one that is not a clean path.
+
+    The one definition of a valid task key: a relative path inside the store whose segments
+    use a small safe alphabet, none of them empty, ``.``, ``..`` or over 255 bytes.
+
+    Example:
+        >>> check_key("proj/exp/run-1/")
+        'proj/exp/run-1'
+
+    """
     if not isinstance(key, str) or not key.strip("/"):
         raise ConfigurationError(f"key must be a non-empty string, got {key!r}")
     parts = key.strip("/").split("/")
     # Anything else may mean something to fsspec or to a store ("::" chains filesystems).
     if any(p in ("", ".", "..") for p in parts) or not _KEY.fullmatch(key):
         raise ConfigurationError(
-            f"key {key!r} is not a clean relative path: use letters, digits, '.', '-', '_', "
-            "'=', '+', '@', ',' and '/' between segments"
+            f"invalid task key {key!r}: not a clean relative path inside the store; use "
+            "letters, digits, '.', '-', '_', '=', '+', '@', ',' and '/' between segments"
+        )
+    if any(len(p.encode()) > _MAX_SEGMENT for p in parts):
+        raise ConfigurationError(
+            f"key {key[:60]!r}... has a segment over {_MAX_SEGMENT} bytes, longer than stores "
+            "accept as a name: pass a shorter key= (or split it with '/')"
         )
     return key.strip("/")
+
+
+def key_parts(key: str) -> list[str]:
+    """The folder names of ``key`` under its store; none for :data:`ROOT_KEY`.
+
+    Example:
+        >>> key_parts("a/b"), key_parts(ROOT_KEY)
+        (['a', 'b'], [])
+
+    """
+    if key == ROOT_KEY:
+        return []
+    return check_key(key).split("/")
 
 
 def _canonical(value: Any, where: str) -> Any:

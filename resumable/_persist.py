@@ -1,34 +1,33 @@
-"""Turning yields into snapshots: throttling, capture, and at most one background save in flight.
+"""Turning yields into snapshots: throttling, capture, and writing (inline or in the background).
 
-The decision (is this yield due?) and the capture (pickle the state, or pack the folder) run
-on the task's thread at the moment of the yield, so later mutation cannot leak into a
-snapshot. Writing the captured snapshot runs inline, on a worker thread for async tasks, or on
-the background worker.
+The decision (is this yield due?) and the capture of pickled state run on the task's thread at
+the moment of the yield, so later mutation cannot leak into a snapshot. Everything after that
+is one blocking *step* (pack the folder, write, maybe stop for preemption), written once: the
+sync methods run it in place, their async twins on an IO thread. Background saves go through
+the checkpoint's own background worker (``Checkpoint.commit_in_background``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ._background import Background, Job
-from ._checkpoint import Checkpoint, Source
+from ._checkpoint import Captured, Checkpoint
 from ._codec import dumps_state
 from ._errors import ConfigurationError, Preempted
-from ._store import Kind
-from ._stream import Spool, discard
+from ._threads import run_async
 
 __all__ = ["MISSING", "Persister"]
-
-#: A snapshot serialized at the yield: its kind and its bytes.
-Captured = tuple[Kind, Source]
 
 log = logging.getLogger("resumable")
 
 MISSING: Any = object()
+
+#: The blocking part of persisting one snapshot, or None when there is nothing to do.
+Step = Callable[[], None] | None
 
 
 class Persister:
@@ -47,13 +46,13 @@ class Persister:
         self._folder = folder
         self._every = every
         self._seconds = every_seconds
+        self._background = background
         self._count = 0
         self._last = time.monotonic()
-        self._bg = Background(checkpoint.uri) if background else None
         #: The newest yielded value not persisted yet (MISSING when none).
         self.pending: Any = MISSING
         self.attempt = 0
-        #: Set (from a signal handler) when the process was asked to stop.
+        #: Set (from a signal handler or another thread) when the process was asked to stop.
         self.preempted = False
 
     def begin(self, attempt: int) -> None:
@@ -70,15 +69,7 @@ class Persister:
         self._seconds = None
         self.preempted = True
 
-    def _stop_if_preempted(self) -> None:
-        if self.preempted:
-            self.flush_sync()
-            raise Preempted(
-                f"{self._cp.uri}: the process was asked to stop (SIGTERM); the last snapshot is "
-                "saved, and running the task again resumes from it"
-            )
-
-    # -- the hot path: one call per yield ------------------------------------------------
+    # -- the core: decide and capture now, return the blocking rest -----------------------
 
     def _due(self, value: Any) -> bool:
         self._count += 1
@@ -92,23 +83,36 @@ class Persister:
         self.pending = MISSING
         return True
 
-    def offer_sync(self, value: Any) -> None:
-        """A yielded value: persist it if it is due."""
-        if self._due(value):
-            self._run_sync(self._capture(value))
-            self._stop_if_preempted()
+    def _step(self, value: Any, *, stop_if_preempted: bool = True) -> Callable[[], None]:
+        """Capture ``value`` now; the returned step writes it (and stops when preempted)."""
+        if self._folder is None:
+            pickled = Captured.state(dumps_state(value))  # now, before the task mutates it
+        folder, cp, attempt, background = self._folder, self._cp, self.attempt, self._background
 
-    async def offer(self, value: Any) -> None:
-        """Async twin of :meth:`offer_sync`."""
-        if self._due(value):
-            await self._run(await self._acapture(value))
-            if self.preempted:
-                await self.flush()
-                self._stop_if_preempted()
+        def step() -> None:
+            # A folder is packed here: the task is paused until the step returns.
+            captured = pickled if folder is None else cp.capture(folder, frozen=background)
+            if background:
+                cp.commit_in_background(captured, attempt=attempt)
+            else:
+                seq = cp.commit(captured, attempt=attempt).seq
+                log.debug("%s: committed snapshot %d", cp.uri, seq)
+            if stop_if_preempted and self.preempted:
+                self._stop()
 
-    # -- explicit saves -------------------------------------------------------------------
+        return step
 
-    def _check_forced(self, state: Any) -> None:
+    def _stop(self) -> None:
+        self._cp.flush_sync()
+        raise Preempted(
+            f"{self._cp.uri}: the process was asked to stop; the last snapshot is saved, and "
+            "running the task again resumes from it"
+        )
+
+    def _offer_step(self, value: Any) -> Step:
+        return self._step(value) if self._due(value) else None
+
+    def _force_step(self, state: Any) -> Callable[[], None]:
         if self._folder is None and state is MISSING:
             raise ConfigurationError("ctx().save() needs the state to save as its argument")
         if self._folder is not None and state is not MISSING:
@@ -117,88 +121,56 @@ class Persister:
             )
         self._count = 0
         self.pending = MISSING
+        return self._step(state)
+
+    def _finish_step(self) -> Callable[[], None]:
+        step: Step = None
+        if self.pending is not MISSING:
+            value, self.pending = self.pending, MISSING
+            step = self._step(value, stop_if_preempted=False)
+        flush = self._cp.flush_sync
+
+        def finish() -> None:
+            if step is not None:
+                step()
+            flush()
+
+        return finish
+
+    # -- thin twins ---------------------------------------------------------------------
+
+    def offer_sync(self, value: Any) -> None:
+        """A yielded value: persist it if it is due (the hot path: one call per yield)."""
+        step = self._offer_step(value)
+        if step is not None:
+            step()
+
+    async def offer(self, value: Any) -> None:
+        """Async twin of :meth:`offer_sync`."""
+        step = self._offer_step(value)
+        if step is not None:
+            await run_async(step)
 
     def force_sync(self, state: Any = MISSING) -> None:
         """Persist now, whatever the throttle."""
-        self._check_forced(state)
-        self._run_sync(self._capture(state))
-        self._stop_if_preempted()
+        self._force_step(state)()
 
     async def force(self, state: Any = MISSING) -> None:
         """Async twin of :meth:`force_sync`."""
-        self._check_forced(state)
-        await self._run(await self._acapture(state))
-        if self.preempted:
-            await self.flush()
-            self._stop_if_preempted()
+        await run_async(self._force_step(state))
 
     def finish_sync(self) -> None:
         """Persist the newest yield the throttle held back, then flush."""
-        if self.pending is not MISSING:
-            value, self.pending = self.pending, MISSING
-            self._run_sync(self._capture(value))
-        self.flush_sync()
+        self._finish_step()()
 
     async def finish(self) -> None:
         """Async twin of :meth:`finish_sync`."""
-        if self.pending is not MISSING:
-            value, self.pending = self.pending, MISSING
-            await self._run(await self._acapture(value))
-        await self.flush()
-
-    # -- capture and write ----------------------------------------------------------------
-
-    def _capture(self, value: Any) -> Captured:
-        """Serialize the snapshot now, on the task's thread."""
-        if self._folder is None:
-            data = dumps_state(value)
-            return "state", lambda: (data,)
-        kind, source = self._cp._encode(self._folder)
-        if self._bg is not None:
-            return kind, Spool(source())  # the folder may change as soon as the task resumes
-        return kind, source
-
-    async def _acapture(self, value: Any) -> Captured:
-        if self._folder is None:
-            return self._capture(value)  # pickling must happen now, on the task's thread
-        return await asyncio.to_thread(self._capture, value)
-
-    def _job(self, captured: Captured) -> Job:
-        cp, attempt = self._cp, self.attempt
-        kind, source = captured
-
-        def job() -> None:
-            try:
-                seq = cp._commit(kind, source, attempt).seq
-            finally:
-                discard(source)
-            log.debug("%s: committed snapshot %d", cp.uri, seq)
-
-        return job
-
-    def _run_sync(self, captured: Captured) -> None:
-        if self._bg is not None:
-            self._bg.submit(self._job(captured), lambda: discard(captured[1]))
-        else:
-            self._job(captured)()
-
-    async def _run(self, captured: Captured) -> None:
-        if self._bg is not None:
-            self._bg.submit(self._job(captured), lambda: discard(captured[1]))
-        else:
-            await asyncio.to_thread(self._job(captured))
+        await run_async(self._finish_step())
 
     def flush_sync(self) -> None:
         """Wait for background saves; raise a failure they met."""
-        if self._bg is not None:
-            self._bg.flush()
+        self._cp.flush_sync()
 
     async def flush(self) -> None:
         """Async twin of :meth:`flush_sync`."""
-        if self._bg is not None:
-            await asyncio.to_thread(self._bg.flush)
-
-    def close(self) -> None:
-        """Stop the background worker (after a flush)."""
-        if self._bg is not None:
-            self._bg.close()
+        await run_async(self._cp.flush_sync)

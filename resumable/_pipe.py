@@ -2,9 +2,10 @@
 
 An object store's file object uploads a part inside ``write()`` once its buffer fills, and
 fetches a range inside ``read()``: the thread that packs, compresses and hashes the snapshot
-waits for the network each time. ``PipelinedBackend`` moves those calls to one worker thread
-per transfer with a bounded queue between them, so a save takes about max(produce, upload)
-instead of their sum, and a load max(download, verify + extract). Memory stays bounded by
+waits for the network each time. ``PipelinedBackend`` moves those calls to one IO thread
+(``_threads``) per transfer with a bounded queue between them, so a save takes about
+max(produce, upload) instead of their sum, and a load max(download, verify + extract).
+Memory stays bounded by
 the queue.
 """
 
@@ -15,8 +16,9 @@ import queue
 import threading
 from typing import Any, BinaryIO
 
-from ._backend import Backend, BlobWriter, Entry
+from ._backend import Backend, BlobWriter, Entry, Upload
 from ._stream import CHUNK_SIZE, Chunk
+from ._threads import run_on_io
 
 __all__ = ["PipelinedBackend"]
 
@@ -36,8 +38,7 @@ class _UploadBehind:
         self._inner = inner
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=_WRITE_DEPTH)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="resumable-upload", daemon=True)
-        self._thread.start()
+        self._done = run_on_io(self._run)
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not _DONE:
@@ -57,7 +58,7 @@ class _UploadBehind:
 
     def _finish(self) -> None:
         self._queue.put(_DONE)
-        self._thread.join()
+        self._done.result()
 
     def commit(self) -> None:
         self._finish()
@@ -78,8 +79,7 @@ class _DownloadAhead:
         self._stop = threading.Event()
         self._buf = memoryview(b"")
         self._eof = False
-        self._thread = threading.Thread(target=self._run, name="resumable-download", daemon=True)
-        self._thread.start()
+        self._done = run_on_io(self._run)
 
     def _run(self) -> None:
         try:
@@ -110,7 +110,7 @@ class _DownloadAhead:
     def close(self) -> None:
         """Stop reading ahead and close the underlying stream."""
         self._stop.set()
-        while self._thread.is_alive():
+        while not self._done.done():
             with contextlib.suppress(queue.Empty):  # unblock a worker waiting for room
                 self._queue.get(timeout=0.05)
         self._inner.close()
@@ -157,3 +157,27 @@ class PipelinedBackend:
     def delete(self, name: str) -> None:
         """Remove an object; a missing one is not an error."""
         self.backend.delete(name)
+
+    def delete_many(self, names: list[str]) -> None:
+        """Remove objects in one request where the store can."""
+        self.backend.delete_many(names)
+
+    def exists(self) -> bool:
+        """Whether the root exists."""
+        return self.backend.exists()
+
+    def child(self, name: str) -> Backend:
+        """The backend of the folder ``name`` under the root, pipelined too."""
+        return PipelinedBackend(self.backend.child(name))
+
+    def remove_root_if_empty(self) -> None:
+        """Remove the root folder when nothing is left in it."""
+        self.backend.remove_root_if_empty()
+
+    def unfinished_uploads(self) -> list[Upload]:
+        """Multipart uploads under the root that were never completed."""
+        return self.backend.unfinished_uploads()
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort one of :meth:`unfinished_uploads`."""
+        self.backend.abort_upload(upload)

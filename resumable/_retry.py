@@ -1,42 +1,45 @@
-"""Retries and deadlines for storage calls.
+"""Storage retries and deadlines: the one retry layer, where attempts mean attempts.
 
-:class:`RetryingBackend` wraps any backend: each call gets a deadline and is retried on
-transient errors (tenacity). Streams are the exception: a ``write`` or ``commit`` of a
-:class:`~resumable._backend.BlobWriter`, or a ``read`` of an opened object, has a deadline but
-is never retried on its own, because an upload or download cannot resume mid-way after a fault.
-Retry the whole operation instead with :func:`retry_call`, whose callable builds its payload
-chunks afresh on each attempt::
+``RetryPolicy(attempts=N)`` bounds the tries within one *operation* (a save or a load), counted
+across everything the operation does:
 
-    retry_call(lambda: store.commit("bytes", [payload]), policy, "save to s3://bucket/key")
+- :class:`RetryingBackend` retries each storage call on a transient error and gives each try a
+  deadline (``policy.timeout``);
+- :func:`retry_call` retries a whole operation from its start when a stream fails mid-way (an
+  upload or a download cannot resume after a fault, so a ``write`` or a ``read`` is never
+  retried on its own) -- with a source that produces its bytes again on each try.
 
-Composed this way, attempts multiply for transient errors (a call the backend gave up on may
-be retried by the whole commit), but not for timeouts: a call that never answers costs at most
-``attempts * timeout``, and :func:`retry_call` does not start the operation over after it.
+The operation keeps one tally of failures per call (``"listing s3://b/k"``) and of its own
+restarts, across restarts: a call that keeps failing is tried at most N times in all, and the
+operation is started at most N times -- never N x N, as two nested retry loops would. When a
+call's tries are spent, the error names that call, once::
 
-A call that misses its deadline keeps running on its daemon worker thread, because a thread
-cannot be stopped; a daemon thread, unlike a ``ThreadPoolExecutor`` worker, does not keep the
-interpreter from exiting.
+    StorageError: saving a snapshot to s3://b/k: listing s3://b/k failed after 3 tries: ...
+
+A call that misses its deadline keeps running on its daemon IO thread (see ``_threads``): a
+thread cannot be stopped, and a daemon thread does not keep the interpreter from exiting.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import queue
-import threading
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar, cast
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import WaitBaseT, wait_exponential, wait_random
 
-from ._backend import Backend, BlobWriter, Entry
-from ._errors import ConfigurationError, StorageError
+from ._backend import Backend, BlobWriter, Entry, Upload
+from ._errors import ConfigurationError, DeadlineExceeded, ResumableError, StorageError
+from ._threads import call_with_deadline, run_on_io, wait_with_deadline
 
-__all__ = ["DeadlineExceeded", "RetryPolicy", "RetryingBackend", "retry_call"]
+__all__ = ["ANSWERS", "DeadlineExceeded", "RetryPolicy", "RetryingBackend", "retry_call"]
 
 log = logging.getLogger("resumable")
 
@@ -54,10 +57,6 @@ ANSWERS: tuple[type[BaseException], ...] = (
 _ANSWER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG})
 
 
-class DeadlineExceeded(StorageError, TimeoutError):
-    """A storage call did not answer within the policy's timeout."""
-
-
 def _default_wait() -> WaitBaseT:
     # wait_exponential_jitter's spelling of its first wait changed within tenacity 9.x.
     return wait_exponential(multiplier=0.05, max=1.95) + wait_random(0, 0.05)
@@ -65,10 +64,12 @@ def _default_wait() -> WaitBaseT:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how long to try a storage call.
+    """How often and how long to try storage calls.
 
     Args:
-        attempts: tries per call, the first included (at least 1).
+        attempts: tries of one save or load, the first included (at least 1): every failed
+            storage call and every restart of the operation spends one, so no call and no
+            operation is ever tried more than ``attempts`` times.
         wait: tenacity wait strategy between tries; exponential from 0.05 s, capped at 2 s,
             with jitter, by default (``tenacity.wait_none()`` in tests).
         timeout: seconds one try may take before it counts as failed.
@@ -98,81 +99,54 @@ class RetryPolicy:
             raise ConfigurationError(f"timeout must be a positive number, got {self.timeout!r}")
 
     def is_transient(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is a fault worth another try rather than an answer."""
-        if not isinstance(exc, self.retry_on) or isinstance(exc, ANSWERS):
+        """Whether ``exc`` is a fault worth another try rather than an answer.
+
+        The library's own errors are answers too: a ``StorageError`` means the tries are spent.
+        """
+        if not isinstance(exc, self.retry_on) or isinstance(exc, (*ANSWERS, ResumableError)):
             return False
         return not (isinstance(exc, OSError) and exc.errno in _ANSWER_ERRNOS)
 
 
-class _DaemonPool:
-    """Daemon worker threads for storage calls; idle ones are reused, hung ones abandoned.
+class _Budget:
+    """The failures of one operation so far: per call, and of the operation itself."""
 
-    Not a ``ThreadPoolExecutor``: its workers are joined at interpreter exit, so one call
-    that never answers would keep the process from ever exiting. A call that hangs here only
-    holds its own thread; the next call gets an idle thread or a new one.
-    """
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        self.failures: Counter[str] = Counter()
 
-    def __init__(self, max_idle: int) -> None:
-        self._max_idle = max_idle
-        self._idle: list[queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]] = []
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        """Start ``fn()`` on a worker; its future."""
-        future: Future[T] = Future()
-        with self._lock:
-            inbox = self._idle.pop() if self._idle else None
-        if inbox is None:
-            inbox = queue.SimpleQueue()
-            threading.Thread(
-                target=self._work, args=(inbox,), name="resumable-storage", daemon=True
-            ).start()
-        inbox.put((fn, future))
-        return future
-
-    def _work(self, inbox: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
-        while True:
-            fn, future = inbox.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # handed to the waiting caller, not lost
-                    future.set_exception(exc)
-            del fn, future  # drop the result before idling: it may be a large payload
-            with self._lock:
-                if len(self._idle) >= self._max_idle:
-                    return
-                self._idle.append(inbox)
+    def failed(self, what: str) -> bool:
+        """Count a failed try of ``what``; whether it may be tried again."""
+        self.failures[what] += 1
+        return self.failures[what] < self.attempts
 
 
-_POOL = _DaemonPool(max_idle=8)
+#: The budget of the operation running in this context (None: each call has its own).
+_OPERATION: ContextVar[_Budget | None] = ContextVar("resumable_retry_budget", default=None)
 
 
-def _wait(future: Future[T], timeout: float, what: str) -> T:
-    # wait() rather than result(timeout): a TimeoutError raised by the call itself (a socket
-    # timeout) is an error it answered with, not a missed deadline.
-    done, _ = wait([future], timeout)
-    if not done:
-        raise DeadlineExceeded(f"{what} did not answer within {timeout:g} s")
-    return future.result()
-
-
-def _deadline(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """``fn()``, or ``DeadlineExceeded`` when it takes longer than ``timeout`` seconds."""
-    return _wait(_POOL.submit(fn), timeout, what)
+def _tries(n: int) -> str:
+    return f"{n} {'try' if n == 1 else 'tries'}"
 
 
 def _retrying(
     fn: Callable[[], T], policy: RetryPolicy, what: str, retry: Callable[[BaseException], bool]
 ) -> T:
-    """``fn()`` tried up to ``policy.attempts`` times while ``retry(exc)``; then StorageError."""
+    """``fn()``, tried again while ``retry(exc)`` and the operation's budget allows.
+
+    The one retry loop of the library's storage: per call and per operation alike.
+    """
+    budget = _OPERATION.get() or _Budget(policy.attempts)
+
+    def stop(state: RetryCallState) -> bool:
+        return not budget.failed(what)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
         log.warning(
-            "%s failed (attempt %d of %d: %s: %s); retrying in %.2f s",
+            "%s failed (try %d of at most %d: %s: %s); retrying in %.2f s",
             what,
-            state.attempt_number,
+            budget.failures[what],
             policy.attempts,
             type(exc).__name__,
             exc,
@@ -180,7 +154,7 @@ def _retrying(
         )
 
     retrying = Retrying(
-        stop=stop_after_attempt(policy.attempts),
+        stop=stop,
         wait=policy.wait,
         retry=retry_if_exception(retry),
         reraise=True,
@@ -190,23 +164,25 @@ def _retrying(
         return retrying(fn)
     except Exception as exc:
         if not retry(exc):
-            raise  # an answer, or an error this policy does not retry
-        tries = f"{policy.attempts} {'try' if policy.attempts == 1 else 'tries'}"
+            raise  # an answer, a library error, or an error this policy does not retry
+        tries = budget.failures[what]
         if isinstance(exc, DeadlineExceeded):
             raise DeadlineExceeded(
-                f"{what} did not answer within {policy.timeout:g} s ({tries}); the previous "
-                "snapshot is intact",
+                f"{what} did not answer within {policy.timeout:g} s ({_tries(tries)}); the "
+                "previous snapshot is intact"
             ) from exc
-        detail = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
-        suffix = "" if isinstance(exc, StorageError) else "; the previous snapshot is intact"
-        raise StorageError(f"{what} failed after {tries}: {detail}{suffix}") from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        raise StorageError(
+            f"{what} failed after {_tries(tries)}: {detail}; the previous snapshot is intact"
+        ) from exc
 
 
 def retry_call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
-    """``fn()``, tried again from the start on a transient error, as ``policy`` allows.
+    """``fn()``, started over on a transient error, all of it within one budget of tries.
 
     For an operation that streams, such as a whole commit: ``fn`` must produce its input again
-    on each call. Timeouts are not retried here: the backend already spent its tries on them.
+    on each call. The storage calls it makes through a :class:`RetryingBackend` spend the same
+    budget. A ``StorageError`` gets ``what`` in front of its message.
 
     Example:
         >>> import tenacity
@@ -220,12 +196,13 @@ def retry_call(fn: Callable[[], T], policy: RetryPolicy, what: str) -> T:
         ('done', 3)
 
     """
-    return _retrying(
-        fn,
-        policy,
-        what,
-        lambda exc: policy.is_transient(exc) and not isinstance(exc, DeadlineExceeded),
-    )
+    token = _OPERATION.set(_Budget(policy.attempts))
+    try:
+        return _retrying(fn, policy, what, policy.is_transient)
+    except StorageError as exc:
+        raise type(exc)(f"{what}: {exc}") from exc
+    finally:
+        _OPERATION.reset(token)
 
 
 class _Serial:
@@ -245,9 +222,9 @@ class _Serial:
         what = f"{name} {self._target}"
         if self._stray is not None and not self._stray.done():
             raise StorageError(f"{what}: an earlier call on it is still running")
-        future = _POOL.submit(fn)
+        future = run_on_io(fn)
         try:
-            return _wait(future, self._timeout, what)
+            return wait_with_deadline(future, self._timeout, what)
         except DeadlineExceeded:
             self._stray = future
             raise
@@ -352,10 +329,14 @@ class RetryingBackend:
     def __repr__(self) -> str:
         return f"RetryingBackend({self.backend!r}, {self.policy!r})"
 
+    def _retried(self, exc: BaseException) -> bool:
+        # A call that hung is worth another try; the operation is not restarted for it.
+        return self.policy.is_transient(exc) or isinstance(exc, DeadlineExceeded)
+
     def _call(self, fn: Callable[[], T], what: str) -> T:
         timeout = self.policy.timeout
         return _retrying(
-            lambda: _deadline(fn, timeout, what), self.policy, what, self.policy.is_transient
+            lambda: call_with_deadline(fn, timeout, what), self.policy, what, self._retried
         )
 
     def _target(self, name: str | None = None) -> str:
@@ -371,6 +352,26 @@ class RetryingBackend:
     def list_children(self) -> list[str]:
         """Names of the folders directly under the root."""
         return self._call(self.backend.list_children, self._what("listing folders of"))
+
+    def exists(self) -> bool:
+        """Whether the root exists."""
+        return self._call(self.backend.exists, self._what("looking for"))
+
+    def child(self, name: str) -> Backend:
+        """The backend of the folder ``name`` under the root, with the same policy."""
+        return RetryingBackend(self.backend.child(name), self.policy)
+
+    def remove_root_if_empty(self) -> None:
+        """Remove the root folder when nothing is left in it."""
+        self._call(self.backend.remove_root_if_empty, self._what("removing"))
+
+    def unfinished_uploads(self) -> list[Upload]:
+        """Multipart uploads under the root that were never completed."""
+        return self._call(self.backend.unfinished_uploads, self._what("listing uploads of"))
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort one of :meth:`unfinished_uploads`."""
+        self._call(lambda: self.backend.abort_upload(upload), self._what("aborting", upload.name))
 
     def read(self, name: str) -> bytes:
         """A whole (small) object."""
@@ -413,13 +414,18 @@ class RetryingBackend:
         def with_deadline() -> None:
             nonlocal failed_before
             try:
-                _deadline(attempt, timeout, what)
+                call_with_deadline(attempt, timeout, what)
             except DeadlineExceeded:
                 failed_before = True
                 raise
 
-        _retrying(with_deadline, self.policy, what, self.policy.is_transient)
+        _retrying(with_deadline, self.policy, what, self._retried)
 
     def delete(self, name: str) -> None:
         """Remove an object; a missing one is not an error."""
         self._call(lambda: self.backend.delete(name), self._what("deleting", name))
+
+    def delete_many(self, names: list[str]) -> None:
+        """Remove objects in one request where the store can; missing ones are not errors."""
+        if names:
+            self._call(lambda: self.backend.delete_many(names), self._what("deleting in", None))

@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import math
-import re
 import secrets
 import shutil
 import sys
@@ -31,16 +30,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
 from ._codec import Limits, extract_tar, gunzip_members
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
+from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse, seq_prefix
 from ._progress import Progress, transfer
 from ._stream import Chunk, Digest
 
-__all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore"]
+__all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore", "names_of"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("resumable")
 
@@ -55,22 +57,12 @@ _LOG_SIZE = 16 << 20
 
 Kind = Literal["bytes", "file", "dir", "state"]
 _KINDS = ("bytes", "file", "dir", "state")
-_MANIFEST = re.compile(r"^(\d{20})\.json$")
-_BLOB = re.compile(r"^(\d{20})\.([0-9a-f]{8,64})\.blob$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_MARK = re.compile(r"^(\d{20})\.failed\.[0-9a-f]{16}$")
+_HEX64 = frozenset("0123456789abcdef")
 
 
-def manifest_name(seq: int) -> str:
-    """The manifest's object name for ``seq``."""
-    return f"{seq:020d}.json"
-
-
-def manifest_seqs(entries: Iterable[Entry]) -> list[int]:
-    """Sequence numbers of the committed snapshots among ``entries``, newest first."""
-    return sorted(
-        (int(m.group(1)) for e in entries if (m := _MANIFEST.match(e.name))), reverse=True
-    )
+def names_of(entries: Iterable[Entry]) -> list[str]:
+    """The names of listed objects."""
+    return [e.name for e in entries]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,27 +138,29 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise CorruptCheckpointError(f"manifest field missing or malformed ({exc})") from exc
-        problem = m._problem(seq)
+        problem = _problem(m, seq)
         if problem:
             raise CorruptCheckpointError(f"manifest {problem}")
         return m
 
-    def _problem(self, seq: int) -> str | None:
-        if self.seq != seq or isinstance(self.seq, bool):
-            return f"says seq {self.seq!r} but is named {seq}"
-        if self.kind not in _KINDS:
-            return f"has unknown kind {self.kind!r}"
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
-            return f"has invalid size {self.size!r}"
-        if not isinstance(self.sha256, str) or not _HEX64.match(self.sha256):
-            return "has no valid sha256"
-        if self.compression not in ("gzip", "none"):
-            return f"has unknown compression {self.compression!r}"
-        if self.inline is None:
-            blob = _BLOB.match(self.blob) if isinstance(self.blob, str) else None
-            if blob is None or int(blob.group(1)) != seq:
-                return f"points to a payload that is not its own ({self.blob!r})"
-        return None
+
+def _problem(m: Manifest, seq: int) -> str | None:
+    """What is wrong with a parsed manifest named for ``seq``, if anything."""
+    if m.seq != seq or isinstance(m.seq, bool):
+        return f"says seq {m.seq!r} but is named {seq}"
+    if m.kind not in _KINDS:
+        return f"has unknown kind {m.kind!r}"
+    if not isinstance(m.size, int) or isinstance(m.size, bool) or m.size < 0:
+        return f"has invalid size {m.size!r}"
+    if not isinstance(m.sha256, str) or len(m.sha256) != 64 or not _HEX64.issuperset(m.sha256):
+        return "has no valid sha256"
+    if m.compression not in ("gzip", "none"):
+        return f"has unknown compression {m.compression!r}"
+    if m.inline is None:
+        blob = parse(m.blob) if isinstance(m.blob, str) else None
+        if blob is None or blob.kind != "blob" or blob.seq != seq:
+            return f"points to a payload that is not its own ({m.blob!r})"
+    return None
 
 
 def _missing_as_corrupt(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
@@ -259,10 +253,10 @@ class SnapshotStore:
         """Store ``chunks`` as a new snapshot, commit it, then apply retention."""
         started = time.perf_counter()
         entries = self.backend.entries()
-        seqs = manifest_seqs(entries)
+        seqs = manifest_seqs(names_of(entries))
         seq = seqs[0] + 1 if seqs else 0
         writer_token = secrets.token_hex(8)
-        blob = f"{seq:020d}.{writer_token}.blob"
+        blob = blob_name(seq, writer_token)
         digest = Digest()
         spool: list[Chunk] | None = []
         spooled = 0
@@ -336,31 +330,34 @@ class SnapshotStore:
         """Delete snapshots ``seqs`` in that order: each manifest first, then its payload."""
         for old in seqs:
             self.backend.delete(manifest_name(old))
-            prefix = f"{old:020d}."
+            prefix = seq_prefix(old)
             for e in entries:
-                if e.name.startswith(prefix) and (e.name.endswith(".blob") or _MARK.match(e.name)):
+                kind = parse(e.name)
+                if e.name.startswith(prefix) and kind is not None and kind.kind != "manifest":
                     self.backend.delete(e.name)
 
     def clear(self) -> None:
         """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
         entries = self.backend.entries()
-        seqs = manifest_seqs(entries)
+        seqs = manifest_seqs(names_of(entries))
         self._drop(seqs[::-1], entries)
-        dropped = {f"{seq:020d}." for seq in seqs}
+        dropped = set(seqs)
         for e in entries:  # orphans: payloads and marks of snapshots without a manifest
-            if (_BLOB.match(e.name) or _MARK.match(e.name)) and e.name[:21] not in dropped:
+            kind = parse(e.name)
+            if kind is not None and kind.kind != "manifest" and kind.seq not in dropped:
                 self.backend.delete(e.name)
 
     # -- poison snapshots ---------------------------------------------------------------
 
     def mark_failed(self, seq: int) -> None:
         """Record that a task started from snapshot ``seq`` failed before saving a newer one."""
-        self.backend.create_exclusive(f"{seq:020d}.failed.{secrets.token_hex(8)}", b"")
+        self.backend.create_exclusive(mark_name(seq), b"")
 
     def clear_marks(self) -> None:
         """Forget failure records: the task got past its snapshots."""
         for e in self.backend.entries():
-            if _MARK.match(e.name):
+            kind = parse(e.name)
+            if kind is not None and kind.kind == "mark":
                 self.backend.delete(e.name)
 
     # -- reading ------------------------------------------------------------------------
@@ -369,7 +366,7 @@ class SnapshotStore:
         """The parsed manifest of snapshot ``seq``."""
         return Manifest.from_json(self.backend.read(manifest_name(seq)), seq)
 
-    def _payload(self, m: Manifest) -> Iterator[Chunk]:
+    def payload(self, m: Manifest) -> Iterator[Chunk]:
         """The payload's bytes, checked against the manifest's size and sha256 on the way."""
         digest = Digest()
         with contextlib.ExitStack() as stack:
@@ -397,40 +394,57 @@ class SnapshotStore:
         if digest.hexdigest() != m.sha256:
             raise CorruptCheckpointError("payload does not match its sha256")
 
-    def _restore_one(self, m: Manifest, workspace: Path, limits: Limits) -> None:
-        payload = self._payload(m)
-        with contextlib.closing(payload):  # type: ignore[type-var]
-            if m.kind == "dir":
-                data = gunzip_members(payload) if m.compression == "gzip" else payload
-                try:
-                    extract_tar(data, workspace, limits)
-                except (tarfile.TarError, zlib.error, EOFError) as exc:
-                    raise CorruptCheckpointError(
-                        f"payload is not a readable archive ({exc})"
-                    ) from exc
-            else:
-                with (workspace / "payload").open("wb") as f:
-                    for chunk in payload:
-                        f.write(chunk)
-
     def _skip(self, seq: int, exc: CorruptCheckpointError) -> str:
         log.warning(
             "skipping snapshot %d of %s: %s; trying the previous one", seq, self.backend.url, exc
         )
         return f"snapshot {seq}: {exc}"
 
-    def restore(
+    def restore_into(
         self,
-        workspace: Path,
+        folder: Path,
         limits: Limits,
         accept: Callable[[Manifest], None] | None = None,
         poison_after: int | None = None,
     ) -> Manifest | None:
-        """Restore the newest valid snapshot into ``workspace`` (emptied first).
+        """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
 
-        Returns its manifest, ``None`` when there is no snapshot, and raises
-        ``CorruptCheckpointError`` when snapshots exist but none verifies. ``accept`` sees each
-        manifest before anything is written and may refuse it by raising. With
+        A folder snapshot is extracted at ``folder``; bytes and files become
+        ``folder/payload``. Whatever ``folder`` held before is removed first.
+        """
+
+        def unpack(m: Manifest, chunks: Iterator[Chunk]) -> None:
+            _clear(folder)
+            try:
+                _unpack(m, chunks, folder, limits)
+            except BaseException:
+                _clear(folder)
+                raise
+
+        found = self._load(unpack, accept, poison_after)
+        return None if found is None else found[0]
+
+    def read_newest(
+        self,
+        accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
+    ) -> tuple[Manifest, bytes] | None:
+        """The newest valid snapshot's manifest and payload, verified, in memory."""
+        return self._load(lambda _, chunks: b"".join(chunks), accept, poison_after)
+
+    def _load(
+        self,
+        consume: Callable[[Manifest, Iterator[Chunk]], T],
+        accept: Callable[[Manifest], None] | None,
+        poison_after: int | None,
+    ) -> tuple[Manifest, T] | None:
+        """Hand the newest valid snapshot's verified payload to ``consume``.
+
+        Returns the manifest and what ``consume`` made, ``None`` when there is no snapshot,
+        and raises ``CorruptCheckpointError`` when snapshots exist but none verifies.
+        ``consume`` reads the stream to its end (the digest is checked there) and raises
+        ``CorruptCheckpointError`` to refuse a snapshot, undoing what it did. ``accept``
+        sees each manifest before ``consume`` does and may refuse it by raising. With
         ``poison_after``, a snapshot from which tasks failed that many times without
         committing a newer one is skipped (see :meth:`mark_failed`).
         """
@@ -439,8 +453,9 @@ class SnapshotStore:
         # newer ones exist then, and a fresh listing finds them.
         for _ in range(_RELIST):
             attempt = _Load(self.backend.entries())
-            m = self._restore_listed(attempt, workspace, limits, accept, poison_after)
-            if m is not None:
+            found = self._load_listed(attempt, consume, accept, poison_after)
+            if found is not None:
+                m = found[0]
                 if m.size >= _LOG_SIZE:
                     log.info(
                         "loaded snapshot %d from %s: %s",
@@ -448,7 +463,7 @@ class SnapshotStore:
                         self.backend.url,
                         _rate(m.size, time.perf_counter() - started),
                     )
-                return m
+                return found
             if not attempt.raced:
                 break
         if attempt.refused:
@@ -460,17 +475,17 @@ class SnapshotStore:
             )
         return None
 
-    def _restore_listed(
+    def _load_listed(
         self,
         attempt: _Load,
-        workspace: Path,
-        limits: Limits,
+        consume: Callable[[Manifest, Iterator[Chunk]], T],
         accept: Callable[[Manifest], None] | None,
         poison_after: int | None,
-    ) -> Manifest | None:
-        """Try the listed snapshots newest first; the first that verifies is restored."""
-        marks = Counter(int(k.group(1)) for e in attempt.entries if (k := _MARK.match(e.name)))
-        for seq in manifest_seqs(attempt.entries):
+    ) -> tuple[Manifest, T] | None:
+        """Try the listed snapshots newest first; the first that verifies is consumed."""
+        names = [parse(e.name) for e in attempt.entries]
+        marks = Counter(n.seq for n in names if n is not None and n.kind == "mark")
+        for seq in manifest_seqs(names_of(attempt.entries)):
             if poison_after is not None and marks[seq] >= poison_after:
                 attempt.refused.append(f"snapshot {seq}: poison ({marks[seq]} failures from it)")
                 log.warning(
@@ -492,20 +507,17 @@ class SnapshotStore:
                 continue
             if accept is not None:
                 accept(m)
-            _clear(workspace)
+            payload = self.payload(m)
             try:
-                self._restore_one(m, workspace, limits)
+                with contextlib.closing(payload):  # type: ignore[type-var]
+                    made = consume(m, payload)
             except CorruptCheckpointError as exc:
-                _clear(workspace)
                 if not self._exists(manifest_name(seq)):  # pruned while we read its payload
                     attempt.deleted(seq)
                     return None
                 attempt.refused.append(self._skip(seq, exc))
                 continue
-            except BaseException:
-                _clear(workspace)
-                raise
-            return m
+            return m, made
         return None
 
     def _exists(self, name: str) -> bool:
@@ -515,7 +527,21 @@ class SnapshotStore:
             return False
         return True
 
-    def latest(self) -> int | None:
-        """The newest committed sequence number, if any."""
-        seqs = manifest_seqs(self.backend.entries())
+    def newest_seq(self) -> int | None:
+        """The newest committed sequence number, if any (one listing, no manifest read)."""
+        seqs = manifest_seqs(names_of(self.backend.entries()))
         return seqs[0] if seqs else None
+
+
+def _unpack(m: Manifest, chunks: Iterator[Chunk], folder: Path, limits: Limits) -> None:
+    """Write a verified-as-it-streams payload into ``folder``: a tree, or ``payload``."""
+    if m.kind == "dir":
+        data = gunzip_members(chunks) if m.compression == "gzip" else chunks
+        try:
+            extract_tar(data, folder, limits)
+        except (tarfile.TarError, zlib.error, EOFError) as exc:
+            raise CorruptCheckpointError(f"payload is not a readable archive ({exc})") from exc
+    else:
+        with (folder / "payload").open("wb") as f:
+            for chunk in chunks:
+                f.write(chunk)

@@ -12,20 +12,20 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar
+
+from ._threads import submit
 
 __all__ = [
     "CHUNK_SIZE",
-    "POOL",
     "Chunk",
     "ChunkReader",
     "Digest",
     "Spool",
     "discard",
     "ordered_map",
-    "submit",
 ]
 
 #: Size of one read, write or compressed member when streaming.
@@ -34,28 +34,6 @@ CHUNK_SIZE = 1 << 20
 Chunk = bytes | bytearray | memoryview
 T = TypeVar("T")
 U = TypeVar("U")
-
-# A small shared pool: digest updates and (de)compression of chunks. Each stream keeps its own
-# ordering by waiting on its previous future, so streams never interleave their bytes.
-POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resumable-io")
-
-
-def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
-    """``POOL.submit``, or the call done here once the pool is shut down.
-
-    Python shuts thread pools down before ``atexit`` handlers run, and the exit flush of
-    background saves must still be able to hash, compress and sync.
-    """
-    try:
-        return POOL.submit(fn, *args)
-    except RuntimeError:
-        done: Future[T] = Future()
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:
-            done.set_exception(exc)
-        return done
-
 
 # Below this, handing a chunk to another thread costs more than hashing it here.
 _INLINE_HASH = 64 * 1024
@@ -166,9 +144,11 @@ class Spool:
     Calling it returns a fresh iterator over the bytes; ``close()`` frees the file.
     """
 
-    def __init__(self, chunks: Iterable[Chunk]) -> None:
+    def __init__(self, chunks: Iterable[Chunk] = (), *, file: Path | None = None) -> None:
         self._f: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - close() closes it
         try:
+            if file is not None:
+                self._copy_file(file)
             for chunk in chunks:
                 self._f.write(chunk)
         except BaseException:
@@ -177,24 +157,22 @@ class Spool:
 
     @classmethod
     def of_file(cls, path: Path) -> Spool:
-        """Copy a file in the kernel (no trip through Python's memory) when it can."""
-        spool = cls(())
-        try:
-            with path.open("rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                copied = 0
-                while copied < size or size == 0:
-                    n = _kernel_copy(src.fileno(), spool._f.fileno(), size - copied or CHUNK_SIZE)
-                    if not n:
-                        break
-                    copied += n
-                # The file may have grown while we copied: take the rest the plain way.
-                while chunk := src.read(CHUNK_SIZE):
-                    spool._f.write(chunk)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
+        """A spool of a file's bytes, copied in the kernel when it can."""
+        return cls(file=path)
+
+    def _copy_file(self, path: Path) -> None:
+        # No trip through Python's memory: copy_file_range, else sendfile.
+        with path.open("rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            copied = 0
+            while copied < size or size == 0:
+                n = _kernel_copy(src.fileno(), self._f.fileno(), size - copied or CHUNK_SIZE)
+                if not n:
+                    break
+                copied += n
+            # The file may have grown while we copied: take the rest the plain way.
+            while chunk := src.read(CHUNK_SIZE):
+                self._f.write(chunk)
 
     def __call__(self) -> Iterator[bytes]:
         self._f.seek(0)

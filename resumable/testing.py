@@ -8,7 +8,7 @@ Example:
     >>> from resumable.testing import FaultyFileSystem
     >>> cp = Checkpoint(
     ...     "faulty:///doc-faults",
-    ...     storage_options={"target_protocol": "memory", "fail_rate": 0.2, "seed": 7},
+    ...     storage_options={"target_protocol": "memory", "fail_rate": 0.1, "seed": 7},
     ... )
     >>> for step in range(20):
     ...     cp.save_sync(str(step).encode())

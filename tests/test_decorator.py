@@ -256,7 +256,7 @@ def test_background_failure_surfaces(store: str, monkeypatch: pytest.MonkeyPatch
     def broken(self: Checkpoint, *args: Any, **kwargs: Any) -> Any:
         raise OSError("store unreachable")
 
-    monkeypatch.setattr(Checkpoint, "_commit", broken)
+    monkeypatch.setattr(Checkpoint, "commit", broken)
 
     @resumable(state=0, store=store, background=True)
     def task(state: int = 0) -> Any:

@@ -12,15 +12,19 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import pytest
 
-from resumable._backend import open_backend, unfinished_uploads
+from resumable._backend import open_backend
 
 from .servers import SeaweedS3
+
+pytestmark = pytest.mark.remote  # needs the S3 server
 
 WRITER = textwrap.dedent(
     """
     import os, sys
     from resumable import Checkpoint
+    from resumable._checkpoint import Captured
 
     def chunks():
         for i in range(80):
@@ -29,7 +33,7 @@ WRITER = textwrap.dedent(
                 print("uploading", flush=True)
                 sys.stdin.readline()  # wait here until killed
 
-    Checkpoint(sys.argv[1])._commit("bytes", chunks())
+    Checkpoint(sys.argv[1]).commit(Captured("bytes", lambda: chunks()))
     """
 )
 
@@ -53,7 +57,7 @@ def test_gc_aborts_uploads_of_a_killed_writer(s3_server: SeaweedS3, tmp_path: Pa
     assert proc.stdin is not None
     proc.stdin.close()
     fsspec.filesystem("s3").invalidate_cache()
-    left = unfinished_uploads(open_backend(store, None))
+    left = open_backend(store, None).unfinished_uploads()
     assert [u.name.split("/")[0] for u in left] == ["task"]
 
     young = subprocess.run(
@@ -71,4 +75,4 @@ def test_gc_aborts_uploads_of_a_killed_writer(s3_server: SeaweedS3, tmp_path: Pa
     )
     removed = json.loads(done.stdout)["removed"]
     assert [g["reason"] for g in removed] == ["unfinished upload"]
-    assert unfinished_uploads(open_backend(store, None)) == []
+    assert open_backend(store, None).unfinished_uploads() == []

@@ -17,10 +17,13 @@ import pytest
 
 from resumable import Checkpoint, ConcurrentWriterError
 from resumable._backend import open_backend
+from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
 
 from .conftest import read_object, store_files
 from .servers_gcs_azure import AzuriteBlob, FakeGCS
+
+pytestmark = pytest.mark.remote  # every test here needs the GCS or the Azure server
 
 MiB = 1 << 20
 #: Small upload parts so that a few MiB take several: gcsfs's minimum is 256 KiB.
@@ -118,7 +121,7 @@ def test_upload_aborted_midway_leaves_no_blob(url: str) -> None:
             raise RuntimeError("source failed mid-upload")
 
         with pytest.raises(RuntimeError, match="mid-upload"):
-            cp._commit("bytes", chunks())
+            cp.commit(Captured("bytes", lambda: chunks()))
         gc.collect()  # a discarded upload must not try to publish itself when collected
         assert store_files(url) == before
         root = cp.load_sync()

@@ -25,6 +25,7 @@ from resumable import (
     ctx,
     resumable,
 )
+from resumable._checkpoint import Captured
 
 from .conftest import IO, read_object, store_files, write_object
 
@@ -85,7 +86,7 @@ def test_malicious_pickle_never_unpickled_with_key(
     """A planted pickle that runs code is refused before unpickling when a key is set."""
     monkeypatch.chdir(tmp_path)
     store = str(tmp_path / "store")
-    Checkpoint(f"{store}/victim")._commit("state", [pickle.dumps(Exploit())])
+    Checkpoint(f"{store}/victim").commit(Captured("state", lambda: [pickle.dumps(Exploit())]))
 
     @resumable(state=0, store=store, key="victim", signing_key=KEY)
     def task(state: int = 0) -> int:
@@ -193,7 +194,7 @@ def test_checkpoint_background_failure_surfaces(
         raise OSError("no space left")
 
     cp = Checkpoint(store_url)
-    monkeypatch.setattr(Checkpoint, "_commit", broken)
+    monkeypatch.setattr(Checkpoint, "commit", broken)
     cp.save_background(b"x")
     with pytest.raises(OSError, match="no space left"):
         cp.flush_sync()
@@ -293,7 +294,7 @@ def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:
 
 def test_state_error_names_the_task(store_url: str) -> None:
     """Unpickling failures of saved state are StateErrors that say what to do."""
-    Checkpoint(f"{store_url}/broken")._commit("state", [b"not a pickle"])
+    Checkpoint(f"{store_url}/broken").commit(Captured("state", lambda: [b"not a pickle"]))
 
     @resumable(state=0, store=store_url, key="broken")
     def task(state: int = 0) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, Limits
+from resumable._checkpoint import Captured
 
 from .conftest import IO, delete_object, read_object, store_files, write_object
 
@@ -194,7 +195,7 @@ class Exploit:
 
 def _pickle_exploit(s: Store) -> None:
     with Checkpoint(s.url) as plain:
-        plain._commit("state", [pickle.dumps(Exploit())])
+        plain.commit(Captured("state", lambda: [pickle.dumps(Exploit())]))
 
 
 # name -> (damage, needs a signing key)

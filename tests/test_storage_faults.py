@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from resumable import Checkpoint, RetryPolicy, StorageError, resumable
 from resumable._codec import loads_state
 from resumable.testing import FaultyFileSystem
 
-FAST = RetryPolicy(attempts=8, wait=tenacity.wait_none(), timeout=30.0)
+FAST = RetryPolicy(attempts=15, wait=tenacity.wait_none(), timeout=30.0)
 
 
 def faulty(**options: Any) -> dict[str, Any]:
@@ -103,3 +104,55 @@ def test_truncated_uploads_are_never_loaded() -> None:
         torn.close()
     with Checkpoint(url, storage_options=faulty(), retry=FAST) as cp:
         assert (cp.load_sync() / "payload").read_bytes() == b"whole" * 20_000
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("payload", [b"small", b"large" * 40_000], ids=["inline", "blob"])
+def test_attempts_mean_attempts_never_squared(mode: str, payload: bytes) -> None:
+    """With every call failing, RetryPolicy(attempts=3) tries the failing call 3 times per save."""
+    url = f"faulty:///down-{uuid.uuid4().hex}"
+    policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
+    cp = Checkpoint(url, storage_options=faulty(fail_rate=1.0), retry=policy)
+    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
+    assert isinstance(fs, FaultyFileSystem)
+    try:
+        with pytest.raises(StorageError) as raised:
+            if mode == "sync":
+                cp.save_sync(payload)
+            else:
+                asyncio.run(cp.save(payload))
+    finally:
+        cp.close()
+    # The first call of a save is the listing: it fails, 3 times, and nothing else is tried.
+    assert dict(fs.calls) == {"ls": 3}
+    message = str(raised.value)
+    assert "failed after 3 tries" in message
+    assert message.count("tries") == 1  # the failing call is named once, not once per layer
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_restarted_save_shares_the_tries_of_its_calls(mode: str) -> None:
+    """A save restarted after a failed upload never gives any call more than `attempts` tries."""
+    url = f"faulty:///restart-{uuid.uuid4().hex}"
+    policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
+    # Fail every upload write, and nothing else: each restart lists again, then fails to write.
+    cp = Checkpoint(url, storage_options=faulty(), retry=policy)
+    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
+    real_enter = fs.enter_call
+
+    def failing_writes(method: str, path: str) -> None:
+        real_enter(method, path)
+        if method == "write":
+            raise ConnectionResetError(f"reset while writing {path}")
+
+    fs.enter_call = failing_writes
+    try:
+        with pytest.raises(StorageError, match="failed after 3 tries"):
+            if mode == "sync":
+                cp.save_sync(b"x" * 200_000)
+            else:
+                asyncio.run(cp.save(b"x" * 200_000))
+    finally:
+        cp.close()
+    assert fs.calls["write"] == 3  # 3 starts of the operation, one failed write each
+    assert fs.calls["ls"] == 3
