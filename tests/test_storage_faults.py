@@ -17,6 +17,14 @@ from resumable.testing import FaultyFileSystem
 FAST = RetryPolicy(attempts=15, wait=tenacity.wait_none(), timeout=30.0)
 
 
+def save(cp: Checkpoint, mode: str, data: bytes) -> None:
+    """Save through the sync method or its async twin."""
+    if mode == "sync":
+        cp.save_sync(data)
+    else:
+        asyncio.run(cp.save(data))
+
+
 def faulty(**options: Any) -> dict[str, Any]:
     return {"target_protocol": "memory", "seed": 3, **options}
 
@@ -117,10 +125,7 @@ def test_attempts_mean_attempts_never_squared(mode: str, payload: bytes) -> None
     assert isinstance(fs, FaultyFileSystem)
     try:
         with pytest.raises(StorageError) as raised:
-            if mode == "sync":
-                cp.save_sync(payload)
-            else:
-                asyncio.run(cp.save(payload))
+            save(cp, mode, payload)
     finally:
         cp.close()
     # The first call of a save is the listing: it fails, 3 times, and nothing else is tried.
@@ -148,10 +153,7 @@ def test_a_restarted_save_shares_the_tries_of_its_calls(mode: str) -> None:
     fs.enter_call = failing_writes
     try:
         with pytest.raises(StorageError, match="failed after 3 tries"):
-            if mode == "sync":
-                cp.save_sync(b"x" * 200_000)
-            else:
-                asyncio.run(cp.save(b"x" * 200_000))
+            save(cp, mode, b"x" * 200_000)
     finally:
         cp.close()
     assert fs.calls["write"] == 3  # 3 starts of the operation, one failed write each
