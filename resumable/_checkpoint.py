@@ -225,9 +225,9 @@ class Checkpoint:
             >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).save(b"state"))
 
         """
-        captured = self.capture(data)  # bytes are copied now: the caller may reuse its buffer
-        await run_async(self.flush_sync)
-        await run_async(self.commit, captured)
+        # All of it off the loop, the copy of a large buffer included; the bytes are still
+        # copied before this returns, so the caller may reuse its buffer then.
+        await run_async(self.save_sync, data)
 
     def save_background(self, data: SaveData) -> None:
         """Capture ``data`` now and save it on a worker thread; return at once.

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import math
 import os
 from collections.abc import (
     AsyncIterator,
@@ -22,7 +23,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeGuard, TypeVar, overload
 
 import tenacity
 import wrapt
@@ -151,11 +152,27 @@ def _wait_strategy(wait: float | tenacity.wait.wait_base | None) -> tenacity.wai
         return tenacity.wait_exponential_jitter(multiplier=0.1, max=10.0, jitter=0.1)
     if isinstance(wait, tenacity.wait.wait_base):
         return wait
-    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+    if _finite_seconds(wait):
         return tenacity.wait_fixed(wait)
     raise ConfigurationError(
-        f"wait must be seconds (>= 0) or a tenacity wait strategy, got {wait!r}"
+        f"wait must be finite seconds (>= 0) or a tenacity wait strategy, got {wait!r}"
     )
+
+
+def _finite_seconds(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real, finite number of seconds >= 0 (not a bool, NaN or inf)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _retry_on(value: object) -> tuple[type[BaseException], ...]:
@@ -240,10 +257,10 @@ def resumable(
         check_key(key)
     elif key is not None and not callable(key):
         raise ConfigurationError(f"key must be a string or a callable, got {key!r}")
-    if every_seconds is not None and (
-        not isinstance(every_seconds, int | float) or every_seconds < 0
-    ):
-        raise ConfigurationError(f"every_seconds must be >= 0 or None, got {every_seconds!r}")
+    if every_seconds is not None and not _finite_seconds(every_seconds):
+        raise ConfigurationError(
+            f"every_seconds must be finite seconds (>= 0) or None, got {every_seconds!r}"
+        )
     if on_success not in ("clear", "keep"):
         raise ConfigurationError(f"on_success must be 'clear' or 'keep', got {on_success!r}")
     spec = _Spec(
@@ -259,12 +276,12 @@ def resumable(
         every=_positive_int("every", every, 1),
         every_seconds=every_seconds,
         keep=_positive_int("keep", keep, 1),
-        background=bool(background),
+        background=_flag("background", background),
         on_success=on_success,
         poison_after=None
         if poison_after is None
         else _positive_int("poison_after", poison_after, 1),
-        preemptible=bool(preemptible),
+        preemptible=_flag("preemptible", preemptible),
         signing_key=signing_key,
         storage_options=storage_options,
         storage_retry=storage_retry,
