@@ -14,6 +14,8 @@ import inspect
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -350,6 +352,69 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def _check_dir(folder: Path, store: str) -> None:
+    """Refuse a ``Dir`` that overlaps the store, the temp folder of workspaces, or is ``/``.
+
+    Restoring makes the folder identical to a snapshot, deleting whatever else it holds; a
+    folder that contains the store would delete the store, and snapshot it into itself.
+    """
+    real = Path(os.path.realpath(folder))
+    fix = "use a Dir of its own (e.g. Dir(\"outputs\")), or a store outside it (store=...)"
+    if real == Path(real.anchor):
+        raise ConfigurationError(
+            f"Dir({str(folder)!r}) is the root folder: restoring a snapshot would delete "
+            f"everything else in it; {fix}"
+        )
+    local = store[len("file://") :] if store.startswith("file://") else store
+    places = [("the store", local)] if "://" not in local else []
+    places.append(("the temp folder that holds workspaces", tempfile.gettempdir()))
+    for what, where in places:
+        other = Path(os.path.realpath(where))
+        if _within(other, real):
+            raise ConfigurationError(
+                f"Dir({str(folder)!r}) contains {what} ({other}): restoring a snapshot "
+                f"into it would delete {what}; {fix}"
+            )
+        if what == "the store" and _within(real, other):
+            raise ConfigurationError(
+                f"Dir({str(folder)!r}) is inside the store ({other}): snapshots would be "
+                f"mixed with the folder they restore; {fix}"
+            )
+
+
+def _restore_dir(
+    cp: Checkpoint,
+    folder: Path,
+    accept: Callable[[Manifest], None],
+    poison_after: int | None,
+) -> Manifest | None:
+    """Make ``folder`` hold the newest valid snapshot, touching it only once one verified.
+
+    The snapshot is restored into a new folder beside it; only when that succeeded is it
+    swapped in. When the restore fails (a corrupt snapshot, a full disk), ``folder`` is left
+    as it was.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.restoring-", dir=folder.parent))
+    try:
+        m = cp.restore_into(staging, accept=accept, poison_after=poison_after)
+        if m is not None:
+            old = staging.with_name(staging.name.replace(".restoring-", ".replaced-"))
+            if folder.exists():
+                folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            folder.mkdir(exist_ok=True)
+        return m
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class _Call:
     """One call of a decorated task: its key, checkpoint, persister and retry policy."""
 
@@ -376,6 +441,8 @@ class _Call:
             storage_options=spec.storage_options,
             retry=spec.storage_retry,
         )
+        if spec.folder is not None:
+            _check_dir(spec.folder, store)
         self.restored: int | None = None  # the snapshot the current attempt started from
         self.newest_at_start: int | None = None  # the newest committed one at that moment
         self.persister = Persister(
@@ -493,8 +560,7 @@ class _Call:
         cp = self.checkpoint
         m: Manifest | None
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            m = cp.restore_into(folder, accept=self._accept, poison_after=poison_after)
+            m = _restore_dir(cp, folder, self._accept, poison_after)
             value: Any = folder
         else:
             found = cp.read_newest(accept=self._accept, poison_after=poison_after)
