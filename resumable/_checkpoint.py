@@ -28,7 +28,13 @@ from typing import Any, Self, TypeVar
 from ._backend import LocalBackend, open_backend
 from ._background import Background
 from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
-from ._errors import ConfigurationError, ResumableError, StorageError, UnsupportedDataError
+from ._errors import (
+    ConfigurationError,
+    CorruptCheckpointError,
+    ResumableError,
+    StorageError,
+    UnsupportedDataError,
+)
 from ._pipe import PipelinedBackend
 from ._progress import ProgressArg, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
@@ -357,9 +363,9 @@ class Checkpoint:
         Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
-        return self._retried(
-            lambda: self._store.restore_into(folder, self.limits, accept, poison_after),
-            f"loading a snapshot from {self.uri}",
+        return self._poison_tolerant(
+            lambda after: self._store.restore_into(folder, self.limits, accept, after),
+            poison_after,
         )
 
     def read_newest(
@@ -373,10 +379,30 @@ class Checkpoint:
         Like :meth:`restore_into`, without writing anything: for small payloads such as
         pickled state.
         """
-        return self._retried(
-            lambda: self._store.read_newest(accept, poison_after),
-            f"loading a snapshot from {self.uri}",
+        return self._poison_tolerant(
+            lambda after: self._store.read_newest(accept, after), poison_after
         )
+
+    def _poison_tolerant(self, load: Callable[[int | None], T], poison_after: int | None) -> T:
+        """``load(poison_after)``; when that leaves nothing valid, ``load(None)``.
+
+        Skipping a poison snapshot is a fallback to an older one: when no older one verifies
+        (the only snapshot, or all of them failed), the newest valid one is used anyway. A
+        streak of failures then ends in the task's own exception, never in a locked task.
+        """
+        what = f"loading a snapshot from {self.uri}"
+        if poison_after is None:
+            return self._retried(lambda: load(None), what)
+        try:
+            return self._retried(lambda: load(poison_after), what)
+        except CorruptCheckpointError:
+            pass
+        log.warning(
+            "%s: no snapshot older than the failing one is valid; resuming from the newest "
+            "valid snapshot anyway (`resumable show` lists the recorded failures)",
+            self.uri,
+        )
+        return self._retried(lambda: load(None), what)
 
     def newest_seq(self) -> int | None:
         """The sequence number of the newest committed snapshot, if any (one listing)."""

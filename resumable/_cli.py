@@ -24,6 +24,7 @@ from ._inspect import (
     Garbage,
     SnapshotInfo,
     TaskFolder,
+    clear_failures,
     collect_garbage,
     find_task_folders,
     open_store,
@@ -130,6 +131,7 @@ def _snapshot_doc(info: SnapshotInfo) -> dict[str, Any]:
         "created_utc": _utc(info.created),
         "attempt": info.attempt,
         "blob": info.blob,
+        "failures": info.failures,
     }
 
 
@@ -201,12 +203,18 @@ def _show(args: argparse.Namespace) -> int:
                 _size(i.size),
                 _utc(i.created) or "-",
                 "-" if i.attempt is None else str(i.attempt),
+                str(i.failures),
                 _status_text(i),
             ]
             for i in infos
         ]
-        headers = ["SEQ", "KIND", "SIZE", "CREATED (UTC)", "ATTEMPT", "VERIFIED"]
-        print(_table(headers, rows, right={0, 2, 4}))
+        headers = ["SEQ", "KIND", "SIZE", "CREATED (UTC)", "ATTEMPT", "FAILURES", "VERIFIED"]
+        print(_table(headers, rows, right={0, 2, 4, 5}))
+        if any(i.failures for i in infos):
+            print(
+                f"FAILURES: failures of the task recorded against a snapshot (poison_after); "
+                f"`resumable clear-marks {args.store} {args.key}` forgets them"
+            )
     return EXIT_BAD if any(i.status == "bad" for i in infos) else EXIT_OK
 
 
@@ -271,6 +279,18 @@ def _rm(args: argparse.Namespace) -> int:
             f"removed task {args.key} from {args.store}: {_count(snapshots, 'snapshot')}, "
             f"{_count(len(removed), 'object')}, {size}"
         )
+    return EXIT_OK
+
+
+def _clear_marks(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    if not open_task(store, args.key).entries():
+        raise _no_snapshots(args.store, args.key)
+    count = clear_failures(store, args.key)
+    if args.json:
+        _print_json({"store": args.store, "key": args.key, "cleared": count})
+    else:
+        print(f"cleared {_count(count, 'failure mark')} of task {args.key} in {args.store}")
     return EXIT_OK
 
 
@@ -372,6 +392,11 @@ def _parser() -> argparse.ArgumentParser:
     rm = command("rm", _rm, "delete a task: its snapshots, orphan payloads and temp files")
     rm.add_argument("key", metavar="KEY", help="the task's key")
     rm.add_argument("--yes", action="store_true", help="really delete (required)")
+
+    marks = command(
+        "clear-marks", _clear_marks, "forget the failures recorded against a task's snapshots"
+    )
+    marks.add_argument("key", metavar="KEY", help="the task's key")
 
     gc = command("gc", _gc, "remove orphan payloads and temp files older than a grace period")
     gc.add_argument(

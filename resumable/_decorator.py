@@ -200,7 +200,7 @@ def resumable(
     keep: int = 2,
     background: bool = False,
     on_success: Literal["clear", "keep"] = "clear",
-    poison_after: int | None = 3,
+    poison_after: int | None = None,
     preemptible: bool = False,
     signing_key: bytes | str | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -228,7 +228,8 @@ def resumable(
         on_success: ``"clear"`` deletes the snapshots after success, ``"keep"`` keeps them.
         poison_after: after the task failed this many times (with an exception, in any
             process) from the same snapshot without saving a newer one, skip that snapshot
-            and fall back to the previous one (``None``: never).
+            and fall back to an older one, if an older one is valid. Off by default
+            (``None``): a transient outage would count against a good snapshot.
         preemptible: on SIGTERM, persist the next yield at once, flush, and raise
             ``Preempted`` (not retried); the next process resumes. Main thread only.
         signing_key: sign snapshots and refuse unsigned ones (default

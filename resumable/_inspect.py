@@ -7,7 +7,9 @@ A store holds one folder per task key; each task folder holds that task's snapsh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +27,9 @@ __all__ = [
     "Status",
     "TaskFolder",
     "TaskSummary",
+    "clear_failures",
     "collect_garbage",
+    "failure_counts",
     "find_garbage",
     "find_task_folders",
     "open_store",
@@ -159,6 +163,8 @@ class SnapshotInfo:
     attempt: int | None = None
     #: The payload's object name; ``None`` when the payload is inlined in the manifest.
     blob: str | None = None
+    #: Failures of the task from this snapshot recorded in the store (``poison_after``).
+    failures: int = 0
 
 
 def _info(seq: int, m: Manifest, status: Status, problem: str | None = None) -> SnapshotInfo:
@@ -208,8 +214,27 @@ def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> S
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
     """Every committed snapshot of ``store``, oldest first, verified unless ``verify=False``."""
-    seqs = manifest_seqs(names_of(store.backend.entries()))
-    return [verify_snapshot(store, seq, verify=verify) for seq in reversed(seqs)]
+    names = names_of(store.backend.entries())
+    failures = failure_counts(names)
+    return [
+        dataclasses.replace(verify_snapshot(store, seq, verify=verify), failures=failures[seq])
+        for seq in reversed(manifest_seqs(names))
+    ]
+
+
+def failure_counts(names: Iterable[str]) -> Counter[int]:
+    """How many failure marks each snapshot has among the object ``names`` of a task."""
+    return Counter(
+        found.seq for n in names if (found := parse(n)) is not None and found.kind == "mark"
+    )
+
+
+def clear_failures(store: Backend, key: str) -> int:
+    """Remove the failure marks of task ``key``; how many there were."""
+    backend = open_task(store, key)
+    count = sum(failure_counts(names_of(backend.entries())).values())
+    SnapshotStore(backend, keep=1).clear_marks()
+    return count
 
 
 # -- removal ------------------------------------------------------------------------------

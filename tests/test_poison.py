@@ -1,0 +1,135 @@
+"""A streak of failures never loses or locks progress; failure marks are visible and clearable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from resumable import resumable
+
+from .conftest import store_files
+
+
+def _flaky_steps(failures: int) -> tuple[list[int], object, object]:
+    """A sync and an async task: one snapshot, then the next step fails ``failures`` times."""
+    starts: list[int] = []
+    left = [failures]
+
+    def step(state: int) -> None:
+        starts.append(state)
+        if state == 1 and left[0] > 0:
+            left[0] -= 1
+            raise ConnectionError("the network is down")
+
+    return starts, step, left
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_one_snapshot_and_transient_failures_never_wedge(store_url: str, kind: str) -> None:
+    """One snapshot, ``retries=5``, the next step failing 4 times: the call still finishes.
+
+    Before, the 3rd failure made the only snapshot "poison" and the call raised
+    ``CorruptCheckpointError`` with retries left; every later call failed the same way.
+    """
+    starts, step, _ = _flaky_steps(4)
+    options = {"state": 0, "store": store_url, "key": "w", "retries": 5, "wait": 0}
+
+    @resumable(**options, poison_after=3)  # type: ignore[arg-type]
+    def sync_task(state: int = 0) -> Iterator[int]:
+        step(state)  # type: ignore[operator]
+        if state == 0:
+            yield 1
+        step(1)  # type: ignore[operator]
+        yield 2
+
+    @resumable(**options, poison_after=3)  # type: ignore[arg-type]
+    async def async_task(state: int = 0) -> AsyncIterator[int]:
+        step(state)  # type: ignore[operator]
+        if state == 0:
+            yield 1
+        step(1)  # type: ignore[operator]
+        yield 2
+
+    result = sync_task() if kind == "sync" else asyncio.run(async_task())
+    assert result in (None, 2)
+    assert starts[0] == 0
+    assert starts.count(1) >= 5  # every failure resumed from the only snapshot
+
+
+def test_failing_task_raises_its_own_exception_and_later_calls_resume(store_url: str) -> None:
+    """Retries exhausted: the task's own exception, never a library error; the next call resumes."""
+    down = [True]
+    starts: list[int] = []
+
+    @resumable(state=0, store=store_url, key="x", retries=5, wait=0, poison_after=3)
+    def task(state: int = 0) -> Iterator[int]:
+        starts.append(state)
+        if state == 0:
+            yield 1
+        if down[0]:
+            raise ConnectionError("the network is down")
+        yield 2
+
+    with pytest.raises(ConnectionError):
+        task()
+    assert starts == [0, 1, 1, 1, 1, 1]
+    down[0] = False
+    task()  # the fault is gone: the call resumes from snapshot 1 and finishes
+    assert starts[-1] == 1
+
+
+def test_poison_is_off_by_default(store_url: str) -> None:
+    """Without ``poison_after``, failures leave no marks: an outage rolls nothing back."""
+
+    @resumable(state=0, store=store_url, key="d", retries=3, wait=0)
+    def task(state: int = 0) -> Iterator[int]:
+        yield 1
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        task()
+    assert not [n for n in store_files(f"{store_url}/d") if ".failed." in n]
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "resumable", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_show_lists_failure_marks_and_clear_marks_removes_them(tmp_path: Path) -> None:
+    """``resumable show`` counts the failures per snapshot; ``clear-marks`` forgets them."""
+    store = tmp_path / "store"
+
+    @resumable(state=0, store=str(store), key="m", retries=1, wait=0, poison_after=5)
+    def task(state: int = 0) -> Iterator[int]:
+        if state == 0:
+            yield 1
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        task()
+    shown = _cli("show", store, "m", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (snapshot,) = json.loads(shown.stdout)["snapshots"]
+    assert snapshot["failures"] == 1  # the retry failed from snapshot 0
+    table = _cli("show", store, "m")
+    assert "FAILURES" in table.stdout
+    assert "clear-marks" in table.stdout
+
+    cleared = _cli("clear-marks", store, "m")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "cleared 1 failure mark" in cleared.stdout
+    assert not [p for p in (store / "m").iterdir() if ".failed." in p.name]
+    (snapshot,) = json.loads(_cli("show", store, "m", "--json").stdout)["snapshots"]
+    assert snapshot["failures"] == 0
