@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,11 +147,11 @@ class _LocalWriter:
 
     _SYNC_EVERY = 16 << 20
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, open_new: Callable[[Path], int]) -> None:
         self._root = root
         self._final = root / name
         self._tmp = root / temp_name(name)
-        self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd: int | None = open_new(self._tmp)
         self._unsynced = 0
         self._syncing: Future[None] | None = None
 
@@ -198,10 +198,21 @@ class LocalBackend:
         self.root = root
         self.url = str(root)
 
-    def _ensure_root(self) -> None:
-        if not self.root.is_dir():
-            self.root.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.root.parent)
+    def _make_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(self.root.parent)
+
+    def _open_new(self, path: Path) -> int:
+        """``O_EXCL``-create ``path`` in the root; the root is made on first use only.
+
+        No existence check before: a save in an existing folder costs no extra system call.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            self._make_root()
+            return os.open(path, flags, 0o644)
 
     def entries(self) -> list[Entry]:
         try:
@@ -234,13 +245,11 @@ class LocalBackend:
         return (self.root / name).open("rb", buffering=0)
 
     def writer(self, name: str) -> BlobWriter:
-        self._ensure_root()
-        return _LocalWriter(self.root, name)
+        return _LocalWriter(self.root, name, self._open_new)
 
     def create_exclusive(self, name: str, data: bytes) -> None:
-        self._ensure_root()
         tmp = self.root / temp_name(name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = self._open_new(tmp)
         try:
             try:
                 _write_all(fd, data)
@@ -322,6 +331,11 @@ class _FsspecWriter:
             self._fs.rm_file(self._path)
 
 
+#: fsspec protocols whose ``pipe_file(mode="create")`` is one atomic create-if-absent. (fsspec's
+#: default ``pipe_file`` checks, then writes: not atomic, and two requests.)
+_ATOMIC_CREATE = frozenset({"memory", "s3", "s3a", "gs", "gcs"})
+
+
 class FsspecBackend:
     """Any fsspec filesystem: one PUT per object, exclusive create where supported."""
 
@@ -397,14 +411,19 @@ class FsspecBackend:
                 raise FileExistsError(errno.EEXIST, "exists", path) from exc
             raise
 
+    def _creates_atomically(self) -> bool:
+        protocols = self.fs.protocol
+        names = protocols if isinstance(protocols, tuple | list) else (protocols,)
+        return not _ATOMIC_CREATE.isdisjoint(names)
+
     def create_exclusive(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        protocols = self.fs.protocol
-        if "gs" in (protocols if isinstance(protocols, tuple | list) else (protocols,)):
-            # gcsfs: one upload request carrying the precondition ifGenerationMatch=0, which GCS
-            # refuses with 412 (gcsfs raises FileExistsError) when the object exists. Its "xb"
-            # mode puts the same precondition on a resumable upload's first request instead,
-            # which not every GCS server enforces (fake-gcs-server, for one, overwrites).
+        if self._creates_atomically():
+            # One request, no existence check first: S3 PutObject with If-None-Match: *,
+            # GCS one upload with ifGenerationMatch=0 (its "xb" mode puts the precondition on
+            # a resumable upload's first request instead, which not every GCS server
+            # enforces: fake-gcs-server, for one, overwrites), memory: an in-process "xb".
+            # Both object stores refuse an existing name with 412.
             with self._refused_means_exists(path):
                 self.fs.pipe_file(path, data, mode="create")
             return

@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import sys
 import tarfile
 import time
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
 from ._codec import Limits, extract_tar, gunzip_members
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
-from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse, seq_prefix
+from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
 from ._stream import Chunk, Digest
 
@@ -54,6 +55,11 @@ INLINE_MAX = 64 * 1024
 _RELIST = 5
 #: Saves and loads at least this large log their size and rate.
 _LOG_SIZE = 16 << 20
+#: After this process saw a competing writer on a store, its saves there list first (and
+#: retention works from that listing) for this many seconds: see ``SnapshotStore.commit``.
+_CONTESTED_FOR = 60.0
+#: Store URL -> until when (``time.monotonic()``) saves there list first.
+_contested: dict[str, float] = {}
 
 Kind = Literal["bytes", "file", "dir", "state"]
 _KINDS = ("bytes", "file", "dir", "state")
@@ -219,6 +225,28 @@ class SnapshotStore:
         self.keep = keep
         self.signing_key = signing_key
         self.progress = progress
+        # What this writer knows without asking the store: the number to commit next, and
+        # the objects of each snapshot it committed or listed, oldest first. ``None``: not
+        # known (first save, or after a failure that may or may not have committed), so the
+        # next commit lists first.
+        self._next: int | None = None
+        self._known: OrderedDict[int, list[str]] = OrderedDict()
+
+    def _learn(self, entries: list[Entry]) -> list[int]:
+        """Take a listing as the truth; its manifests' sequence numbers, newest first."""
+        seqs = manifest_seqs(names_of(entries))
+        owned: dict[int, list[str]] = {seq: [manifest_name(seq)] for seq in reversed(seqs)}
+        for e in entries:
+            name = parse(e.name)
+            if name is not None and name.kind != "manifest" and name.seq in owned:
+                owned[name.seq].append(e.name)
+        self._known = OrderedDict(owned)
+        self._next = seqs[0] + 1 if seqs else 0
+        return seqs
+
+    def _forget(self) -> None:
+        self._next = None
+        self._known.clear()
 
     def _signature(self, m: Manifest) -> str:
         assert self.signing_key is not None
@@ -250,11 +278,25 @@ class SnapshotStore:
         compression: str = "none",
         attempt: int = 0,
     ) -> Manifest:
-        """Store ``chunks`` as a new snapshot, commit it, then apply retention."""
+        """Store ``chunks`` as a new snapshot, commit it, then apply retention.
+
+        In steady state this is one request (the manifest, payload inlined) plus, when
+        retention drops a snapshot, one batched delete: the number to commit is the last
+        one committed plus one, with no listing, and the exclusive create of the manifest
+        detects a competing writer. Only the first commit of this store lists.
+
+        A refused create means another writer committed that number: the store lists, and
+        raises ``ConcurrentWriterError``. A writer that fell more than ``keep`` snapshots
+        behind another one can find its next number pruned, and commit below the newest
+        (nothing is overwritten; that snapshot is never the newest); it meets the other
+        writer's numbers soon after and is refused then. So that what is left stays within
+        ``keep``, saves to a store where a competing writer was seen list first for a while.
+        """
         started = time.perf_counter()
-        entries = self.backend.entries()
-        seqs = manifest_seqs(names_of(entries))
-        seq = seqs[0] + 1 if seqs else 0
+        if self._next is None or _contested.get(self.backend.url, 0.0) > time.monotonic():
+            self._learn(self.backend.entries())
+        assert self._next is not None
+        seq = self._next
         writer_token = secrets.token_hex(8)
         blob = blob_name(seq, writer_token)
         digest = Digest()
@@ -284,6 +326,7 @@ class SnapshotStore:
             callback.set_size(digest.size)  # a save knows its size once it is written
             callback.close()
         except BaseException:
+            self._forget()  # a failed save lists again: another writer may be why it failed
             if out is not None:
                 out.abort()
             callback.close()
@@ -305,16 +348,24 @@ class SnapshotStore:
         try:
             self.backend.create_exclusive(manifest_name(seq), manifest.to_json())
         except FileExistsError:
+            self._forget()
+            _contested[self.backend.url] = time.monotonic() + _CONTESTED_FOR
             if manifest.blob is not None:
                 self.backend.delete(manifest.blob)
+            with contextlib.suppress(Exception):  # else the next commit lists
+                self._learn(self.backend.entries())  # what the other writer committed
             raise ConcurrentWriterError(
                 17,
                 f"another writer committed snapshot {seq} of {self.backend.url} first; this "
                 "snapshot was discarded. Is the same task running twice with the same key?",
             ) from None
+        except BaseException:
+            self._forget()  # the manifest may or may not exist now: the next commit lists
+            raise
+        self._known[seq] = [manifest_name(seq), *([manifest.blob] if manifest.blob else [])]
+        self._next = seq + 1
         try:
-            # Oldest first: a load racing us never falls back past a snapshot we keep.
-            self._drop([seq, *seqs][self.keep :][::-1], entries)
+            self._retire()
         except Exception as exc:  # housekeeping: the next commit retries it
             log.warning("snapshot %d is committed, but retention failed: %r", seq, exc)
         if manifest.size >= _LOG_SIZE:
@@ -326,26 +377,38 @@ class SnapshotStore:
             )
         return manifest
 
-    def _drop(self, seqs: list[int], entries: list[Entry]) -> None:
-        """Delete snapshots ``seqs`` in that order: each manifest first, then its payload."""
-        for old in seqs:
-            self.backend.delete(manifest_name(old))
-            prefix = seq_prefix(old)
-            for e in entries:
-                kind = parse(e.name)
-                if e.name.startswith(prefix) and kind is not None and kind.kind != "manifest":
-                    self.backend.delete(e.name)
+    def _retire(self) -> None:
+        """Retention by name: drop the known snapshots beyond the newest ``keep``."""
+        excess = len(self._known) - self.keep
+        if excess > 0:
+            self._drop(list(itertools.islice(self._known, excess)))
+
+    def _drop(self, seqs: list[int]) -> None:
+        """Delete known snapshots ``seqs`` in one batch, in that order: each manifest first.
+
+        Oldest first: a load racing us never falls back past a snapshot we keep. The names
+        come from what this store committed or listed, not from a new listing. They are
+        forgotten only once deleted, so a failed batch is retried by the next commit.
+        """
+        names = [name for seq in seqs for name in self._known.get(seq, [manifest_name(seq)])]
+        self.backend.delete_many(names)
+        for seq in seqs:
+            self._known.pop(seq, None)
 
     def clear(self) -> None:
         """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
+        self._forget()
         entries = self.backend.entries()
-        seqs = manifest_seqs(names_of(entries))
-        self._drop(seqs[::-1], entries)
+        seqs = self._learn(entries)
+        self._drop(seqs[::-1])
         dropped = set(seqs)
-        for e in entries:  # orphans: payloads and marks of snapshots without a manifest
+        orphans = []  # payloads and marks of snapshots without a manifest
+        for e in entries:
             kind = parse(e.name)
             if kind is not None and kind.kind != "manifest" and kind.seq not in dropped:
-                self.backend.delete(e.name)
+                orphans.append(e.name)
+        self.backend.delete_many(orphans)
+        self._forget()  # the next commit starts over at 0, as on an empty store
 
     # -- poison snapshots ---------------------------------------------------------------
 
@@ -529,7 +592,7 @@ class SnapshotStore:
 
     def newest_seq(self) -> int | None:
         """The newest committed sequence number, if any (one listing, no manifest read)."""
-        seqs = manifest_seqs(names_of(self.backend.entries()))
+        seqs = self._learn(self.backend.entries())  # a fresher view for the next commit too
         return seqs[0] if seqs else None
 
 

@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,8 +50,8 @@ def test_file_that_vanishes_mid_save_keeps_previous(store_url: str, io: IO, tmp_
         io.save(cp, b"good")
         real_iter_tar = checkpoint_module.iter_tar
 
-        def shrinking(root: Path) -> Iterator[bytearray]:
-            for i, chunk in enumerate(real_iter_tar(root)):
+        def shrinking(root: Path, *args: Any, **kwargs: Any) -> Iterator[bytearray]:
+            for i, chunk in enumerate(real_iter_tar(root, *args, **kwargs)):
                 if i == 0:
                     victim.write_bytes(b"short")
                 yield chunk
@@ -136,14 +137,19 @@ def test_retention_keeps_newest(store_url: str, io: IO, tmp_path: Path) -> None:
 def test_retention_runs_after_commit_manifest_before_payload(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Old snapshots go only after the new manifest exists: manifest first, then payload."""
+    """Old snapshots go only after the new manifest exists: manifest first, then payload.
+
+    One batched delete: the manifest comes first in it.
+    """
     events: list[str] = []
     with Checkpoint(store_url, keep=1) as cp:
         cp.commit(Captured("bytes", lambda: [os.urandom(100_000)]))
         backend = cp._store.backend
-        real_delete, real_create = backend.delete, backend.create_exclusive
+        real_delete, real_create = backend.delete_many, backend.create_exclusive
         monkeypatch.setattr(
-            backend, "delete", lambda name: (events.append(f"delete {name}"), real_delete(name))
+            backend,
+            "delete_many",
+            lambda names: (events.extend(f"delete {n}" for n in names), real_delete(names)),
         )
         monkeypatch.setattr(
             backend,
@@ -155,6 +161,7 @@ def test_retention_runs_after_commit_manifest_before_payload(
     assert events[1] == "delete 00000000000000000000.json"
     assert events[2].startswith("delete 00000000000000000000.")
     assert events[2].endswith(".blob")
+    assert len(events) == 3
 
 
 def test_two_threads_never_interleave(store_url: str) -> None:
