@@ -281,7 +281,8 @@ def test_preemptible_outside_main_thread_is_refused(store_url: str) -> None:
 
 
 def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:
-    """A task without yields can see ctx().preempted."""
+    """A task without yields can see ctx().preempted (and the previous handler is called)."""
+    seen: list[int] = []
 
     @resumable(state=0, store=store_url, preemptible=True)
     def task(state: int = 0) -> bool:
@@ -289,7 +290,14 @@ def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         return before is False and ctx().preempted is True
 
-    assert task() is True
+    # A Python handler, so the signal is not delivered again to the default one (which
+    # would end this process: see tests/test_preempt.py).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        assert task() is True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]
 
 
 def test_state_error_names_the_task(store_url: str) -> None:
