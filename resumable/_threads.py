@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import functools
 import logging
@@ -143,9 +144,24 @@ async def run_async(fn: Callable[..., T], *args: Any) -> T:
     """``await`` ``fn(*args)`` run on an IO thread: the async twin of any sync method.
 
     Like ``asyncio.to_thread``, but on the library's own threads, so that every thread the
-    library uses is accounted for here.
+    library uses is accounted for here. Cancelling the awaiting task never leaves the call
+    running behind it: a call not started yet never runs, and one already running is waited
+    for before the cancellation propagates (a save in flight then completes, or never
+    commits, before the caller can start another).
     """
-    return await asyncio.wrap_future(run_on_io(functools.partial(fn, *args)))
+    future = run_on_io(functools.partial(fn, *args))
+    waiter = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(waiter)
+    except asyncio.CancelledError:
+        if future.cancel():  # not started: it never will be
+            raise
+        while not waiter.done():  # running: let it finish first, whatever else is cancelled
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(waiter)
+        if not waiter.cancelled():
+            waiter.exception()  # retrieved: its outcome is superseded by the cancellation
+        raise
 
 
 def wait_with_deadline(future: Future[T], timeout: float, what: str) -> T:
