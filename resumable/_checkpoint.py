@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +40,7 @@ from ._retry import RetryingBackend, RetryPolicy, retry_call
 from ._store import Kind, Manifest, SnapshotStore
 from ._stream import Chunk, Spool, discard
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
+from ._workspace import create as create_workspace
 
 __all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "SaveData"]
 
@@ -164,10 +164,11 @@ class Checkpoint:
         )
         self._lock = threading.RLock()
         self._bg = Background(self.uri)
-        self._workspace = Path(tempfile.mkdtemp(prefix="resumable-"))
+        # The workspace is made when first needed (a load, or .path): saves need none.
+        self._workspaces: list[Path] = []
         # Garbage collection removes the workspace (a pending background job holds the
         # Checkpoint, so none is pending then); at exit, close() flushes first.
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._workspace, True)
+        self._cleanup = weakref.finalize(self, _remove_all, self._workspaces)
         self._cleanup.atexit = False
         close_at_exit(self)
 
@@ -176,8 +177,12 @@ class Checkpoint:
 
     @property
     def path(self) -> Path:
-        """The private workspace folder that ``load`` restores into."""
-        return self._workspace
+        """The private workspace folder that ``load`` restores into (made on first use)."""
+        with self._lock:
+            if not self._workspaces:
+                self._check_open()
+                self._workspaces.append(create_workspace())
+            return self._workspaces[0]
 
     # -- load ---------------------------------------------------------------------------
 
@@ -196,7 +201,8 @@ class Checkpoint:
         """
         self.flush_sync()  # a load must see every snapshot saved before it
         self._check_open()
-        return None if self.restore_into(self._workspace) is None else self._workspace
+        root = self.path
+        return None if self.restore_into(root) is None else root
 
     async def load(self) -> Path | None:
         """Async twin of :meth:`load_sync`.
@@ -428,6 +434,11 @@ class Checkpoint:
     def _check_open(self) -> None:
         if not self._cleanup.alive:
             raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
+
+
+def _remove_all(folders: list[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _bytes_capture(frozen: bytes) -> Captured:

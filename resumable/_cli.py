@@ -35,6 +35,7 @@ from ._inspect import (
 )
 from ._names import manifest_seqs
 from ._store import SnapshotStore, names_of
+from ._workspace import abandoned, remove_abandoned
 
 __all__ = ["main"]
 
@@ -298,6 +299,8 @@ def _gc(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     now = time.time()
     report = collect_garbage(store, grace=args.grace, now=now, dry_run=args.dry_run)
+    # Workspaces of this machine's processes that were killed (they could not clean up).
+    workspaces = abandoned() if args.dry_run else remove_abandoned()
 
     def age(g: Garbage) -> float | None:
         return None if g.mtime is None else now - g.mtime
@@ -328,6 +331,7 @@ def _gc(args: argparse.Namespace) -> int:
                     }
                     for g in report.kept
                 ],
+                "workspaces": [str(w) for w in workspaces],
             }
         )
         return EXIT_OK
@@ -343,6 +347,11 @@ def _gc(args: argparse.Namespace) -> int:
             f"({args.grace:g} s) or of unknown age"
         )
     print(summary)
+    if workspaces:
+        print(
+            f"{verb} {_count(len(workspaces), 'workspace')} left in {workspaces[0].parent} "
+            "by processes that are gone"
+        )
     return EXIT_OK
 
 

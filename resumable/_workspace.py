@@ -1,0 +1,105 @@
+"""Workspaces: the private temp folders ``Checkpoint.load`` restores into.
+
+A workspace is named after the process that owns it, ``resumable-<pid>-<start>-<random>``
+in the temp folder, where ``<start>`` is the owner's start time (Linux; ``0`` where unknown),
+so that a process id reused by a later process is not mistaken for the owner. A process
+killed with SIGKILL cannot remove its workspaces; the first workspace a process creates, and
+``resumable gc``, remove those whose owner is gone.
+
+Example:
+    >>> owner(Path("resumable-123-456-abcd1234"))
+    (123, 456)
+    >>> owner(Path("something-else")) is None
+    True
+
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+__all__ = ["abandoned", "create", "owner", "remove_abandoned"]
+
+log = logging.getLogger("resumable")
+
+_NAME = re.compile(r"^resumable-(\d+)-(\d+)-[A-Za-z0-9_]+$")
+_swept: set[str] = set()
+_lock = threading.Lock()
+
+
+def _start_time(pid: int) -> int:
+    """The start time of process ``pid`` in clock ticks since boot (Linux); 0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    # Field 22; the command name (field 2) is in parentheses and may hold spaces.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def owner(path: Path) -> tuple[int, int] | None:
+    """The owner's pid and start time of a workspace, from its name; None if not one."""
+    found = _NAME.match(path.name)
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    except OSError:
+        return True
+    return start == 0 or _start_time(pid) in (0, start)
+
+
+def abandoned(folder: str | None = None) -> list[Path]:
+    """Workspaces in ``folder`` (default: the temp folder) whose owner process is gone."""
+    root = Path(folder or tempfile.gettempdir())
+    try:
+        children = list(root.iterdir())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        who = owner(child)
+        if who is not None and not _alive(*who) and child.is_dir() and not child.is_symlink():
+            found.append(child)
+    return sorted(found)
+
+
+def remove_abandoned(folder: str | None = None) -> list[Path]:
+    """Remove the workspaces whose owner process is gone; the ones removed."""
+    removed = []
+    for path in abandoned(folder):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    if removed:
+        log.info("removed %d workspace(s) left by processes that are gone", len(removed))
+    return removed
+
+
+def create() -> Path:
+    """A new workspace owned by this process; the first in a temp folder sweeps it first."""
+    root = tempfile.gettempdir()
+    with _lock:
+        first = root not in _swept
+        _swept.add(root)
+    if first:
+        remove_abandoned(root)
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f"resumable-{pid}-{_start_time(pid)}-", dir=root))

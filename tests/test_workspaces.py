@@ -1,0 +1,108 @@
+"""Workspaces are made only when needed, and those of killed processes are cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from resumable import Checkpoint, resumable
+from resumable._workspace import owner, remove_abandoned
+
+
+@pytest.fixture(name="tmp")
+def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder of its own for this test (and its subprocesses)."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
+def test_saving_and_pickled_state_make_no_workspace(tmp: Path, tmp_path: Path) -> None:
+    """A Checkpoint makes its workspace on its first load; saves and @resumable state none."""
+    with Checkpoint(tmp_path / "store") as cp:
+        cp.save_sync(b"x")
+        assert list(tmp.iterdir()) == []
+
+        @resumable(state=0, store=str(tmp_path / "store"), key="t", retries=1, wait=0)
+        def task(state: int = 0) -> int:
+            return state
+
+        assert task() == 0
+        assert list(tmp.iterdir()) == []
+        root = cp.load_sync()
+        assert root is not None
+        assert root.parent == tmp
+        assert owner(root) is not None
+    assert list(tmp.iterdir()) == []
+
+
+KILLED = """
+import os, signal, sys
+from resumable import Checkpoint
+cp = Checkpoint(sys.argv[1])
+cp.save_sync(b"state")
+print(cp.load_sync(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_workspace(tmp_path: Path) -> Path:
+    """The workspace a SIGKILLed process left behind."""
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(KILLED))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = Path(proc.stdout.strip())
+    assert left.is_dir()
+    return left
+
+
+def test_next_start_removes_workspaces_of_killed_processes(tmp: Path, tmp_path: Path) -> None:
+    """The first workspace a process makes removes those whose owner process is gone."""
+    left = _killed_workspace(tmp_path)
+    with Checkpoint(tmp_path / "store") as cp:
+        mine = cp.load_sync()
+        assert mine is not None
+        assert not left.exists()
+        assert mine.exists()
+        assert remove_abandoned(str(tmp)) == []  # a live owner's workspace is kept
+        assert mine.exists()
+
+
+def test_gc_removes_workspaces_of_killed_processes(tmp: Path, tmp_path: Path) -> None:
+    """``resumable gc`` removes them too (``--dry-run`` only lists them)."""
+    left = _killed_workspace(tmp_path)
+
+    def gc(*extra: str) -> dict[str, object]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "resumable", "gc", str(tmp_path / "store"), "--json", *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env={**os.environ, "TMPDIR": str(tmp)},
+        )
+        assert proc.returncode == 0, proc.stderr
+        doc: dict[str, object] = json.loads(proc.stdout)
+        return doc
+
+    assert gc("--dry-run")["workspaces"] == [str(left)]
+    assert left.exists()
+    assert gc()["workspaces"] == [str(left)]
+    assert not left.exists()
