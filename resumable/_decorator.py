@@ -34,8 +34,9 @@ from ._checkpoint import Checkpoint
 from ._codec import dumps_state, loads_state
 from ._context import TaskContext, enter_task, leave_task
 from ._errors import ConfigurationError, ResumableError, StateError
-from ._keys import call_key, check_key
+from ._keys import call_key, check_key, pin_task_name
 from ._persist import Persister
+from ._pickling import Task
 from ._preempt import PreemptionWatch
 from ._retry import RetryPolicy
 from ._store import Manifest
@@ -141,6 +142,10 @@ class _Spec:
     signing_key: bytes | str | None
     storage_options: dict[str, Any] | None
     storage_retry: RetryPolicy | None
+
+    def decorate(self, fn: Any) -> Any:
+        """``fn`` decorated with these options (how a task pickled by value is rebuilt)."""
+        return _make_decorator(self)(fn)
 
 
 def _positive_int(name: str, value: object, minimum: int) -> int:
@@ -320,7 +325,8 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
         else:
             driver, marker = _drive_function, None
 
-        @wrapt.decorator
+        pin_task_name(target)  # a __main__ task keeps its name in other processes
+
         def wrapper(
             wrapped: Callable[..., Any],
             instance: Any,
@@ -335,8 +341,10 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
             finally:
                 call.close()
 
-        wrapped = wrapper(fn)
-        return marker(wrapped) if marker is not None else wrapped
+        # The marker sits inside, so the outermost object is a Task, which pickles; the
+        # Task forwards __code__ to it, so inspect sees the calling convention of the call.
+        inner = marker(fn) if marker is not None else fn
+        return Task(inner, wrapper, spec=spec, source=fn)
 
     return decorate
 

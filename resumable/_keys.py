@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -10,15 +11,26 @@ import inspect
 import json
 import os
 import re
+import sys
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from pathlib import PurePath
+from pathlib import Path, PurePath
+from types import ModuleType
 from typing import Any
 
 from ._errors import ConfigurationError, StateError
 
-__all__ = ["ROOT_KEY", "call_key", "check_key", "key_parts", "task_name"]
+__all__ = [
+    "PINNED",
+    "ROOT_KEY",
+    "call_key",
+    "check_key",
+    "key_parts",
+    "main_module_name",
+    "pin_task_name",
+    "task_name",
+]
 
 #: The key that names a store's root itself (``resumable`` command): a ``Checkpoint(url)``
 #: keeps its snapshots there.
@@ -30,10 +42,70 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _KEY = re.compile(r"[A-Za-z0-9._=+@,/-]+")
 
 
+#: The attribute a decorated function carries its pinned task name in (see pin_task_name).
+PINNED = "__resumable_task_name__"
+
+
+def main_module_name(module: ModuleType) -> str:
+    """The name a ``__main__`` module would have when imported, not ``"__main__"``.
+
+    - ``python -m pkg.mod``: ``pkg.mod``, from ``__spec__.name``;
+    - ``python path/to/jobs.py``: ``jobs``, the file's stem, preceded by the names of the
+      enclosing package folders (those with an ``__init__.py``): ``python pkg/jobs.py``
+      gives ``pkg.jobs``. Never the folder the script is in, so the same script gives the
+      same name from any folder, on any machine;
+    - no file (an interactive session, ``python -c``): ``"__main__"``.
+    """
+    spec = getattr(module, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name not in ("__main__", "__mp_main__"):
+        return name
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str) or not file.endswith(".py"):
+        return "__main__"
+    path = Path(file).absolute()
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts)
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "unknown"
+    if module in ("__main__", "__mp_main__") and module in sys.modules:
+        return main_module_name(sys.modules[module])
+    return str(module)
+
+
 def task_name(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` made safe as a path segment (``<locals>`` becomes ``_locals_``)."""
-    name = f"{getattr(fn, '__module__', None) or 'unknown'}.{fn.__qualname__}"
+    """``module.qualname`` made safe as a path segment (``<locals>`` becomes ``_locals_``).
+
+    The module of a function defined in the script being run is named as that script would
+    be when imported (:func:`main_module_name`), so ``python jobs.py`` and a worker that
+    imports ``jobs`` give the same name. A name pinned by :func:`pin_task_name` wins.
+    """
+    pinned = getattr(fn, PINNED, None)
+    if isinstance(pinned, str):
+        return pinned
+    name = f"{_module_name(fn)}.{fn.__qualname__}"
     return _UNSAFE.sub("_", name).strip(".") or "task"
+
+
+def pin_task_name(fn: Callable[..., Any]) -> None:
+    """Record ``fn``'s task name on it, when it is defined in the script being run.
+
+    A ``__main__`` function shipped by value to another process (cloudpickle keeps its
+    attributes) then keeps the name it has in the process that defined it, not one derived
+    from the worker's own ``__main__``. Functions of importable modules need nothing.
+    """
+    if getattr(fn, "__module__", None) not in ("__main__", "__mp_main__"):
+        return
+    if isinstance(getattr(fn, PINNED, None), str):
+        return  # already pinned, in the process that defined it
+    with contextlib.suppress(AttributeError, TypeError):  # objects without a __dict__
+        setattr(fn, PINNED, task_name(fn))
 
 
 def check_key(key: str) -> str:

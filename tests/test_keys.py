@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -131,3 +133,105 @@ def test_callable_key_receives_self(tmp_path: Path) -> None:
     Model("a").fit(3)
     Model("b").fit(3)
     assert keys == ["a-3", "b-3"]
+
+
+# -- tasks of the script being run (__main__) -------------------------------------------------
+
+JOBS = """
+import asyncio, json, sys
+
+from resumable import ctx, resumable
+
+STORE = sys.argv[1] if len(sys.argv) > 1 else "memory://keys"
+
+
+@resumable(state=0, store=STORE)
+def job(n, state=0):
+    yield n
+    return ctx().key
+
+
+@resumable(store=STORE)
+async def ajob(n):
+    return ctx().key
+
+
+def keys():
+    return [job(3), asyncio.run(ajob(3))]
+
+
+if __name__ == "__main__":
+    print(json.dumps(keys()))
+"""
+
+
+def _keys_of(args: list[str], cwd: Path, path: Path | None = None) -> list[str]:
+    """The keys the tasks of the jobs script give when run with ``python *args``."""
+    env = {k: v for k, v in os.environ.items() if k != "RESUMABLE_STORE"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), *([str(path)] if path else [])]
+    )
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    keys: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return keys
+
+
+def test_script_and_imported_module_share_keys(tmp_path: Path) -> None:
+    """`python jobs.py` and a process that imports `jobs` give the same keys, sync and async."""
+    (tmp_path / "jobs.py").write_text(JOBS)
+    as_script = _keys_of(["jobs.py"], tmp_path)
+    as_module = _keys_of(["-c", "import jobs, json; print(json.dumps(jobs.keys()))"], tmp_path)
+    assert as_script == as_module
+    assert as_script[0].startswith("jobs.job-")
+    assert as_script[1].startswith("jobs.ajob-")
+    # From another folder, by an absolute path, and with -m: still the same keys.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert _keys_of([str(tmp_path / "jobs.py")], elsewhere) == as_script
+    assert _keys_of(["-m", "jobs"], elsewhere, path=tmp_path) == as_script
+
+
+def test_same_script_in_another_folder_gets_the_same_keys(tmp_path: Path) -> None:
+    """No folder of this machine is part of a key: a copy elsewhere resumes the same tasks."""
+    for where in ("a", "b/c"):
+        (tmp_path / where).mkdir(parents=True)
+        (tmp_path / where / "jobs.py").write_text(JOBS)
+    assert _keys_of(["jobs.py"], tmp_path / "a") == _keys_of(["jobs.py"], tmp_path / "b/c")
+
+
+def test_different_scripts_get_different_keys(tmp_path: Path) -> None:
+    """Two scripts that define the same task names do not share snapshots."""
+    (tmp_path / "train.py").write_text(JOBS)
+    (tmp_path / "evaluate.py").write_text(JOBS)
+    train, evaluate = _keys_of(["train.py"], tmp_path), _keys_of(["evaluate.py"], tmp_path)
+    assert train[0].startswith("train.job-")
+    assert evaluate[0].startswith("evaluate.job-")
+    assert set(train).isdisjoint(evaluate)
+
+
+def test_script_inside_a_package_is_named_as_imported(tmp_path: Path) -> None:
+    """`python pkg/jobs.py` and `python -m pkg.jobs` both give `pkg.jobs` keys."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "jobs.py").write_text(JOBS)
+    by_path = _keys_of(["pkg/jobs.py"], tmp_path)
+    assert by_path == _keys_of(["-m", "pkg.jobs"], tmp_path)
+    assert by_path[0].startswith("pkg.jobs.job-")
+
+
+def test_explicit_key_pins_a_script_task(tmp_path: Path) -> None:
+    """key= gives a script's task the key chosen, whatever the script is called."""
+    pinned = JOBS.replace(
+        "@resumable(state=0, store=STORE)", '@resumable(state=0, store=STORE, key="train/v1")'
+    )
+    (tmp_path / "jobs.py").write_text(pinned)
+    assert _keys_of(["jobs.py"], tmp_path)[0] == "train/v1"
+
+
+def test_interactive_main_keeps_its_name(tmp_path: Path) -> None:
+    """Without a file (python -c, a notebook) the module is still called __main__."""
+    code = JOBS.replace('if __name__ == "__main__":', "if True:")
+    assert _keys_of(["-c", code], tmp_path)[0].startswith("__main__.job-")
