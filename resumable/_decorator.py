@@ -256,7 +256,7 @@ def resumable(
     folder: Path | None = None
     initial: bytes | None = None
     if isinstance(state, Dir):
-        folder = Path(state.path).absolute()
+        folder = Path(state.path)  # made absolute at call time, like store=
     elif state is not _OMITTED:
         initial = dumps_state(state)
     if not isinstance(arg, str) or not arg.isidentifier():
@@ -450,13 +450,15 @@ class _Call:
             storage_options=spec.storage_options,
             retry=spec.storage_retry,
         )
-        if spec.folder is not None:
-            _check_dir(spec.folder, store)
+        # Relative paths are resolved now, in the folder the call runs in: Dir like store=.
+        self.folder = None if spec.folder is None else spec.folder.absolute()
+        if self.folder is not None:
+            _check_dir(self.folder, store)
         self.restored: int | None = None  # the snapshot the current attempt started from
         self.newest_at_start: int | None = None  # the newest committed one at that moment
         self.persister = Persister(
             self.checkpoint,
-            folder=spec.folder,
+            folder=self.folder,
             every=spec.every,
             every_seconds=spec.every_seconds,
             background=spec.background,
@@ -565,7 +567,7 @@ class _Call:
         """The state to inject: restored from the newest snapshot, or a fresh initial copy."""
         if not self.spec.inject:
             return None
-        folder, poison_after = self.spec.folder, self.spec.poison_after
+        folder, poison_after = self.folder, self.spec.poison_after
         cp = self.checkpoint
         m: Manifest | None
         if folder is not None:
