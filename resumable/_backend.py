@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Protocol
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 from ._errors import ConfigurationError
 from ._names import temp_name
@@ -418,6 +419,14 @@ class FsspecBackend:
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         path = self._path(name)
+        if isinstance(self.fs, MemoryFileSystem):
+            # Its "create" asks exists(), which for a missing name scans every object held
+            # in memory: a save would cost more the more snapshots exist. Its objects are a
+            # dict: ask that. (In-process, as atomic as its own "xb": check, then store.)
+            if path in self.fs.store:
+                raise FileExistsError(errno.EEXIST, "exists", path)
+            self.fs.pipe_file(path, data)
+            return
         if self._creates_atomically():
             # One request, no existence check first: S3 PutObject with If-None-Match: *,
             # GCS one upload with ifGenerationMatch=0 (its "xb" mode puts the precondition on
