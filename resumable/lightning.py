@@ -1,0 +1,256 @@
+"""Lightning checkpoints as atomic, verified snapshots in any store: ``ResumableCheckpointIO``.
+
+Lightning writes checkpoints through a ``CheckpointIO`` plugin, its public extension point for
+where checkpoints go. :class:`ResumableCheckpointIO` writes each one to the local file Lightning
+asks for (as Lightning's own ``TorchCheckpointIO`` does) **and** commits it to a store (a folder
+or any fsspec URL: ``s3://``, ``gs://``, ``az://``, ...) through :class:`resumable.Checkpoint`:
+atomic, checksummed, verified on load. Loads read the store's newest valid copy; removals (the
+``save_top_k`` rotation) remove it from the store too.
+
+On a fresh machine the local checkpoint folder is empty, so Lightning's ``ckpt_path="last"``
+would find nothing. Give the plugin the ``ModelCheckpoint``'s ``dirpath``: it then restores the
+store's ``last*.ckpt`` files into that folder when it is created, before ``fit`` looks for
+them, and ``ckpt_path="last"`` resumes from the store. Only public hooks are used.
+
+Install with ``pip install "resumable[lightning]"`` (the ``lightning`` package; the older
+``pytorch_lightning`` package is not supported).
+
+Example::
+
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from resumable.lightning import ResumableCheckpointIO
+
+    trainer = Trainer(
+        max_epochs=10,
+        callbacks=[ModelCheckpoint(dirpath="ckpts", save_last=True, every_n_train_steps=100)],
+        plugins=[ResumableCheckpointIO("s3://bucket/runs/exp1", dirpath="ckpts")],
+    )
+    trainer.fit(model, ckpt_path="last")  # resumes from the store, wherever this runs
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from ._checkpoint import Checkpoint
+
+__all__ = ["ResumableCheckpointIO"]
+
+_EXTRA = 'resumable.lightning needs Lightning: pip install "resumable[lightning]"'
+
+try:
+    _io: Any = importlib.import_module("lightning.pytorch.plugins.io")
+    _CheckpointIO: Any = _io.CheckpointIO
+    _MISSING: ImportError | None = None
+except ImportError as _exc:  # the module imports; the plugin says what to install when made
+    _CheckpointIO, _io, _MISSING = object, None, _exc
+
+
+class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
+    """A Lightning ``CheckpointIO`` that also commits every checkpoint to a resumable store.
+
+    Each checkpoint file Lightning saves (``<dirpath>/<name>.ckpt``) is written locally and
+    then committed as a snapshot at ``<uri>/<name>.ckpt``; ``save_checkpoint`` returns only
+    once it is durable in the store. ``load_checkpoint`` loads the store's newest valid copy
+    (the local file only when the store has none of that name).
+
+    Args:
+        uri: the store: a folder or an fsspec URL. One run's checkpoints per URI; file names
+            are the keys, so two ``ModelCheckpoint`` callbacks must not write the same name.
+        dirpath: the local folder the ``ModelCheckpoint`` writes to (its ``dirpath``). When
+            given, the store's ``last*.ckpt`` checkpoints are restored into it now, with their
+            commit times as modification times, so that ``ckpt_path="last"`` finds them.
+        keep: snapshots kept per checkpoint name (``last.ckpt`` is saved again and again).
+        storage_options: passed to the store's fsspec filesystem.
+        signing_key: see :class:`resumable.Checkpoint`.
+
+    Raises:
+        ImportError: Lightning is not installed.
+
+    Example:
+        >>> import pytest; _ = pytest.importorskip("lightning")
+        >>> import tempfile
+        >>> io = ResumableCheckpointIO(tempfile.mkdtemp())
+        >>> path = f"{tempfile.mkdtemp()}/last.ckpt"
+        >>> io.save_checkpoint({"global_step": 7}, path)
+        >>> io.load_checkpoint(path)["global_step"]
+        7
+
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        dirpath: str | os.PathLike[str] | None = None,
+        keep: int = 1,
+        storage_options: dict[str, Any] | None = None,
+        signing_key: bytes | str | None = None,
+    ) -> None:
+        if _MISSING is not None:
+            raise ImportError(_EXTRA) from _MISSING
+        super().__init__()
+        self.uri = os.fspath(uri).rstrip("/") or "/"
+        self.keep = keep
+        self.storage_options = storage_options
+        self.signing_key = signing_key
+        self._local: Any = _io.TorchCheckpointIO()
+        self._checkpoints: dict[str, Checkpoint] = {}
+        if dirpath is not None:
+            self.restore_last(dirpath)
+
+    # -- the CheckpointIO interface ------------------------------------------------------
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any = None
+    ) -> None:
+        """Write ``checkpoint`` to ``path`` (a local file), then commit it to the store.
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("lightning")
+            >>> import tempfile
+            >>> ResumableCheckpointIO(tempfile.mkdtemp()).save_checkpoint(
+            ...     {"epoch": 0}, f"{tempfile.mkdtemp()}/epoch=0.ckpt"
+            ... )
+
+        """
+        self._local.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        self._checkpoint(path).save_sync(os.fspath(path))
+
+    def load_checkpoint(
+        self,
+        path: str | os.PathLike[str],
+        map_location: Callable[..., Any] | Any = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """The newest valid copy of ``path``'s checkpoint in the store, loaded.
+
+        Falls back to the local file when the store holds nothing under its name (a
+        checkpoint from elsewhere). ``map_location`` and ``weights_only`` are passed to
+        Lightning's loader (``torch.load``).
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("lightning")
+            >>> import tempfile
+            >>> io = ResumableCheckpointIO(tempfile.mkdtemp())
+            >>> path = f"{tempfile.mkdtemp()}/a.ckpt"
+            >>> io.save_checkpoint({"epoch": 3}, path)
+            >>> io.load_checkpoint(path)["epoch"]
+            3
+
+        """
+        if map_location is None:
+            map_location = _keep_on_saved_device
+        root = self._checkpoint(path).load_sync()
+        source = path if root is None else root / "payload"
+        result: dict[str, Any] = self._local.load_checkpoint(
+            source, map_location=map_location, weights_only=weights_only
+        )
+        return result
+
+    def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Remove ``path``'s checkpoint locally and from the store.
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("lightning")
+            >>> import os, tempfile
+            >>> io = ResumableCheckpointIO(tempfile.mkdtemp())
+            >>> path = f"{tempfile.mkdtemp()}/a.ckpt"
+            >>> io.save_checkpoint({"epoch": 3}, path)
+            >>> io.remove_checkpoint(path)
+            >>> os.path.exists(path), io.stored_names()
+            (False, [])
+
+        """
+        self._local.remove_checkpoint(path)
+        self._checkpoint(path).clear()
+
+    def teardown(self) -> None:
+        """Close the store's connections and workspaces (Lightning calls this at the end)."""
+        for checkpoint in self._checkpoints.values():
+            checkpoint.close()
+        self._checkpoints.clear()
+
+    # -- resuming on a fresh machine -----------------------------------------------------
+
+    def stored_names(self) -> list[str]:
+        """The checkpoint names the store holds a snapshot of, sorted.
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("lightning")
+            >>> import tempfile
+            >>> io = ResumableCheckpointIO(tempfile.mkdtemp())
+            >>> io.save_checkpoint({}, f"{tempfile.mkdtemp()}/last.ckpt")
+            >>> io.stored_names()
+            ['last.ckpt']
+
+        """
+        fs, root = fsspec.core.url_to_fs(self.uri, **(self.storage_options or {}))
+        if not fs.exists(root):
+            return []
+        names = sorted(Path(entry).name for entry in fs.ls(root, detail=False))
+        return [name for name in names if self._checkpoint(name).newest_seq() is not None]
+
+    def restore_last(
+        self, dirpath: str | os.PathLike[str], pattern: str = r"last.*\.ckpt"
+    ) -> list[Path]:
+        """Restore the store's ``last*.ckpt`` checkpoints into ``dirpath``; the paths written.
+
+        Each file gets its snapshot's commit time as modification time, so that Lightning's
+        ``ckpt_path="last"`` picks the newest. A file already in ``dirpath`` is replaced.
+
+        Args:
+            dirpath: the ``ModelCheckpoint``'s folder.
+            pattern: a regular expression the names must match in full.
+
+        Example:
+            >>> import pytest; _ = pytest.importorskip("lightning")
+            >>> import tempfile
+            >>> store = tempfile.mkdtemp()
+            >>> ResumableCheckpointIO(store).save_checkpoint({}, f"{tempfile.mkdtemp()}/last.ckpt")
+            >>> [p.name for p in ResumableCheckpointIO(store).restore_last(tempfile.mkdtemp())]
+            ['last.ckpt']
+
+        """
+        folder = Path(dirpath)
+        restored = []
+        for name in self.stored_names():
+            if not re.fullmatch(pattern, name):
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".restore-") as scratch:
+                manifest = self._checkpoint(name).restore_into(Path(scratch))
+                if manifest is None:
+                    continue
+                payload = Path(scratch) / "payload"
+                os.utime(payload, (manifest.created, manifest.created))
+                shutil.move(payload, folder / name)
+            restored.append(folder / name)
+        return restored
+
+    def _checkpoint(self, path: str | os.PathLike[str]) -> Checkpoint:
+        """The store's ``Checkpoint`` for the checkpoint file ``path`` (keyed by its name)."""
+        name = Path(path).name
+        if name not in self._checkpoints:
+            self._checkpoints[name] = Checkpoint(
+                f"{self.uri}/{name}",
+                keep=self.keep,
+                storage_options=self.storage_options,
+                signing_key=self.signing_key,
+            )
+        return self._checkpoints[name]
+
+
+def _keep_on_saved_device(storage: Any, location: Any) -> Any:
+    """Lightning's default ``map_location``: tensors stay where they were saved."""
+    return storage
