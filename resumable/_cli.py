@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _version
-from ._errors import ResumableError
+from ._errors import CorruptCheckpointError, ResumableError
 from ._inspect import (
     ROOT_KEY,
     Garbage,
@@ -27,14 +28,16 @@ from ._inspect import (
     clear_failures,
     collect_garbage,
     find_task_folders,
+    open_existing_task,
     open_store,
     open_task,
     remove_task,
     snapshot_infos,
     summarize,
+    task_store,
 )
 from ._names import manifest_seqs
-from ._store import SnapshotStore, names_of
+from ._store import names_of
 from ._workspace import abandoned, remove_abandoned
 
 __all__ = ["main"]
@@ -185,7 +188,7 @@ def _no_snapshots(store: str, key: str) -> _UsageError:
 
 def _show(args: argparse.Namespace) -> int:
     backend = open_task(open_store(args.store), args.key)
-    infos = snapshot_infos(SnapshotStore(backend, keep=1), verify=not args.no_verify)
+    infos = snapshot_infos(task_store(backend), verify=not args.no_verify)
     if not infos:
         raise _no_snapshots(args.store, args.key)
     if args.json:
@@ -228,9 +231,7 @@ def _verify(args: argparse.Namespace) -> int:
         folders = [TaskFolder(args.key, backend, backend.entries())]
         if not folders[0].seqs:
             raise _no_snapshots(args.store, args.key)
-    results = [
-        (f.key, info) for f in folders for info in snapshot_infos(SnapshotStore(f.backend, keep=1))
-    ]
+    results = [(f.key, info) for f in folders for info in snapshot_infos(task_store(f.backend))]
     bad = [(key, info) for key, info in results if info.status == "bad"]
     checked = sum(1 for _, info in results if info.status != "gone")
     if args.json:
@@ -254,8 +255,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _rm(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    backend = open_task(store, args.key)
-    entries = backend.entries()
+    backend = open_existing_task(store, args.key)
+    entries = [] if backend is None else backend.entries()
     snapshots = len(manifest_seqs(names_of(entries)))
     if not entries:
         raise _UsageError(f"no task {args.key!r} in {args.store}: nothing to remove")
@@ -285,7 +286,8 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _clear_marks(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    if not open_task(store, args.key).entries():
+    backend = open_existing_task(store, args.key)
+    if backend is None or not backend.entries():
         raise _no_snapshots(args.store, args.key)
     count = clear_failures(store, args.key)
     if args.json:
@@ -426,6 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    # The library's warnings (a snapshot skipped while checking) would repeat what the
+    # report says; without logging configured they are not printed.
+    quiet = logging.NullHandler()
+    log = logging.getLogger("resumable")
+    if not log.handlers and not logging.getLogger().handlers:
+        log.addHandler(quiet)
     try:
         code: int = args.run(args)
     except BrokenPipeError:
@@ -433,9 +441,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # devnull so that the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (_UsageError, ResumableError, OSError, ValueError) as exc:
-        print(f"resumable {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except CorruptCheckpointError as exc:  # a snapshot that cannot be read: a bad snapshot
+        _error(args.command, exc)
+        return EXIT_BAD
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # any store problem (botocore's NoCredentialsError, ...)
+        _error(args.command, exc)
+        return EXIT_ERROR
+    finally:
+        log.removeHandler(quiet)
     return code
+
+
+def _error(command: str, exc: BaseException) -> None:
+    """One line on stderr: never a traceback for a store or snapshot problem."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, _UsageError | ResumableError | OSError | ValueError):
+        text = f"{type(exc).__name__}: {text}"
+    print(f"resumable {command}: error: {text}", file=sys.stderr)

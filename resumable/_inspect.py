@@ -8,15 +8,20 @@ A store holds one folder per task key; each task folder holds that task's snapsh
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, NoReturn
 
-from ._backend import Backend, Entry, open_backend
+from ._backend import Backend, BlobWriter, Entry, Upload, open_backend
+from ._checkpoint import SIGNING_KEY_ENV
+from ._codec import Limits
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
-from ._names import is_temp, manifest_name, manifest_seqs, parse
+from ._names import is_temp, manifest_name, manifest_seqs, parse, seq_prefix
 from ._store import Manifest, SnapshotStore, names_of
 
 __all__ = [
@@ -32,11 +37,13 @@ __all__ = [
     "failure_counts",
     "find_garbage",
     "find_task_folders",
+    "open_existing_task",
     "open_store",
     "open_task",
     "remove_task",
     "snapshot_infos",
     "summarize",
+    "task_store",
     "verify_snapshot",
 ]
 
@@ -64,10 +71,28 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backe
     return backend
 
 
+#: How deep ``find_task_folders`` looks for task folders (a key's segments).
+MAX_DEPTH = 32
+
+
 def open_task(store: Backend, key: str) -> Backend:
     """The backend of task ``key`` of ``store`` (``ROOT_KEY`` is the store's own folder)."""
     backend = store
     for part in key_parts(key):
+        backend = backend.child(part)
+    return backend
+
+
+def open_existing_task(store: Backend, key: str) -> Backend | None:
+    """Like :func:`open_task`, for a key whose every folder exists and is no link; else None.
+
+    A folder that is a symbolic link (perhaps to somewhere outside the store) is not
+    followed: what removes or rewrites objects must stay inside the store.
+    """
+    backend = store
+    for part in key_parts(key):
+        if part not in backend.list_children():
+            return None
         backend = backend.child(part)
     return backend
 
@@ -96,8 +121,8 @@ def _join(prefix: str, name: str) -> str:
 def find_task_folders(store: Backend) -> list[TaskFolder]:
     """Folders holding snapshot objects (manifests, payloads or temp files), sorted by key.
 
-    The store's own folder, its direct child folders and, under a child that holds no
-    manifest, that child's child folders (for keys such as ``module.func/digest``).
+    Every folder of the store, at any depth (``proj/exp/run1``, and ``a/b`` under a task
+    ``a``). Links are not followed: a local store lists no folder that is a symlink.
     """
     found: list[TaskFolder] = []
 
@@ -105,7 +130,7 @@ def find_task_folders(store: Backend) -> list[TaskFolder]:
         entries = backend.entries()
         if any(_is_ours(e.name) for e in entries):
             found.append(TaskFolder(key, backend, entries))
-        if depth < 2 and (depth == 0 or not manifest_seqs(names_of(entries))):
+        if depth < MAX_DEPTH:
             for name in backend.list_children():
                 visit(_join(key, name), backend.child(name), depth + 1)
 
@@ -135,8 +160,8 @@ def summarize(folder: TaskFolder) -> TaskSummary:
         try:
             created = store.manifest(seq).created
             break
-        except (CorruptCheckpointError, FileNotFoundError):
-            continue  # pruned meanwhile, or broken: `show` says which; the listing goes on
+        except Exception:  # pruned meanwhile, or broken: `show` says which
+            continue
     return TaskSummary(
         key=folder.key,
         snapshots=len(seqs),
@@ -186,30 +211,117 @@ def _gone(store: SnapshotStore, seq: int) -> bool:
     return manifest_name(seq) not in {e.name for e in store.backend.entries()}
 
 
-def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> SnapshotInfo:
-    """Parse snapshot ``seq``'s manifest and, if ``verify``, check its payload's size and sha256.
+class _OneSnapshot:
+    """A read-only view of a task folder that lists only the objects of one snapshot.
 
-    The payload is streamed through the same checks a load uses, and thrown away.
+    A store over it loads that snapshot or refuses it, exactly as a load of the task would
+    (signature, digest, archive checks), without ever falling back to another one.
+    """
+
+    def __init__(self, backend: Backend, seq: int) -> None:
+        self.backend = backend
+        self.prefix = seq_prefix(seq)
+        self.url = backend.url
+        self.exclusive = backend.exclusive
+
+    def entries(self) -> list[Entry]:
+        return [e for e in self.backend.entries() if e.name.startswith(self.prefix)]
+
+    def read(self, name: str) -> bytes:
+        return self.backend.read(name)
+
+    def open_read(self, name: str) -> BinaryIO:
+        return self.backend.open_read(name)
+
+    def _refuse(self) -> NoReturn:
+        raise PermissionError(f"{self.url}: verification never writes to the store")
+
+    def writer(self, name: str) -> BlobWriter:
+        self._refuse()
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        self._refuse()
+
+    def delete(self, name: str) -> None:
+        self._refuse()
+
+    def delete_many(self, names: list[str]) -> None:
+        self._refuse()
+
+    def list_children(self) -> list[str]:
+        return []
+
+    def child(self, name: str) -> Backend:
+        self._refuse()
+
+    def exists(self) -> bool:
+        return self.backend.exists()
+
+    def remove_root_if_empty(self) -> None:
+        self._refuse()
+
+    def unfinished_uploads(self) -> list[Upload]:
+        return []
+
+    def abort_upload(self, upload: Upload) -> None:
+        self._refuse()
+
+
+def _load_problem(exc: CorruptCheckpointError, seq: int) -> str:
+    """The reason a load gave for refusing snapshot ``seq``, without the advice around it."""
+    text = str(exc)
+    head = f"snapshot {seq}: "
+    if head in text:
+        text = text.split(head, 1)[1]
+    return text.split(". Inspect it with `resumable show`", 1)[0]
+
+
+def _load_one(store: SnapshotStore, seq: int) -> None:
+    """Load snapshot ``seq`` as a task would, into a temp folder that is then removed."""
+    view = SnapshotStore(_OneSnapshot(store.backend, seq), keep=1, signing_key=store.signing_key)
+    with tempfile.TemporaryDirectory(prefix="resumable-verify-") as scratch:
+        restored = Path(scratch) / "restored"
+        restored.mkdir()
+        view.restore_into(restored, Limits())
+
+
+def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> SnapshotInfo:
+    """Parse snapshot ``seq``'s manifest and, if ``verify``, load it as a task would.
+
+    The load runs every check a real load runs (signature when ``store`` has a signing key,
+    size and sha256, archive safety and format), into a temp folder that is then removed;
+    a snapshot is bad exactly when a load would refuse it.
     """
     try:
         m = store.manifest(seq)
     except FileNotFoundError:
         return SnapshotInfo(seq, "gone", "deleted while checking")
-    except CorruptCheckpointError as exc:
-        return SnapshotInfo(seq, "bad", str(exc))
+    except OSError as exc:
+        return SnapshotInfo(seq, "bad", f"cannot read the manifest ({exc})")
+    except Exception as exc:  # any malformed manifest is a bad snapshot, as for a load
+        return SnapshotInfo(seq, "bad", str(exc) or type(exc).__name__)
     if not verify:
         return _info(seq, m, "unchecked")
     try:
-        for _ in store.payload(m):
-            pass
+        _load_one(store, seq)
     except CorruptCheckpointError as exc:
         if _gone(store, seq):
             return _info(seq, m, "gone", "deleted while checking")
-        return _info(seq, m, "bad", str(exc))
+        return _info(seq, m, "bad", _load_problem(exc, seq))
     except OSError as exc:
         # Not proof of corruption, but not verified either: a check must not pass silently.
         return _info(seq, m, "bad", f"cannot read the payload ({exc})")
     return _info(seq, m, "ok")
+
+
+def task_store(backend: Backend) -> SnapshotStore:
+    """A read-side store over a task folder, with the signing key a load would use.
+
+    The key comes from ``$RESUMABLE_SIGNING_KEY``, as for a ``Checkpoint``: a signed store's
+    unsigned or wrongly signed snapshots are then reported as bad, as a load refuses them.
+    """
+    key = os.environ.get(SIGNING_KEY_ENV)
+    return SnapshotStore(backend, keep=1, signing_key=key.encode() if key else None)
 
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
@@ -244,9 +356,14 @@ def remove_task(store: Backend, key: str) -> list[Entry]:
     """Delete every snapshot, orphan payload and temp file of task ``key``; return what went.
 
     Snapshots go through ``SnapshotStore.clear`` (oldest first, so that an interrupted removal
-    keeps the newest). Other files in the folder are not ours and stay.
+    keeps the newest). Other files in the folder are not ours and stay. A key that passes
+    through a symbolic link is refused: nothing outside the store is ever removed.
     """
-    backend = open_task(store, key)
+    backend = open_existing_task(store, key)
+    if backend is None:
+        raise ConfigurationError(
+            f"no task folder {key!r} in {store.url} (a symbolic link is not followed)"
+        )
     before = [e for e in backend.entries() if _is_ours(e.name)]
     SnapshotStore(backend, keep=1).clear()
     for e in backend.entries():
@@ -291,7 +408,7 @@ def _referenced(folder: TaskFolder) -> tuple[set[str], set[int]]:
             m = store.manifest(seq)
         except FileNotFoundError:
             continue  # pruned since the listing, its payload with it
-        except (CorruptCheckpointError, OSError):
+        except Exception:  # any malformed manifest: keep its payload, it may be the only copy
             unreadable.add(seq)
             continue
         if m.blob is not None:
