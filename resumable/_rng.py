@@ -54,11 +54,9 @@ def capture_rng() -> dict[str, Any]:
         states["numpy"] = _numpy_state(numpy)
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "get_rng_state"):  # a fully imported torch
-        states["torch"] = bytes(torch.get_rng_state().numpy().tobytes())
+        states["torch"] = bytes(torch.get_rng_state().tolist())  # no NumPy needed
         if torch.cuda.is_available():
-            states["torch.cuda"] = [
-                bytes(state.numpy().tobytes()) for state in torch.cuda.get_rng_state_all()
-            ]
+            states["torch.cuda"] = [bytes(s.tolist()) for s in torch.cuda.get_rng_state_all()]
     return states
 
 
