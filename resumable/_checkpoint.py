@@ -26,7 +26,15 @@ from typing import Any, Self, TypeVar
 
 from ._backend import LocalBackend, open_backend
 from ._background import Background
-from ._codec import Compression, Limits, check_source, gzip_members, iter_file, iter_tar
+from ._codec import (
+    Compression,
+    Limits,
+    TarFacts,
+    check_source,
+    gzip_members,
+    iter_file,
+    iter_tar,
+)
 from ._errors import (
     ConfigurationError,
     CorruptCheckpointError,
@@ -74,6 +82,9 @@ class Captured:
 
     kind: Kind
     source: Source
+    #: Manifest fields that describe the bytes, known once ``source()`` has been read to its
+    #: end (a folder's tar size and member count).
+    facts: Callable[[], dict[str, Any]] | None = None
 
     @classmethod
     def state(cls, pickled: bytes) -> Captured:
@@ -101,6 +112,11 @@ class Checkpoint:
         limits: caps on what restoring a folder may write (tar bombs).
         signing_key: a secret; manifests then carry an HMAC, and loads refuse unsigned or
             wrongly signed snapshots before reading them. Default: ``$RESUMABLE_SIGNING_KEY``.
+            See docs/guarantees.md ("Signing") for what it protects against.
+        name: the checkpoint's identity, covered by its signatures: a signed snapshot loads
+            only under the name it was saved under. Default: the last segment of ``uri``
+            (``@resumable`` passes its task key), so moving a whole store keeps its
+            snapshots valid while copying one task's files into another's folder does not.
         progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
             an ``fsspec.callbacks.Callback``: each save and load is reported to
             ``callback.branched(source, destination)``, or to the callback itself when it
@@ -134,6 +150,7 @@ class Checkpoint:
         signing_key: bytes | str | None = None,
         progress: ProgressArg = False,
         retry: RetryPolicy | None = None,
+        name: str | None = None,
     ) -> None:
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ConfigurationError(f"keep must be a whole number >= 1, got {keep!r}")
@@ -161,6 +178,7 @@ class Checkpoint:
             keep=keep,
             signing_key=key,
             progress=make_progress(progress),
+            name=name,
         )
         self._lock = threading.RLock()
         self._bg = Background(self.uri)
@@ -312,11 +330,14 @@ class Checkpoint:
                     return Captured("file", Spool.of_file(path))
                 return Captured("file", lambda: iter_file(path))
             gzip = self.compression == "gzip"
+            counted = [TarFacts()]  # of the latest stream: a retried save streams anew
 
             def tar() -> Iterable[Chunk]:
-                return gzip_members(iter_tar(path)) if gzip else iter_tar(path)
+                counted[0] = TarFacts()
+                raw = iter_tar(path, facts=counted[0])
+                return gzip_members(raw) if gzip else raw
 
-            return Captured("dir", Spool(tar()) if frozen else tar)
+            return Captured("dir", Spool(tar()) if frozen else tar, lambda: counted[0].fields())
         raise UnsupportedDataError(
             f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
             f"{type(data).__name__}. To save a Python object, pickle it first or use "
@@ -332,7 +353,11 @@ class Checkpoint:
 
         def commit() -> Manifest:
             return self._store.commit(
-                captured.kind, captured.source(), compression=compression, attempt=attempt
+                captured.kind,
+                captured.source(),
+                compression=compression,
+                attempt=attempt,
+                facts=captured.facts,
             )
 
         what = f"saving a snapshot to {self.uri}"
@@ -423,9 +448,20 @@ class Checkpoint:
         self._retried(self._store.clear_marks, f"clearing failure marks of {self.uri}")
 
     def clear(self) -> None:
-        """Delete every snapshot (oldest first, so an interrupted clear keeps the newest)."""
+        """Delete every snapshot (oldest first, so an interrupted clear keeps the newest).
+
+        In a signed store a signed "cleared" record is left above them, so that old signed
+        files copied back later are never loaded.
+        """
         self.flush_sync()
-        self._retried(self._store.clear, f"clearing {self.uri}")
+
+        def clear() -> None:
+            newest = self._store.newest_seq()
+            self._store.clear()
+            if newest is not None and self._store.signing_key is not None:
+                self._store.mark_cleared(newest + 1)
+
+        self._retried(clear, f"clearing {self.uri}")
 
     def _retried(self, fn: Callable[[], T], what: str) -> T:
         with self._lock, _storage_errors(what):

@@ -34,6 +34,7 @@ from ._stream import CHUNK_SIZE, Chunk, ChunkReader, ordered_map
 __all__ = [
     "Compression",
     "Limits",
+    "TarFacts",
     "dumps_state",
     "extract_tar",
     "gunzip_members",
@@ -65,6 +66,28 @@ class Limits:
     max_entries: int = 1_000_000
     #: The most bytes of file content one snapshot may declare.
     max_bytes: int = 1 << 40
+
+
+@dataclass(slots=True)
+class TarFacts:
+    """What a folder's tar stream held, counted as it was written; recorded in the manifest.
+
+    A load refuses, mid-stream, an archive longer or with more members than its manifest says.
+
+    Example:
+        >>> TarFacts(raw_size=1024, members=1).fields()
+        {'raw_size': 1024, 'members': 1}
+
+    """
+
+    #: Bytes of the uncompressed tar stream.
+    raw_size: int = 0
+    #: Files, folders and links in it.
+    members: int = 0
+
+    def fields(self) -> dict[str, int]:
+        """The manifest fields that record these facts."""
+        return {"raw_size": self.raw_size, "members": self.members}
 
 
 def dumps_state(obj: object) -> bytes:
@@ -190,13 +213,25 @@ def _link_target(root: Path, path: Path) -> str:
     return os.path.relpath(resolved, path.parent)
 
 
-def iter_tar(root: Path, chunk_size: int = CHUNK_SIZE) -> Iterator[bytearray]:
-    """A folder as an uncompressed POSIX (pax) tar stream, in chunks of ``chunk_size``."""
-    root = Path(os.path.abspath(root))
+def iter_tar(
+    root: Path, chunk_size: int = CHUNK_SIZE, facts: TarFacts | None = None
+) -> Iterator[bytearray]:
+    """A folder as an uncompressed POSIX (pax) tar stream, in chunks of ``chunk_size``.
+
+    ``facts``, when given, counts the stream's bytes and members as they are produced.
+    """
+    counted = facts if facts is not None else TarFacts()
+    for chunk in _tar_records(Path(os.path.abspath(root)), chunk_size, counted):
+        counted.raw_size += len(chunk)
+        yield chunk
+
+
+def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytearray]:
     if check_source(root) != "dir":
         raise UnsupportedDataError(f"{str(root)!r} is not a folder")
     builder = _TarBuilder(chunk_size)
     for path, name, st in _entries(root):
+        facts.members += 1
         info = tarfile.TarInfo(name)
         info.mtime = int(st.st_mtime)
         info.mode = stat.S_IMODE(st.st_mode)
@@ -254,41 +289,118 @@ def gunzip_members(chunks: Iterable[Chunk]) -> Iterator[bytes]:
         raise zlib.error("truncated gzip stream")
 
 
-def _checked_filter(limits: Limits) -> Any:
-    counts = {"entries": 0, "bytes": 0}
+def _refuse(member: tarfile.TarInfo, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"member {member.name!r} refused: {why}")
 
-    def check(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-        counts["entries"] += 1
-        counts["bytes"] += max(member.size, 0)
-        if counts["entries"] > limits.max_entries:
+
+class _Guard:
+    """Checks each member before it is extracted, lexically, without asking the filesystem.
+
+    ``tarfile``'s ``data`` filter resolves paths on disk, which unfixed CPython releases let a
+    chain of links longer than PATH_MAX defeat (CVE-2025-4517). This guard needs no disk: it
+    keeps the links the archive made (each with its target, resolved inside the root) and
+    resolves every path against them. A member's own path must stay inside the root and must
+    not pass through a link; a link's target, followed through the archive's earlier links,
+    must stay inside the root; and no link may be made where an earlier path passed.
+    """
+
+    def __init__(self, limits: Limits, expected: TarFacts | None) -> None:
+        self._limits = limits
+        self._expected = expected
+        self._entries = 0
+        self._bytes = 0
+        self._links: dict[str, list[str]] = {}  # each link made so far -> its resolved target
+        self._through: set[str] = set()  # folders some path went through
+
+    def _resolve(self, member: tarfile.TarInfo, parts: list[str], follow: bool) -> list[str]:
+        """``parts`` resolved from the root through the archive's links (when ``follow``)."""
+        steps = [p for p in parts if p not in ("", ".")]
+        out: list[str] = []
+        for i, part in enumerate(steps):
+            if part == "..":
+                if not out:
+                    raise _refuse(member, "it leads outside the folder")
+                out.pop()
+                continue
+            out.append(part)
+            here = "/".join(out)
+            last = i == len(steps) - 1
+            if here in self._links and (follow or not last):
+                if not follow:
+                    raise _refuse(member, "its path passes through a link in the archive")
+                out = list(self._links[here])
+            if not last:
+                self._through.update((here, "/".join(out)))
+        return out
+
+    def _count(self, member: tarfile.TarInfo) -> None:
+        self._entries += 1
+        self._bytes += max(member.size, 0)
+        if self._entries > self._limits.max_entries:
             raise UnsafeArchiveError(
-                f"the archive has more than {limits.max_entries} entries (Limits.max_entries)"
+                f"the archive has more than {self._limits.max_entries} entries (Limits.max_entries)"
             )
-        if counts["bytes"] > limits.max_bytes:
+        if self._bytes > self._limits.max_bytes:
             raise UnsafeArchiveError(
-                f"the archive declares more than {limits.max_bytes} bytes (Limits.max_bytes)"
+                f"the archive declares more than {self._limits.max_bytes} bytes (Limits.max_bytes)"
             )
-        parts = member.name.replace("\\", "/").split("/")
-        if member.name.startswith("/") or ".." in parts:
-            raise UnsafeArchiveError(f"member {member.name!r} refused: absolute or has '..'")
+        if self._expected is not None and self._entries > self._expected.members:
+            raise UnsafeArchiveError(
+                f"the archive has more than the {self._expected.members} members its manifest "
+                "records"
+            )
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+        self._count(member)
+        name = member.name.replace("\\", "/")
+        if name.startswith("/") or ".." in name.split("/"):
+            raise _refuse(member, "absolute or has '..'")
         if member.islnk():
-            raise UnsafeArchiveError(f"hard link {member.name!r} refused: snapshots hold none")
+            raise _refuse(member, "a hard link (snapshots hold none)")
+        where = self._resolve(member, name.split("/"), follow=False)
+        if not where:
+            raise _refuse(member, "it names the folder itself")
+        path = "/".join(where)
+        if path in self._links:
+            raise _refuse(member, "it replaces a link in the archive")
+        if member.issym():
+            if path in self._through:
+                raise _refuse(member, "an earlier path goes through where this link would be")
+            link = member.linkname.replace("\\", "/")
+            if not link or link.startswith("/"):
+                raise _refuse(member, f"its link target {member.linkname!r} is absolute or empty")
+            self._links[path] = self._resolve(member, [*where[:-1], *link.split("/")], True)
         try:
             return tarfile.data_filter(member, dest)
         except tarfile.FilterError as exc:
-            raise UnsafeArchiveError(f"unsafe member {member.name!r}: {exc}") from exc
-
-    return check
+            raise _refuse(member, str(exc)) from exc
 
 
-def extract_tar(chunks: Iterable[Chunk], dest: Path, limits: Limits) -> None:
-    """Extract a tar stream into ``dest``, refusing anything that would land outside it."""
-    reader = ChunkReader(chunks)
-    member_filter = _checked_filter(limits)
+def _bounded(chunks: Iterable[Chunk], limit: int) -> Iterator[Chunk]:
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > limit:
+            raise UnsafeArchiveError(
+                f"the archive is longer than the {limit} bytes its manifest records"
+            )
+        yield chunk
+
+
+def extract_tar(
+    chunks: Iterable[Chunk], dest: Path, limits: Limits, expected: TarFacts | None = None
+) -> None:
+    """Extract a tar stream into ``dest``, refusing anything that would land outside it.
+
+    With ``expected`` (what the manifest records), an archive longer or with more members
+    than that is refused as soon as it exceeds it.
+    """
+    reader = ChunkReader(chunks if expected is None else _bounded(chunks, expected.raw_size))
+    guard = _Guard(limits, expected)
     with tarfile.open(  # type: ignore[call-overload]
         fileobj=reader, mode="r|", bufsize=CHUNK_SIZE, errorlevel=2
     ) as tar:
         tar.copybufsize = CHUNK_SIZE  # its 16 KiB default makes large members crawl
         for member in tar:
-            tar.extract(member, dest, filter=member_filter)
+            tar.extract(member, dest, filter=guard)
     reader.drain()

@@ -13,7 +13,6 @@ number and is created exclusively, so only one writer can commit a given number.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
@@ -23,8 +22,10 @@ import logging
 import math
 import secrets
 import shutil
+import stat
 import sys
 import tarfile
+import tempfile
 import time
 import zlib
 from collections import Counter, OrderedDict
@@ -35,13 +36,22 @@ from typing import Any, Literal, TypeVar
 
 from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
-from ._codec import Limits, extract_tar, gunzip_members
+from ._codec import Limits, TarFacts, extract_tar, gunzip_members
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
 from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
-from ._stream import Chunk, Digest
+from ._stream import Chunk, Digest, Spool
 
-__all__ = ["FORMAT", "INLINE_MAX", "Kind", "Manifest", "SnapshotStore", "names_of"]
+__all__ = [
+    "FORMAT",
+    "INLINE_MAX",
+    "SIGNATURE",
+    "Kind",
+    "Manifest",
+    "SnapshotStore",
+    "checkpoint_name",
+    "names_of",
+]
 
 T = TypeVar("T")
 
@@ -49,6 +59,8 @@ log = logging.getLogger("resumable")
 
 #: Version of the manifest format this library writes and reads.
 FORMAT = 1
+#: Version of the manifest signature this library writes (it reads 1 and 2).
+SIGNATURE = 2
 #: Payloads up to this size live inside the manifest: one object, one fsync.
 INLINE_MAX = 64 * 1024
 #: How many fresh listings a load tries when other writers delete what it listed.
@@ -61,9 +73,25 @@ _CONTESTED_FOR = 60.0
 #: Store URL -> until when (``time.monotonic()``) saves there list first.
 _contested: dict[str, float] = {}
 
-Kind = Literal["bytes", "file", "dir", "state"]
-_KINDS = ("bytes", "file", "dir", "state")
+Kind = Literal["bytes", "file", "dir", "state", "cleared"]
+_KINDS = ("bytes", "file", "dir", "state", "cleared")
 _HEX64 = frozenset("0123456789abcdef")
+#: Manifest fields beyond the core ones that a reader keeps (in ``Manifest.extra``).
+_EXTRA = ("hmac", "hmac_version", "raw_size", "members")
+
+
+def checkpoint_name(url: str) -> str:
+    """The name a checkpoint's signatures cover unless it is given one: its URL's last segment.
+
+    It survives moving or copying the store as a whole (another folder, bucket or cloud), and
+    differs between the tasks of one store, so one task's signed files do not load in another.
+
+    Example:
+        >>> checkpoint_name("s3://bucket/store/train-3f2a/")
+        'train-3f2a'
+
+    """
+    return url.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def names_of(entries: Iterable[Entry]) -> list[str]:
@@ -114,12 +142,12 @@ class Manifest:
         """Parse and check a manifest; ``CorruptCheckpointError`` says what is wrong."""
         try:
             doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptCheckpointError(f"manifest is not valid JSON ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # also: nested too deep, huge numbers
+            raise CorruptCheckpointError(f"manifest is not valid JSON ({exc!r:.200})") from exc
         if not isinstance(doc, dict):
             raise CorruptCheckpointError("manifest is not a JSON object")
         version = doc.get("format")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise CorruptCheckpointError("manifest has no format version")
         if version > FORMAT:
             raise CorruptCheckpointError(
@@ -138,13 +166,15 @@ class Manifest:
                 blob=doc["blob"],
                 inline=inline,
                 created=_finite(doc["created"]),
-                attempt=int(doc.get("attempt", 0)),
-                writer=str(doc.get("writer", "")),
-                extra={k: v for k, v in doc.items() if k in ("hmac", "raw_size")},
+                attempt=_count(doc.get("attempt", 0)),
+                writer=_text(doc.get("writer", "")),
+                extra={k: v for k, v in doc.items() if k in _EXTRA},
             )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            raise CorruptCheckpointError(f"manifest field missing or malformed ({exc})") from exc
-        problem = _problem(m, seq)
+            problem = _problem(m, seq)
+        except (TypeError, ValueError, LookupError, ArithmeticError, RecursionError) as exc:
+            raise CorruptCheckpointError(
+                f"manifest field missing or malformed ({exc!r:.200})"
+            ) from exc
         if problem:
             raise CorruptCheckpointError(f"manifest {problem}")
         return m
@@ -162,6 +192,11 @@ def _problem(m: Manifest, seq: int) -> str | None:
         return "has no valid sha256"
     if m.compression not in ("gzip", "none"):
         return f"has unknown compression {m.compression!r}"
+    for name in ("raw_size", "members"):
+        if name in m.extra:
+            _count(m.extra[name])
+    if m.kind == "dir" and ("raw_size" in m.extra) != ("members" in m.extra):
+        return "records only one of raw_size and members"
     if m.inline is None:
         blob = parse(m.blob) if isinstance(m.blob, str) else None
         if blob is None or blob.kind != "blob" or blob.seq != seq:
@@ -177,6 +212,19 @@ def _missing_as_corrupt(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
         raise CorruptCheckpointError(f"payload {name} disappeared while it was read") from None
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not text: {type(value).__name__}")
+    return value
+
+
+def _count(value: object) -> int:
+    """A whole number >= 0 from a manifest field."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"not a whole number >= 0: {value!r:.40}")
+    return value
+
+
 def _finite(value: object) -> float:
     number = float(value)  # type: ignore[arg-type]
     if not math.isfinite(number):
@@ -184,12 +232,20 @@ def _finite(value: object) -> float:
     return number
 
 
-def _clear(folder: Path) -> None:
-    for child in folder.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def _swap(new: Path, folder: Path) -> None:
+    """Put the tree at ``new`` in place of ``folder``; the old tree is left at ``new``."""
+    if not folder.exists():
+        new.rename(folder)
+        return
+    new.chmod(stat.S_IMODE(folder.stat().st_mode))
+    old = new.with_name(new.name + ".old")  # unique: the new tree's name is
+    folder.rename(old)
+    try:
+        new.rename(folder)
+    except BaseException:
+        old.rename(folder)
+        raise
+    old.rename(new)  # the caller removes it
 
 
 def _rate(size: int, seconds: float) -> str:
@@ -220,11 +276,14 @@ class SnapshotStore:
         keep: int,
         signing_key: bytes | None = None,
         progress: Progress | None = None,
+        name: str | None = None,
     ) -> None:
         self.backend = backend
         self.keep = keep
         self.signing_key = signing_key
         self.progress = progress
+        #: The checkpoint's identity that signatures cover (see :func:`checkpoint_name`).
+        self.name = checkpoint_name(backend.url) if name is None else name
         # What this writer knows without asking the store: the number to commit next, and
         # the objects of each snapshot it committed or listed, oldest first. ``None``: not
         # known (first save, or after a failure that may or may not have committed), so the
@@ -248,25 +307,51 @@ class SnapshotStore:
         self._next = None
         self._known.clear()
 
-    def _signature(self, m: Manifest) -> str:
+    def _mac(self, message: bytes) -> str:
         assert self.signing_key is not None
-        # The payload's digest plus everything that says how to read it: a valid signature
-        # cannot be moved to another payload, sequence number or kind.
-        fields = [FORMAT, m.seq, m.kind, m.size, m.sha256, m.compression, m.blob or ""]
-        message = "\n".join(str(f) for f in fields).encode()
         return hmac.new(self.signing_key, message, hashlib.sha256).hexdigest()
+
+    def _signature(self, m: Manifest, version: int = SIGNATURE) -> str:
+        # The payload's digest plus everything that says how to read it, and (from version
+        # 2) the checkpoint's name and the archive's recorded bounds: a valid signature
+        # cannot be moved to another payload, sequence number, kind or checkpoint.
+        fields = [FORMAT, m.seq, m.kind, m.size, m.sha256, m.compression, m.blob or ""]
+        if version == 1:  # written by resumable 0.x before signatures named the checkpoint
+            return self._mac("\n".join(str(f) for f in fields).encode())
+        bounds = [m.extra.get("raw_size"), m.extra.get("members")]
+        return self._mac(json.dumps(["resumable-manifest", self.name, *fields, *bounds]).encode())
+
+    def sign(self, m: Manifest) -> None:
+        """Add the signature fields to a new manifest (nothing without a signing key)."""
+        if self.signing_key is not None:
+            m.extra["hmac_version"] = SIGNATURE
+            m.extra["hmac"] = self._signature(m)
 
     def _check_signature(self, m: Manifest) -> None:
         if self.signing_key is None:
             return
         found = m.extra.get("hmac")
-        if not isinstance(found, str):
+        if not isinstance(found, str) or len(found) != 64 or not _HEX64.issuperset(found):
             raise SignatureError(
                 "manifest is not signed, but a signing key is set: refusing it (an unsigned "
                 "snapshot in a store others can write may run their code when unpickled)"
             )
-        if not hmac.compare_digest(found, self._signature(m)):
-            raise SignatureError("manifest signature is wrong: another key, or forged")
+        version = m.extra.get("hmac_version", 1)
+        if version not in (1, SIGNATURE) or isinstance(version, bool):
+            raise SignatureError(f"manifest has an unknown signature version {version!r:.20}")
+        if not hmac.compare_digest(found, self._signature(m, version)):
+            raise SignatureError(
+                "manifest signature is wrong: another key, forged, or signed for another "
+                f"checkpoint than {self.name!r} (copied from another task?)"
+            )
+        if version == 1:
+            log.warning(
+                "snapshot %d of %s carries an old signature that does not name its checkpoint: "
+                "it is loaded, but a copy of another task's old files would be too; the next "
+                "save signs anew",
+                m.seq,
+                self.backend.url,
+            )
 
     # -- writing ------------------------------------------------------------------------
 
@@ -277,6 +362,7 @@ class SnapshotStore:
         *,
         compression: str = "none",
         attempt: int = 0,
+        facts: Callable[[], dict[str, Any]] | None = None,
     ) -> Manifest:
         """Store ``chunks`` as a new snapshot, commit it, then apply retention.
 
@@ -343,8 +429,9 @@ class SnapshotStore:
             attempt=attempt,
             writer=writer_token,
         )
-        if self.signing_key is not None:
-            manifest.extra["hmac"] = self._signature(manifest)
+        if facts is not None:  # what the stream held, known once it is written
+            manifest.extra.update(facts())
+        self.sign(manifest)
         try:
             self.backend.create_exclusive(manifest_name(seq), manifest.to_json())
         except FileExistsError:
@@ -413,8 +500,61 @@ class SnapshotStore:
     # -- poison snapshots ---------------------------------------------------------------
 
     def mark_failed(self, seq: int) -> None:
-        """Record that a task started from snapshot ``seq`` failed before saving a newer one."""
-        self.backend.create_exclusive(mark_name(seq), b"")
+        """Record that a task started from snapshot ``seq`` failed before saving a newer one.
+
+        In a signed store the mark holds its signature; unsigned marks are not counted there.
+        """
+        name = mark_name(seq)
+        self.backend.create_exclusive(name, self._mark_signature(name).encode())
+
+    def _mark_signature(self, name: str) -> str:
+        if self.signing_key is None:
+            return ""
+        return self._mac(json.dumps(["resumable-mark", self.name, name]).encode())
+
+    def failures(self, entries: list[Entry]) -> Counter[int]:
+        """How many failure marks each snapshot has among ``entries``.
+
+        With a signing key only signed marks count: a mark anyone can plant must not roll a
+        signed task back.
+        """
+        marks: Counter[int] = Counter()
+        for e in entries:
+            kind = parse(e.name)
+            if kind is None or kind.kind != "mark":
+                continue
+            if self.signing_key is not None:
+                try:
+                    found = self.backend.read(e.name)
+                except FileNotFoundError:
+                    continue
+                if not hmac.compare_digest(found, self._mark_signature(e.name).encode()):
+                    log.warning("ignoring unsigned or forged failure mark %s", e.name)
+                    continue
+            marks[kind.seq] += 1
+        return marks
+
+    def mark_cleared(self, seq: int) -> None:
+        """Commit a signed "cleared" record as snapshot ``seq``, above every one cleared.
+
+        A load stops at it, as at an empty store: snapshots at or below it (old files copied
+        back after a clear) are never loaded. Newer snapshots supersede it as usual.
+        """
+        m = Manifest(
+            seq=seq,
+            kind="cleared",
+            size=0,
+            sha256=hashlib.sha256(b"").hexdigest(),
+            compression="none",
+            blob=None,
+            inline=b"",
+            created=time.time(),
+            attempt=0,
+            writer=secrets.token_hex(8),
+        )
+        self.sign(m)
+        with contextlib.suppress(FileExistsError):  # a newer snapshot took the number: fine
+            self.backend.create_exclusive(manifest_name(seq), m.to_json())
 
     def clear_marks(self) -> None:
         """Forget failure records: the task got past its snapshots."""
@@ -473,16 +613,27 @@ class SnapshotStore:
         """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
 
         A folder snapshot is extracted at ``folder``; bytes and files become
-        ``folder/payload``. Whatever ``folder`` held before is removed first.
+        ``folder/payload``. The snapshot is unpacked into a new folder beside ``folder`` and
+        verified there; only then does it replace ``folder`` (whatever that held is removed).
+        A snapshot that fails leaves ``folder`` as it was. In a signed store the payload is
+        verified (digest, hence signature) before a single byte is unpacked; elsewhere the
+        unpacking stops as soon as the archive exceeds what its manifest records.
         """
 
         def unpack(m: Manifest, chunks: Iterator[Chunk]) -> None:
-            _clear(folder)
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
             try:
-                _unpack(m, chunks, folder, limits)
-            except BaseException:
-                _clear(folder)
-                raise
+                if self.signing_key is None:
+                    _unpack(m, chunks, staging, limits)
+                else:
+                    spool = Spool(chunks)  # read to its end: the digest is checked there
+                    try:
+                        _unpack(m, iter(spool()), staging, limits)
+                    finally:
+                        spool.close()
+                _swap(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # the failed or replaced tree
 
         found = self._load(unpack, accept, poison_after)
         return None if found is None else found[0]
@@ -546,8 +697,7 @@ class SnapshotStore:
         poison_after: int | None,
     ) -> tuple[Manifest, T] | None:
         """Try the listed snapshots newest first; the first that verifies is consumed."""
-        names = [parse(e.name) for e in attempt.entries]
-        marks = Counter(n.seq for n in names if n is not None and n.kind == "mark")
+        marks = self.failures(attempt.entries) if poison_after is not None else Counter[int]()
         for seq in manifest_seqs(names_of(attempt.entries)):
             if poison_after is not None and marks[seq] >= poison_after:
                 attempt.refused.append(f"snapshot {seq}: poison ({marks[seq]} failures from it)")
@@ -568,6 +718,8 @@ class SnapshotStore:
             except CorruptCheckpointError as exc:
                 attempt.refused.append(self._skip(seq, exc))
                 continue
+            if m.kind == "cleared":
+                return None  # the task was cleared: nothing older counts
             if accept is not None:
                 accept(m)
             payload = self.payload(m)
@@ -600,8 +752,11 @@ def _unpack(m: Manifest, chunks: Iterator[Chunk], folder: Path, limits: Limits) 
     """Write a verified-as-it-streams payload into ``folder``: a tree, or ``payload``."""
     if m.kind == "dir":
         data = gunzip_members(chunks) if m.compression == "gzip" else chunks
+        expected = None
+        if "raw_size" in m.extra:  # recorded since 0.x; older manifests are bounded by Limits
+            expected = TarFacts(m.extra["raw_size"], m.extra["members"])
         try:
-            extract_tar(data, folder, limits)
+            extract_tar(data, folder, limits, expected)
         except (tarfile.TarError, zlib.error, EOFError) as exc:
             raise CorruptCheckpointError(f"payload is not a readable archive ({exc})") from exc
     else:

@@ -112,6 +112,17 @@ def _field(**fields: Any) -> Callable[[Store], None]:
     return case
 
 
+def _raw_field(name: str, raw: str) -> Callable[[Store], None]:
+    """Set a field to a JSON text that Python's json reads but no manifest holds."""
+
+    def case(s: Store) -> None:
+        s.file_snapshot()
+        text = json.dumps({**s.doc(), name: "@RAW@"}).replace('"@RAW@"', raw)
+        write_object(s.url, f"{NEWEST}.json", text.encode())
+
+    return case
+
+
 def _drop_field(name: str) -> Callable[[Store], None]:
     def case(s: Store) -> None:
         s.file_snapshot()
@@ -186,6 +197,11 @@ def _moved_signature(s: Store) -> None:
     s.edit(hmac=first["hmac"], inline="cGxhbnRlZA==")
 
 
+def _other_checkpoint(s: Store) -> None:
+    with Checkpoint(s.url, signing_key=SECRET, name="another-task") as other:
+        other.save_sync(b"planted")
+
+
 class Exploit:
     """Unpickling this would create a file: the attack signing defends against."""
 
@@ -222,6 +238,18 @@ CORPUS: dict[str, tuple[Callable[[Store], None], bool]] = {
     "manifest: unknown compression": (_field(compression="zstd"), False),
     "manifest: payload outside": (_field(blob="../../etc/passwd"), False),
     "manifest: created is NaN": (_manifest_bytes(b'{"format": 1, "created": NaN}'), False),
+    "manifest: attempt is 1e999": (_raw_field("attempt", "1e999"), False),
+    "manifest: created is 10**400": (_raw_field("created", "1" + "0" * 400), False),
+    "manifest: size is 10**400": (_raw_field("size", "1" + "0" * 400), False),
+    "manifest: a 5000-digit number": (_raw_field("attempt", "7" * 5000), False),
+    "manifest: deeply nested JSON": (_raw_field("writer", "[" * 100_000 + "]" * 100_000), False),
+    "manifest: nested JSON, not too deep to parse": (
+        _raw_field("kind", "[" * 900 + "]" * 900),
+        False,
+    ),
+    "manifest: attempt is negative": (_field(attempt=-1), False),
+    "manifest: writer is not text": (_field(writer={"a": 1}), False),
+    "manifest: raw_size is 1e999": (_raw_field("raw_size", "1e999"), False),
     "inline: invalid base64": (_inline("!!!not base64"), False),
     "inline: altered bytes": (_inline("YWx0ZXJlZA=="), False),
     "archive: absolute path": (_dir(("/tmp/resumable-evil", tarfile.REGTYPE, "")), False),
@@ -246,6 +274,10 @@ CORPUS: dict[str, tuple[Callable[[Store], None], bool]] = {
     "signed store: another key": (_wrong_key, True),
     "signed store: moved signature": (_moved_signature, True),
     "signed store: pickle that runs code": (_pickle_exploit, True),
+    "signed store: non-ASCII hmac": (_field(hmac="é" * 64), True),
+    "signed store: hmac is a number": (_field(hmac=10**30), True),
+    "signed store: unknown signature version": (_field(hmac_version=99), True),
+    "signed store: another checkpoint's snapshot": (_other_checkpoint, True),
 }
 
 

@@ -34,7 +34,59 @@ def member(
     return info, None
 
 
+def cve_2025_4517(depth: int = 16) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The archive of CVE-2025-4517: a chain of links whose resolved path passes PATH_MAX.
+
+    Each step is a folder with a 247-character name and a one-letter link to it; a link at
+    the end of the chain of letters climbs back up, so that ``escape`` resolves outside the
+    root while CPython's ``data`` filter (unfixed releases) finds it inside.
+    """
+    comp = "d" * 247
+    steps = "abcdefghijklmnop"[:depth]
+    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    path = ""
+    for step in steps:
+        out.append(member(f"{path}{comp}", tarfile.DIRTYPE))
+        out.append(member(f"{path}{step}", tarfile.SYMTYPE, link=comp))
+        path = f"{path}{comp}/"
+    long_link = "/".join(steps) + "/" + "l" * 254
+    out.append(member(long_link, tarfile.SYMTYPE, link="../" * depth))
+    out.append(member("escape", tarfile.SYMTYPE, link=long_link + "/.."))
+    out.append(member("escape/resumable-evil-cve", data=b"x"))
+    return out
+
+
+def cve_without_writing_through() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The CVE's chain, then only a link that leaves: no member path goes through a link."""
+    return [m for m in cve_2025_4517() if not m[0].name.startswith("escape/")]
+
+
 HOSTILE = {
+    "cve-2025-4517 link chain": cve_2025_4517(),
+    "cve-2025-4517 link chain, links only": cve_without_writing_through(),
+    "link to the root, then up through it": [
+        member("root", tarfile.SYMTYPE, link="."),
+        member("up", tarfile.SYMTYPE, link="root/../resumable-evil-up"),
+    ],
+    "link to a link that climbs": [
+        member("sub", tarfile.DIRTYPE),
+        member("sub/in", tarfile.SYMTYPE, link="."),
+        member("two", tarfile.SYMTYPE, link="sub/in/../../../resumable-evil-two"),
+    ],
+    "link made where an earlier link's target passed": [
+        member("early", tarfile.SYMTYPE, link="later/../resumable-evil-later"),
+        member("later", tarfile.SYMTYPE, link="."),
+    ],
+    "file written through a link inside the folder": [
+        member("sub", tarfile.DIRTYPE),
+        member("hop", tarfile.SYMTYPE, link="sub"),
+        member("hop/resumable-evil-through", data=b"x"),
+    ],
+    "member replaces a link": [
+        member("sub", tarfile.DIRTYPE),
+        member("l", tarfile.SYMTYPE, link="sub"),
+        member("l", data=b"x"),
+    ],
     "absolute path": [member("/tmp/resumable-evil-abs", data=b"x")],
     "dot-dot": [member("../resumable-evil-dotdot", data=b"x")],
     "nested dot-dot": [member("a/../../resumable-evil-nested", data=b"x")],

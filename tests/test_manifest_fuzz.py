@@ -1,0 +1,132 @@
+"""Any manifest either parses or is a corrupt snapshot: never another exception.
+
+Hypothesis generates arbitrary JSON documents, valid manifests with one field replaced by an
+arbitrary JSON value, and arbitrary bytes. Parsing (and, in a signed store, checking the
+signature) must succeed or raise ``CorruptCheckpointError``; anything else would crash a load
+instead of skipping the snapshot and using the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resumable import CorruptCheckpointError
+from resumable._backend import open_backend
+from resumable._store import Manifest, SnapshotStore
+
+SEQ = 1
+FIELDS = [
+    "format",
+    "seq",
+    "kind",
+    "size",
+    "sha256",
+    "compression",
+    "blob",
+    "inline",
+    "created",
+    "attempt",
+    "writer",
+    "hmac",
+    "hmac_version",
+    "raw_size",
+    "members",
+]
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=80)
+    | st.sampled_from(["dir", "gzip", "none", "state", "cleared", "0" * 64, "é" * 64]),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def valid_doc() -> dict[str, Any]:
+    signer = SnapshotStore(open_backend("memory://fuzz/task", None), keep=1, signing_key=b"k")
+    m = Manifest(
+        seq=SEQ,
+        kind="dir",
+        size=3,
+        sha256="a" * 64,
+        compression="gzip",
+        blob=None,
+        inline=b"abc",
+        created=1.0,
+        attempt=0,
+        writer="ab",
+        extra={"raw_size": 1024, "members": 1},
+    )
+    signer.sign(m)
+    return dict(json.loads(m.to_json()))
+
+
+STORES = [
+    SnapshotStore(open_backend("memory://fuzz/task", None), keep=1),
+    SnapshotStore(open_backend("memory://fuzz/task", None), keep=1, signing_key=b"k"),
+]
+
+
+def check(data: bytes) -> None:
+    for store in STORES:
+        try:
+            m = Manifest.from_json(data, SEQ)
+            store._check_signature(m)
+        except CorruptCheckpointError:
+            pass
+
+
+def dumps(doc: Any) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_the_valid_document_parses() -> None:
+    """The base of the mutations is itself a valid, correctly signed manifest."""
+    data = dumps(valid_doc())
+    STORES[1]._check_signature(Manifest.from_json(data, SEQ))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(field=st.sampled_from(FIELDS), value=json_values)
+def test_one_field_replaced(field: str, value: Any) -> None:
+    """A valid manifest with one field set to any JSON value parses or is corrupt."""
+    check(dumps({**valid_doc(), field: value}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(FIELDS))
+def test_one_field_missing(field: str) -> None:
+    """A valid manifest missing any one field parses or is corrupt."""
+    doc = valid_doc()
+    del doc[field]
+    check(dumps(doc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values)
+def test_any_json_document(doc: Any) -> None:
+    """Any JSON document at all parses or is corrupt."""
+    check(dumps(doc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_any_bytes(data: bytes) -> None:
+    """Any bytes at all parse or are corrupt."""
+    check(data)
+
+
+def test_nesting_beyond_the_recursion_limit() -> None:
+    """JSON nested deeper than Python's recursion limit is corrupt, not a RecursionError."""
+    check(b"[" * 200_000 + b"]" * 200_000)
+    check(b'{"format": 1, "seq": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
