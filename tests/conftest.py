@@ -19,13 +19,58 @@ import pytest
 
 from resumable import Checkpoint
 
-from .servers import SeaweedS3
-from .servers import s3_server as s3_server  # the session fixture, re-exported for pytest
+# The server fixtures, re-exported for pytest: ``s3_server``, ``gcs_server`` and
+# ``azure_server`` (per test, refused to a test not marked remote) share one server per session.
+from .servers import STARTED, SeaweedS3, exit_with_parent
+from .servers import s3_server as s3_server
+from .servers import s3_session_server as s3_session_server
 from .servers_gcs_azure import AzuriteBlob, FakeGCS
-from .servers_gcs_azure import azure_server as azure_server  # session fixtures, re-exported
+from .servers_gcs_azure import azure_server as azure_server
+from .servers_gcs_azure import azure_session_server as azure_session_server
 from .servers_gcs_azure import gcs_server as gcs_server
+from .servers_gcs_azure import gcs_session_server as gcs_session_server
 
-STORES = ["local", "memory", "s3", "gcs", "azure"]
+#: The stores of ``store_url``; those on a server carry the ``remote`` mark, so that
+#: ``pytest -m "not remote"`` runs the others without starting any server.
+STORES = [
+    "local",
+    "memory",
+    pytest.param("s3", marks=pytest.mark.remote),
+    pytest.param("gcs", marks=pytest.mark.remote),
+    pytest.param("azure", marks=pytest.mark.remote),
+]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under tests/, collect test modules only: not helpers, scripts or typing samples.
+
+    ``--doctest-modules`` (for the package's doctests) would import every module here, and a
+    script such as ``lightning_run.py`` may import what is not installed.
+    """
+    name = collection_path.name
+    if collection_path.suffix == ".py" and not name.startswith("test_"):
+        return name not in ("conftest.py", "__init__.py")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker ends with its controller, and so do the servers it started."""
+    if hasattr(config, "workerinput"):
+        exit_with_parent()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that started a server although none of its tests is marked ``remote``.
+
+    So ``pytest -m "not remote"`` proves, each time it runs, that it started no server.
+    """
+    items = getattr(session, "items", [])
+    if STARTED and not any(item.get_closest_marker("remote") for item in items):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"no test is marked remote, yet servers started: {STARTED}")
 
 
 @pytest.fixture(name="store_url", params=STORES)

