@@ -239,6 +239,7 @@ INNER_TEST = textwrap.dedent(
 
 
 @pytest.mark.remote
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("how", "workers"),
     # SIGTERM takes SIGKILL's path: Python does not handle it, the process just ends.
