@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NoReturn
@@ -34,7 +33,6 @@ __all__ = [
     "TaskSummary",
     "clear_failures",
     "collect_garbage",
-    "failure_counts",
     "find_garbage",
     "find_task_folders",
     "open_existing_task",
@@ -325,28 +323,24 @@ def task_store(backend: Backend) -> SnapshotStore:
 
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
-    """Every committed snapshot of ``store``, oldest first, verified unless ``verify=False``."""
-    names = names_of(store.backend.entries())
-    failures = failure_counts(names)
+    """Every committed snapshot of ``store``, oldest first, verified unless ``verify=False``.
+
+    ``failures`` counts the failure marks a load would count (in a signed store, signed ones).
+    """
+    entries = store.backend.entries()
+    failures = store.failures(entries)
     return [
         dataclasses.replace(verify_snapshot(store, seq, verify=verify), failures=failures[seq])
-        for seq in reversed(manifest_seqs(names))
+        for seq in reversed(manifest_seqs(names_of(entries)))
     ]
 
 
-def failure_counts(names: Iterable[str]) -> Counter[int]:
-    """How many failure marks each snapshot has among the object ``names`` of a task."""
-    return Counter(
-        found.seq for n in names if (found := parse(n)) is not None and found.kind == "mark"
-    )
-
-
 def clear_failures(store: Backend, key: str) -> int:
-    """Remove the failure marks of task ``key``; how many there were."""
+    """Remove the failure marks of task ``key`` (signed or not); how many there were."""
     backend = open_task(store, key)
-    count = sum(failure_counts(names_of(backend.entries())).values())
+    marks = [n for n in names_of(backend.entries()) if (found := parse(n)) and found.kind == "mark"]
     SnapshotStore(backend, keep=1).clear_marks()
-    return count
+    return len(marks)
 
 
 # -- removal ------------------------------------------------------------------------------
