@@ -372,7 +372,7 @@ def _check_dir(folder: Path, store: str) -> None:
     folder that contains the store would delete the store, and snapshot it into itself.
     """
     real = Path(os.path.realpath(folder))
-    fix = "use a Dir of its own (e.g. Dir(\"outputs\")), or a store outside it (store=...)"
+    fix = 'use a Dir of its own (e.g. Dir("outputs")), or a store outside it (store=...)'
     if real == Path(real.anchor):
         raise ConfigurationError(
             f"Dir({str(folder)!r}) is the root folder: restoring a snapshot would delete "
