@@ -20,5 +20,6 @@ class ExampleSections(griffe.Extension):
     """Read ``Example:`` as ``Examples:`` in every docstring."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        """Rewrite the section title before the docstring is parsed."""
         if obj.docstring is not None:
             obj.docstring.value = _EXAMPLE.sub(r"\1Examples:", obj.docstring.value)
