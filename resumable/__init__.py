@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import get_type_hints as _get_type_hints
 
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, CheckpointInfo
 from ._codec import Limits
 from ._context import TaskContext, ctx
 from ._decorator import Dir, resumable
@@ -35,11 +35,13 @@ from ._errors import (
     UnsupportedDataError,
 )
 from ._latest import latest_checkpoint
+from ._preempt import request_stop
 from ._retry import RetryPolicy
 from ._version import VERSION as __version__
 
 __all__ = [
     "Checkpoint",
+    "CheckpointInfo",
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
@@ -61,6 +63,7 @@ __all__ = [
     "__version__",
     "ctx",
     "latest_checkpoint",
+    "request_stop",
     "resumable",
 ]
 

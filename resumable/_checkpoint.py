@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from ._backend import LocalBackend, open_backend
 from ._background import Background
@@ -42,15 +42,16 @@ from ._errors import (
     StorageError,
     UnsupportedDataError,
 )
+from ._names import is_temp, manifest_seqs, parse
 from ._pipe import PipelinedBackend
 from ._progress import ProgressArg, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
-from ._store import Kind, Manifest, SnapshotStore
+from ._store import Kind, Manifest, SnapshotStore, names_of
 from ._stream import Chunk, Spool, discard
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
 from ._workspace import create as create_workspace
 
-__all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "SaveData"]
+__all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
 
 log = logging.getLogger("resumable")
 
@@ -59,11 +60,50 @@ T = TypeVar("T")
 #: The environment variable that holds the default signing key.
 SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
 
-#: A callable that produces a snapshot's bytes, again on every call.
-Source = Callable[[], Iterable[Chunk]]
+#: Hands a payload's chunks, in order, to the ``write`` function it is given.
+Producer = Callable[[Callable[[Chunk], None]], None]
+#: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
+Source = Callable[[], Iterable[Chunk] | Producer]
 
 #: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
 SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
+
+#: Locations already warned about holding objects but no snapshot (one warning each).
+_warned_foreign: set[str] = set()
+_warned_lock = threading.Lock()
+#: How many of the objects found there the warning names.
+_NAMES_SHOWN = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """The newest committed snapshot of a checkpoint, as its manifest records it.
+
+    Returned by :meth:`Checkpoint.info_sync` / ``await info()``, which read one listing and
+    one manifest and restore nothing (flyte's ``prev_exists()``, with the metadata).
+
+    Example:
+        >>> import tempfile
+        >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+        ...     cp.save_sync(b"step 3")
+        ...     info = cp.info_sync()
+        >>> info.seq, info.kind, info.size
+        (0, 'bytes', 6)
+
+    """
+
+    #: The snapshot's sequence number: 0 for the first save, one more for each save after.
+    seq: int
+    #: What was saved: ``"bytes"``, a ``"file"``, a ``"dir"`` (folder) or pickled ``"state"``.
+    kind: Literal["bytes", "file", "dir", "state"]
+    #: The stored payload's size in bytes (a folder's compressed archive).
+    size: int
+    #: When it was committed, in seconds since the epoch (``time.time()``).
+    created: float
+    #: The attempt of the ``@resumable`` call that saved it (0 for a plain save).
+    attempt: int
+    #: Whether its manifest carries a signature (``info`` does not verify it: a load does).
+    signed: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -220,7 +260,10 @@ class Checkpoint:
         self.flush_sync()  # a load must see every snapshot saved before it
         self._check_open()
         root = self.path
-        return None if self.restore_into(root) is None else root
+        if self.restore_into(root) is None:
+            self._warn_if_foreign()
+            return None
+        return root
 
     async def load(self) -> Path | None:
         """Async twin of :meth:`load_sync`.
@@ -232,6 +275,120 @@ class Checkpoint:
 
         """
         return await run_async(self.load_sync)
+
+    def _warn_if_foreign(self) -> None:
+        """After a load found nothing: warn, once per location, when it holds other objects.
+
+        A location with files but no snapshot is often a checkpoint another tool wrote (such
+        as flyte's), or a store whose tasks are its sub-folders: ``load`` cannot read either.
+        """
+        if self.uri in _warned_foreign:
+            return
+        backend = self._store.backend
+        try:
+            names = names_of(backend.entries())
+            folders = backend.list_children()
+        except OSError:
+            return  # a warning is not worth a storage error
+        if manifest_seqs(names):
+            return  # snapshots exist (cleared, for one): not a foreign location
+        found = sorted(n for n in names if parse(n) is None and not is_temp(n))
+        found += [f"{folder}/" for folder in folders]
+        if not found:
+            return
+        with _warned_lock:
+            if self.uri in _warned_foreign:
+                return
+            _warned_foreign.add(self.uri)
+        more = len(found) - _NAMES_SHOWN
+        shown = ", ".join(found[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+        log.warning(
+            "%s holds objects but no snapshot (%s): load() returns None. It is not a "
+            "resumable checkpoint: files another tool wrote (flyte's checkpoint files, say) "
+            "are read as they are, with fsspec; a @resumable store keeps each task's snapshots "
+            "in a folder of its own (<store>/<key>)",
+            self.uri,
+            shown,
+        )
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def info_sync(self) -> CheckpointInfo | None:
+        """The newest committed snapshot's metadata, without restoring it; None if none.
+
+        One listing and one manifest read: a cheap "is there a snapshot to resume from?"
+        (flyte's ``prev_exists()``). The payload and signature are not verified: a load does,
+        and may then fall back to an older snapshot. An unreadable newest manifest is
+        skipped for the one before it.
+
+        Example:
+            >>> import tempfile
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     before = cp.info_sync()
+            ...     cp.save_sync(b"abc")
+            ...     before is None, cp.info_sync().kind
+            (True, 'bytes')
+
+        """
+        self.flush_sync()  # background saves made before this call count
+        return self._retried(self._newest_info, f"reading the newest manifest of {self.uri}")
+
+    async def info(self) -> CheckpointInfo | None:
+        """Async twin of :meth:`info_sync`.
+
+        Example:
+            >>> import asyncio, tempfile
+            >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).info()) is None
+            True
+
+        """
+        return await run_async(self.info_sync)
+
+    def exists_sync(self) -> bool:
+        """Whether a committed snapshot exists: ``info_sync() is not None``.
+
+        Example:
+            >>> import tempfile
+            >>> Checkpoint(tempfile.mkdtemp()).exists_sync()
+            False
+
+        """
+        return self.info_sync() is not None
+
+    async def exists(self) -> bool:
+        """Async twin of :meth:`exists_sync`.
+
+        Example:
+            >>> import asyncio, tempfile
+            >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).exists())
+            False
+
+        """
+        return await run_async(self.exists_sync)
+
+    def _newest_info(self) -> CheckpointInfo | None:
+        for _ in range(3):  # a manifest pruned since the listing: newer ones exist, list again
+            for seq in manifest_seqs(names_of(self._store.backend.entries())):
+                try:
+                    m = self._store.manifest(seq)
+                except FileNotFoundError:
+                    break
+                except CorruptCheckpointError as exc:
+                    log.debug("%s: manifest %d is unreadable (%s)", self.uri, seq, exc)
+                    continue
+                if m.kind == "cleared":
+                    return None  # the task was cleared: nothing older counts
+                return CheckpointInfo(
+                    seq=m.seq,
+                    kind=m.kind,
+                    size=m.size,
+                    created=m.created,
+                    attempt=m.attempt,
+                    signed="hmac" in m.extra,
+                )
+            else:
+                return None
+        return None
 
     # -- save ---------------------------------------------------------------------------
 
@@ -412,6 +569,23 @@ class Checkpoint:
         """
         return self._poison_tolerant(
             lambda after: self._store.read_newest(accept, after), poison_after
+        )
+
+    def read_newest_with(
+        self,
+        decode: Callable[[Iterator[Chunk]], T],
+        *,
+        accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
+    ) -> tuple[Manifest, T] | None:
+        """The newest valid snapshot's manifest and ``decode(payload)``, streamed, no copy.
+
+        ``decode`` reads the payload's chunks as they arrive, verified as they stream; a
+        digest mismatch at the end falls back to the previous snapshot. A signed store
+        verifies the whole payload before ``decode`` sees it.
+        """
+        return self._poison_tolerant(
+            lambda after: self._store.read_newest_with(decode, accept, after), poison_after
         )
 
     def _poison_tolerant(self, load: Callable[[int | None], T], poison_after: int | None) -> T:

@@ -12,7 +12,31 @@ if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
     from ._persist import Persister
 
-__all__ = ["TaskContext", "ctx", "enter_task", "leave_task"]
+__all__ = ["AttemptNumber", "TaskContext", "ctx", "enter_task", "leave_task"]
+
+
+class AttemptNumber(int):
+    """An attempt number: an ``int`` that can also be called, returning itself.
+
+    flyte's ``attempt_number`` is a property and this library's was a method; as this type is
+    both, ``ctx().attempt_number == 0`` and ``ctx().attempt_number() == 0`` both hold on the
+    first attempt (comparing a bound method with ``0`` was silently always ``False``).
+
+    Example:
+        >>> n = AttemptNumber(0)
+        >>> n == 0, n() == 0, n + 1, f"{n}"
+        (True, True, 1, '0')
+
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> int:
+        """The number as a plain ``int`` (the older, method spelling)."""
+        return int(self)
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
 
 
 class TaskContext:
@@ -22,9 +46,9 @@ class TaskContext:
         >>> from resumable import resumable, ctx
         >>> @resumable(store="memory://doc-ctx")
         ... def task():
-        ...     return ctx().attempt_number()
+        ...     return ctx().attempt_number == 0, ctx().attempt_number()
         >>> task()
-        0
+        (True, 0)
 
     """
 
@@ -43,13 +67,18 @@ class TaskContext:
     def __repr__(self) -> str:
         return f"TaskContext(key={self.key!r}, attempt={self._attempt})"
 
-    def attempt_number(self) -> int:
-        """The attempt number of this call in this process: 0 first, 1 for the first retry."""
-        return self._attempt
+    @property
+    def attempt_number(self) -> AttemptNumber:
+        """The attempt number of this call in this process: 0 first, 1 for the first retry.
+
+        An ``int`` (as in flyte: ``ctx().attempt_number == 0``) that may also be called
+        (``ctx().attempt_number() == 0``), so code written either way works.
+        """
+        return AttemptNumber(self._attempt)
 
     @property
     def preempted(self) -> bool:
-        """Whether the process was asked to stop (``preemptible=True`` and SIGTERM).
+        """Whether the call was asked to stop (``request_stop()``, or SIGTERM if preemptible).
 
         A task without yields can poll it, save with :meth:`save_sync`, which then raises
         ``Preempted``.

@@ -39,6 +39,8 @@ from ._persist import Persister
 from ._pickling import Task
 from ._preempt import PreemptionWatch
 from ._retry import RetryPolicy
+from ._rng import restore_rng
+from ._statecodec import read_state
 from ._store import Manifest
 from ._threads import run_async
 
@@ -130,7 +132,8 @@ class _Spec:
     store: str | None
     key: str | Callable[..., str] | None
     retries: int
-    retry_on: tuple[type[BaseException], ...]
+    retry_on: tuple[type[BaseException], ...] | tenacity.retry_base
+    no_retry_on: tuple[type[BaseException], ...]
     wait: tenacity.wait.wait_base
     every: int
     every_seconds: float | None
@@ -142,6 +145,7 @@ class _Spec:
     signing_key: bytes | str | None
     storage_options: dict[str, Any] | None
     storage_retry: RetryPolicy | None
+    rng: bool = False
 
     def decorate(self, fn: Any) -> Any:
         """``fn`` decorated with these options (how a task pickled by value is rebuilt)."""
@@ -182,11 +186,23 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
-def _retry_on(value: object) -> tuple[type[BaseException], ...]:
+def _retry_on(value: object) -> tuple[type[BaseException], ...] | tenacity.retry_base:
+    if isinstance(value, tenacity.retry_base):
+        return value
     types = value if isinstance(value, tuple) else (value,)
     if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
         raise ConfigurationError(
-            f"retry_on must be an exception type or a tuple of them, got {value!r}"
+            "retry_on must be an exception type, a tuple of them or a tenacity retry "
+            f"strategy, got {value!r}"
+        )
+    return types
+
+
+def _no_retry_on(value: object) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ConfigurationError(
+            f"no_retry_on must be an exception type or a tuple of them, got {value!r}"
         )
     return types
 
@@ -198,7 +214,10 @@ def resumable(
     store: str | os.PathLike[str] | None = None,
     key: str | Callable[..., str] | None = None,
     retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | tenacity.retry_base = (
+        Exception,
+    ),
+    no_retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     wait: float | tenacity.wait.wait_base | None = None,
     every: int = 1,
     every_seconds: float | None = None,
@@ -210,6 +229,7 @@ def resumable(
     signing_key: bytes | str | None = None,
     storage_options: dict[str, Any] | None = None,
     storage_retry: RetryPolicy | None = None,
+    rng: bool = False,
 ) -> _Decorator:
     """Make a task resume from its last snapshot after a crash or a retry.
 
@@ -223,7 +243,11 @@ def resumable(
         key: a string, or a callable of the call's arguments (methods: ``self`` first) that
             returns one. Default: module + qualified name + a digest of the arguments.
         retries: how many times to retry after the first attempt fails.
-        retry_on: the exception types that are retried (library errors never are).
+        retry_on: the exception types that are retried, or a tenacity retry strategy that
+            decides from the failed attempt (e.g. ``tenacity.retry_if_exception(pred)``);
+            only exceptions are ever retried, never results, and library errors never are.
+        no_retry_on: exception types never retried, even when ``retry_on`` matches them
+            (flyte's non-recoverable errors): "retry everything except these".
         wait: seconds between attempts, or a tenacity wait strategy; default: exponential
             backoff with jitter from 0.1 s, capped at 10 s.
         every: persist every N-th yield.
@@ -235,13 +259,20 @@ def resumable(
             process) from the same snapshot without saving a newer one, skip that snapshot
             and fall back to an older one, if an older one is valid. Off by default
             (``None``): a transient outage would count against a good snapshot.
-        preemptible: on SIGTERM, persist the next yield at once, flush, and raise
-            ``Preempted`` (not retried); the next process resumes. Main thread only.
+        preemptible: on SIGTERM, persist the next yield at once, flush, raise
+            ``Preempted`` (not retried), and only then hand the signal to the previous
+            handler; the next process resumes. The handler is installed when the call
+            runs in the main thread; elsewhere use ``request_stop()``.
         signing_key: sign snapshots and refuse unsigned ones (default
             ``$RESUMABLE_SIGNING_KEY``); see ``Checkpoint``.
         storage_options: passed to the fsspec filesystem of ``store`` (credentials, ...).
         storage_retry: how storage calls are retried and time out (a ``RetryPolicy``);
             separate from ``retries``, which retries the task itself.
+        rng: store the states of the global random generators in use (``random``, NumPy's,
+            torch's CPU and CUDA ones; see ``capture_rng``) with every snapshot, and restore
+            them just before the task is called to resume from it. The task must then not
+            reseed or draw from them before its loop when it resumes (seed only when the
+            injected state is the initial one). Needs pickled ``state=`` (not ``Dir``).
 
     Example:
         >>> @resumable(state=0, store="memory://doc-counter")
@@ -280,6 +311,7 @@ def resumable(
         key=key,
         retries=_positive_int("retries", retries, 0),
         retry_on=_retry_on(retry_on),
+        no_retry_on=_no_retry_on(no_retry_on),
         wait=_wait_strategy(wait),
         every=_positive_int("every", every, 1),
         every_seconds=every_seconds,
@@ -293,7 +325,13 @@ def resumable(
         signing_key=signing_key,
         storage_options=storage_options,
         storage_retry=storage_retry,
+        rng=_flag("rng", rng),
     )
+    if spec.rng and (folder is not None or not spec.inject):
+        raise ConfigurationError(
+            "rng=True stores the generators' states beside pickled state: it needs "
+            "state=<value>, not Dir() or no state"
+        )
     return _make_decorator(spec)  # type: ignore[return-value]
 
 
@@ -462,6 +500,7 @@ class _Call:
             every=spec.every,
             every_seconds=spec.every_seconds,
             background=spec.background,
+            rng=spec.rng,
         )
 
     def _key(self, instance: Any) -> str:
@@ -479,7 +518,18 @@ class _Call:
     # -- retry policy ---------------------------------------------------------------------
 
     def _should_retry(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.spec.retry_on) and not isinstance(exc, ResumableError)
+        """Whether an exception may be retried by type (``retry_on`` types, ``no_retry_on``)."""
+        never: tuple[type[BaseException], ...] = (ResumableError, *self.spec.no_retry_on)
+        if isinstance(exc, never):
+            return False
+        retry_on = self.spec.retry_on
+        return not isinstance(retry_on, tuple) or isinstance(exc, retry_on)
+
+    def _retry_strategy(self) -> tenacity.retry_base:
+        """Retry exceptions only: those ``_should_retry`` allows, and the user's strategy's."""
+        by_type = tenacity.retry_if_exception(self._should_retry)
+        retry_on = self.spec.retry_on
+        return by_type if isinstance(retry_on, tuple) else by_type & retry_on
 
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -497,7 +547,7 @@ class _Call:
         return {
             "stop": tenacity.stop_after_attempt(self.spec.retries + 1),
             "wait": self.spec.wait,
-            "retry": tenacity.retry_if_exception(self._should_retry),
+            "retry": self._retry_strategy(),
             "reraise": True,
             "before_sleep": self._before_sleep,
         }
@@ -574,10 +624,14 @@ class _Call:
             m = _restore_dir(cp, folder, self._accept, poison_after)
             value: Any = folder
         else:
-            found = cp.read_newest(accept=self._accept, poison_after=poison_after)
+            # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
+            found = cp.read_newest_with(read_state, accept=self._accept, poison_after=poison_after)
             assert self.spec.initial is not None
-            m, pickled = found if found is not None else (None, self.spec.initial)
-            value = loads_state(pickled)  # straight from the verified bytes: no disk trip
+            m, (value, extras) = found if found is not None else (None, (None, {}))
+            if m is None:
+                value = loads_state(self.spec.initial)
+            elif self.spec.rng and "rng" in extras:
+                restore_rng(extras["rng"])  # just before the attempt resumes from it
         self.restored = None if m is None else m.seq
         if m is not None and poison_after is not None:
             self.newest_at_start = cp.newest_seq()
@@ -601,10 +655,8 @@ class _Call:
             self.checkpoint.clear_marks()
 
     def guard(self) -> contextlib.AbstractContextManager[None]:
-        """SIGTERM handling for the whole call, when asked for."""
-        if self.spec.preemptible:
-            return PreemptionWatch(self.persister.preempt)
-        return contextlib.nullcontext()
+        """Stop requests for the whole call: ``request_stop()``, and SIGTERM if preemptible."""
+        return PreemptionWatch(self.persister.preempt, signals=self.spec.preemptible)
 
     def close(self) -> None:
         self.checkpoint.close()

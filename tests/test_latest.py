@@ -1,4 +1,4 @@
-"""latest_checkpoint: the newest match by modification time."""
+"""latest_checkpoint: the newest match by modification time, or by key=."""
 
 from __future__ import annotations
 
@@ -37,3 +37,35 @@ def test_accepts_str_root(tmp_path: Path) -> None:
     """The root may be a str."""
     (tmp_path / "last.ckpt").write_text("x")
     assert latest_checkpoint(str(tmp_path)) == tmp_path / "last.ckpt"
+
+
+def test_key_ranks_by_step_number_not_mtime(tmp_path: Path) -> None:
+    """key= ranks matches by what it returns (the step in the name), not modification time."""
+    for step, mtime in ((9, 3000), (10, 1000), (2, 2000)):
+        f = tmp_path / f"step-{step}.pt"
+        f.write_text(str(step))
+        os.utime(f, (mtime, mtime))
+    assert latest_checkpoint(tmp_path, "*.pt") == tmp_path / "step-9.pt"  # newest mtime
+    by_step = latest_checkpoint(tmp_path, "*.pt", key=lambda p: int(p.stem.split("-")[1]))
+    assert by_step == tmp_path / "step-10.pt"  # a string sort would pick step-9
+
+
+def test_key_returning_none_leaves_a_match_out(tmp_path: Path) -> None:
+    """A match for which key returns None is not a candidate; all left out gives None."""
+    (tmp_path / "step-3.pt").write_text("3")
+    (tmp_path / "best.pt").write_text("b")
+
+    def step(path: Path) -> int | None:
+        _, _, number = path.stem.partition("-")
+        return int(number) if number.isdigit() else None
+
+    assert latest_checkpoint(tmp_path, "*.pt", key=step) == tmp_path / "step-3.pt"
+    assert latest_checkpoint(tmp_path, "best.pt", key=step) is None
+
+
+def test_key_ties_are_broken_by_path(tmp_path: Path) -> None:
+    """Equal keys: the greatest path wins, so the answer does not depend on listing order."""
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "last.ckpt").write_text(sub)
+    assert latest_checkpoint(tmp_path, key=lambda p: 0) == tmp_path / "b" / "last.ckpt"

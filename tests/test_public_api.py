@@ -13,6 +13,7 @@ from resumable import _errors
 
 EXPECTED = [
     "Checkpoint",
+    "CheckpointInfo",
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
@@ -34,6 +35,7 @@ EXPECTED = [
     "__version__",
     "ctx",
     "latest_checkpoint",
+    "request_stop",
     "resumable",
 ]
 
