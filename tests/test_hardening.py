@@ -258,26 +258,7 @@ def test_sigterm_saves_then_raises_preempted(tmp_path: Path) -> None:
     assert saved > 1000
 
 
-def test_preemptible_outside_main_thread_is_refused(store_url: str) -> None:
-    """preemptible=True in a worker thread is a clear error, not a silent no-op."""
-    import threading
-
-    errors: list[BaseException] = []
-
-    @resumable(state=0, store=store_url, preemptible=True)
-    def task(state: int = 0) -> int:
-        return state
-
-    def run() -> None:
-        try:
-            task()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    assert isinstance(errors[0], ConfigurationError)
+# preemptible=True on a worker thread: tests/test_preempt.py.
 
 
 def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:

@@ -1,18 +1,30 @@
-"""A stop request is never swallowed: SIGTERM with no yield or save after it still stops.
+"""Stop requests: ``request_stop()`` from any thread, and SIGTERM with ``preemptible=True``.
 
-Real processes, real signals: each script runs a ``preemptible=True`` task that gets SIGTERM
-when no further yield or save comes, then prints "carried on" if the process went on.
+SIGTERM with real processes and real signals: each script runs a ``preemptible=True`` task;
+the signal is handed to the previous handler only after the call saved and stopped, and a
+request is never swallowed (with no yield or save after it, the process still stops; the
+script prints "carried on" if it went on).
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from resumable import Preempted, request_stop, resumable
+
+#: How long a test waits for an event before it fails (never reached when all is well).
+DEADLINE = 60.0
+KINDS = ["sync", "async"]
 
 HEADER = """
 import asyncio, os, signal, sys
@@ -107,3 +119,130 @@ print(task(), flush=True)
     code, out = _run(tmp_path, body)
     assert code == 0
     assert "done" in out
+
+
+SAVE_THEN_EXIT = """
+def previous(signum, frame):
+    print("previous handler", flush=True)
+    os._exit(7)  # like an engine's handler: exits at once, nothing flushed after it
+signal.signal(signal.SIGTERM, previous)
+@resumable(state=0, store=store, key="x", every=10**9, preemptible=True)
+def task(state=0):
+    i = state
+    while True:
+        i += 1
+        if i == 1000:
+            print("after the last yield", flush=True)  # the parent sends SIGTERM now
+            sys.stdin.readline()
+        yield i
+task()
+"""
+
+
+def test_snapshot_is_saved_before_a_previous_handler_that_exits(tmp_path: Path) -> None:
+    """SIGTERM saves the next yield first; only then the previous handler runs (and exits)."""
+    code, out = _run(tmp_path, SAVE_THEN_EXIT, parent_signals=True)
+    assert code == 7, out
+    assert out.strip() == "previous handler"
+    assert _saved_state(str(tmp_path / "store"), "x") == 1000  # 0: ran before the save
+
+
+def _saved_state(store: str, key: str) -> int:
+    """The state a new call of the task ``key`` would resume from (0 when none was saved)."""
+
+    @resumable(state=0, store=store, key=key, on_success="keep")
+    def peek(state: int = 0) -> int:
+        return state
+
+    return peek()
+
+
+def _run_kind(kind: str, make: Callable[[], Any]) -> Any:
+    """Call a sync task, or run an async one to completion."""
+    if kind == "sync":
+        return make()
+    return asyncio.run(make())
+
+
+def _in_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on a new thread and return its result (or raise its exception)."""
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(DEADLINE)
+    assert outcome, "the thread did not finish in time"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_preemptible_on_a_worker_thread_runs(tmp_path: Path, kind: str) -> None:
+    """preemptible=True off the main thread runs the task and leaves SIGTERM's handler alone."""
+    store = str(tmp_path / "store")
+    before = signal.getsignal(signal.SIGTERM)
+
+    @resumable(state=0, store=store, key="s", preemptible=True)
+    def task(state: int = 0) -> Generator[int, None, int]:
+        yield state + 1
+        assert signal.getsignal(signal.SIGTERM) is before
+        return state + 1
+
+    @resumable(state=0, store=store, key="a", preemptible=True)
+    async def atask(state: int = 0) -> AsyncIterator[int]:
+        yield state + 1
+        assert signal.getsignal(signal.SIGTERM) is before
+
+    assert _in_thread(lambda: _run_kind(kind, task if kind == "sync" else atask)) == 1
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_request_stop_from_another_thread_saves_the_next_yield(tmp_path: Path, kind: str) -> None:
+    """request_stop() makes a running task persist its next yield, flush, and raise Preempted."""
+    store = str(tmp_path / "store")
+    reached, asked = threading.Event(), threading.Event()
+    counts: list[int] = []
+
+    def wait_here(i: int) -> None:
+        if i == 5:
+            reached.set()
+            assert asked.wait(DEADLINE)
+
+    @resumable(state=0, store=store, key="k", every=10**9)
+    def task(state: int = 0) -> Iterator[int]:
+        i = state
+        while True:
+            i += 1
+            wait_here(i)
+            yield i
+
+    @resumable(state=0, store=store, key="k", every=10**9)
+    async def atask(state: int = 0) -> AsyncIterator[int]:
+        i = state
+        while True:
+            i += 1
+            wait_here(i)
+            yield i
+
+    def stopper() -> None:
+        assert reached.wait(DEADLINE)
+        counts.append(request_stop())
+        asked.set()
+
+    thread = threading.Thread(target=stopper)
+    thread.start()
+    with pytest.raises(Preempted):
+        _run_kind(kind, task if kind == "sync" else atask)
+    thread.join(DEADLINE)
+    assert counts == [1]
+    assert request_stop() == 0  # the call ended: nothing is running any more
+    assert _saved_state(store, "k") == 5
