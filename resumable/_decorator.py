@@ -33,6 +33,7 @@ import wrapt
 from ._checkpoint import Checkpoint
 from ._codec import dumps_state, loads_state
 from ._context import TaskContext, enter_task, leave_task
+from ._engines import warn_if_unshared
 from ._errors import ConfigurationError, ResumableError, StateError
 from ._keys import call_key, check_key, pin_task_name
 from ._persist import Persister
@@ -481,6 +482,8 @@ class _Call:
         store = spec.store or os.environ.get("RESUMABLE_STORE") or _DEFAULT_STORE
         if "://" not in store:
             store = os.path.abspath(store)
+        self.store = store  # resolved now, in the process and folder the call runs in
+        warn_if_unshared(store)
         self.checkpoint = Checkpoint(
             f"{store if store.endswith('/') else store + '/'}{self.key}",
             keep=spec.keep,
@@ -636,7 +639,13 @@ class _Call:
         if m is not None and poison_after is not None:
             self.newest_at_start = cp.newest_seq()
         if m is not None:
-            log.info("%s: attempt %d resumes from snapshot %d", self.key, number, m.seq)
+            log.info(
+                "%s: attempt %d resumes from snapshot %d of %s",
+                self.key,
+                number,
+                m.seq,
+                self.store,
+            )
         elif number:
             log.info("%s: attempt %d starts from the initial state", self.key, number)
         return value
