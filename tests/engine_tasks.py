@@ -66,6 +66,33 @@ def count(
     return total
 
 
+@resumable(state=0, every=1000, preemptible=True)
+def steady(n: int, side: str, notify: str, state: int = 0) -> Generator[int, None, int]:
+    """Count to ``n``, slowly in a call from zero; snapshots only when asked to stop.
+
+    ``every=1000`` holds back every yield but the one after a stop request (``request_stop()``,
+    or SIGTERM in the main thread with ``preemptible=True``): a rerun starts exactly there.
+    """
+    send(notify, f"start {state} {os.getpid()}")
+    total = state * (state + 1) // 2
+    for i in range(state, n):
+        step = i + 1
+        with open(side, "a") as steps:
+            steps.write(f"{step}\n")
+        total += step
+        yield step
+        if state == 0:
+            send(notify, f"step {step}")
+            time.sleep(0.02)  # the work of a step (not a wait for anything): a slow first run
+    send(notify, "done")
+    return total
+
+
+def ray_steady(n: int, side: str, notify: str) -> int:
+    """``steady`` through a plain function, for ``ray.remote``."""
+    return steady(n, side, notify)
+
+
 def timed_count(n: int, side: str, notify: str, hang_at: int) -> int:
     """Call ``count`` and report the seconds from this call to its first yield."""
     _CALL_STARTED.append(time.monotonic())

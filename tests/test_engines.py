@@ -310,3 +310,76 @@ def test_ray_remote_takes_the_decorated_task() -> None:
     """ray.remote(task) on the decorated task itself, as it does on a plain function."""
     ray = pytest.importorskip("ray")
     ray.remote(max_retries=2)(engine_tasks.count)
+
+
+# -- stop requests: save at the next yield, then stop --------------------------------------
+
+STEADY_N = 400
+
+
+def stop_and_resume(
+    listener: Listener, side: Path, stop: Callable[[int], None], result: Callable[[], Any]
+) -> Outcome:
+    """Ask the worker running ``steady`` to stop after a few steps; check the exact resume."""
+    _, words = listener.wait_for("start")
+    assert words[1] == "0", words
+    pid = int(words[2])
+    listener.wait_for("step 3")
+    asked_at = time.monotonic()
+    stop(pid)
+    started_at, words = listener.wait_for("start")
+    resume_step, new_pid = int(words[1]), int(words[2])
+    value = result()
+    done_at = time.monotonic()
+    steps = executed_steps(str(side))
+    first_run = steps[: steps.index(resume_step) + 1]
+    repeated = sorted({s for s in steps if steps.count(s) > 1})
+    outcome = Outcome(
+        pid, max(first_run), resume_step, repeated, started_at - asked_at, 0.0, done_at - asked_at
+    )
+    print(f"\n{outcome} (new pid {new_pid})")
+    assert value == STEADY_N * (STEADY_N + 1) // 2
+    assert resume_step >= 3
+    assert first_run == list(range(1, resume_step + 1))  # saved at the first yield asked
+    assert repeated == []
+    assert sorted(steps) == list(range(1, STEADY_N + 1))
+    return outcome
+
+
+def test_dask_request_stop_on_a_worker_then_retry_resumes(
+    listener: Listener, tmp_path: Path
+) -> None:
+    """client.run(request_stop) on the task's worker: it saves, stops; Dask's retry resumes."""
+    from resumable import request_stop
+
+    side = tmp_path / "steps"
+    with dask_client({"RESUMABLE_STORE": str(tmp_path / "store")}) as client:
+        future = client.submit(
+            engine_tasks.steady, STEADY_N, str(side), listener.address, retries=2, pure=False
+        )
+
+        def stop(pid: int) -> None:
+            address = next(a for a, p in client.run(os.getpid).items() if p == pid)
+            asked = client.run(request_stop, workers=[address])
+            assert asked == {address: 1}
+
+        stop_and_resume(listener, side, stop, lambda: future.result(timeout=120))
+
+
+@pytest.mark.slow
+def test_ray_sigterm_to_a_preemptible_task_saves_then_retry_resumes(
+    ray: Any, listener: Listener, tmp_path: Path
+) -> None:
+    """SIGTERM to the Ray worker: preemptible=True saves first, then Ray's handler exits it."""
+    side = tmp_path / "steps"
+    env = {"PYTHONPATH": str(ROOT), "RESUMABLE_STORE": str(tmp_path / "store")}
+    remote = ray.remote(max_retries=2)(engine_tasks.ray_steady)
+    ref = remote.options(runtime_env={"env_vars": env}).remote(
+        STEADY_N, str(side), listener.address
+    )
+
+    def sigterm(pid: int) -> None:
+        os.kill(pid, signal.SIGTERM)
+
+    outcome = stop_and_resume(listener, side, sigterm, lambda: ray.get(ref, timeout=120))
+    assert not alive(outcome.killed_pid)
