@@ -9,15 +9,20 @@ stored (level 0) when it does not, so random data costs a CRC rather than second
 
 from __future__ import annotations
 
+import contextlib
+import decimal
+import functools
 import io
 import os
 import stat
 import tarfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import cloudpickle
 
@@ -29,10 +34,12 @@ from ._errors import (
     UnsafeSymlinkError,
     UnsupportedDataError,
 )
-from ._stream import CHUNK_SIZE, Chunk, ChunkReader, ordered_map
+from ._stream import CHUNK_SIZE, Chunk, ordered_map
+from ._threads import run_on_io
 
 __all__ = [
     "Compression",
+    "HoleWriter",
     "Limits",
     "TarFacts",
     "dumps_state",
@@ -42,6 +49,7 @@ __all__ = [
     "iter_file",
     "iter_tar",
     "loads_state",
+    "write_file",
 ]
 
 Compression = Literal["gzip", "none"]
@@ -233,7 +241,9 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
     for path, name, st in _entries(root):
         facts.members += 1
         info = tarfile.TarInfo(name)
-        info.mtime = int(st.st_mtime)
+        info.mtime, frac = divmod(st.st_mtime_ns, 1_000_000_000)
+        if frac and info.mtime >= 0:  # pax keeps the nanoseconds that ustar drops
+            info.pax_headers = {"mtime": f"{info.mtime}.{frac:09d}"}
         info.mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
@@ -350,7 +360,8 @@ class _Guard:
                 "records"
             )
 
-    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    def check(self, member: tarfile.TarInfo) -> str:
+        """The member's path under the root, or ``UnsafeArchiveError``."""
         self._count(member)
         name = member.name.replace("\\", "/")
         if name.startswith("/") or ".." in name.split("/"):
@@ -370,10 +381,9 @@ class _Guard:
             if not link or link.startswith("/"):
                 raise _refuse(member, f"its link target {member.linkname!r} is absolute or empty")
             self._links[path] = self._resolve(member, [*where[:-1], *link.split("/")], True)
-        try:
-            return tarfile.data_filter(member, dest)
-        except tarfile.FilterError as exc:
-            raise _refuse(member, str(exc)) from exc
+        elif not (member.isreg() or member.isdir()):
+            raise _refuse(member, "only files, folders and links are restored (a device or fifo)")
+        return path
 
 
 def _bounded(chunks: Iterable[Chunk], limit: int) -> Iterator[Chunk]:
@@ -387,20 +397,328 @@ def _bounded(chunks: Iterable[Chunk], limit: int) -> Iterator[Chunk]:
         yield chunk
 
 
+class _Forward:
+    """A forward-only binary file over chunks: ``read``, ``tell`` and ``seek`` ahead.
+
+    Enough for ``tarfile`` in its ordinary (not stream) mode, whose reads of a 512-byte
+    header cost a slice here, where its stream mode copies its whole buffer on every read.
+    """
+
+    def __init__(self, chunks: Iterable[Chunk]) -> None:
+        self._chunks = iter(chunks)
+        self._buf = memoryview(b"")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        """Always true."""
+        return True
+
+    def seekable(self) -> bool:
+        """True, but only forward."""
+        return True
+
+    def tell(self) -> int:
+        """Bytes consumed so far."""
+        return self._pos
+
+    def _take(self, size: int) -> list[memoryview]:
+        out: list[memoryview] = []
+        while size:
+            if not self._buf:
+                nxt = next(self._chunks, None)
+                if nxt is None:
+                    break
+                self._buf = memoryview(nxt).cast("B")
+            piece, self._buf = self._buf[:size], self._buf[size:]
+            out.append(piece)
+            size -= len(piece)
+            self._pos += len(piece)
+        return out
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); ``b""`` at the end."""
+        if size < 0:
+            size = 1 << 62
+        pieces = self._take(size)
+        return pieces[0].tobytes() if len(pieces) == 1 else b"".join(pieces)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Skip ahead to ``offset``; going back is an error."""
+        target = offset + (self._pos if whence == os.SEEK_CUR else 0)
+        if whence == os.SEEK_END or target < self._pos:
+            raise io.UnsupportedOperation("a tar stream is read forward only")
+        self._take(target - self._pos)
+        return self._pos
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes from ``offset`` on, or ``tarfile.ReadError``."""
+        self.seek(offset)
+        data = self.read(size)
+        if len(data) != size:
+            raise tarfile.ReadError("unexpected end of data")
+        return data
+
+    def drain(self) -> None:
+        """Consume what is left, so that a digest over the source sees every byte."""
+        self._buf = memoryview(b"")
+        for _ in self._chunks:
+            pass
+
+
+# Runs of this many zero bytes in a restored file become holes (the file stays sparse).
+_HOLE = 64 * 1024
+_ZEROS = bytes(_HOLE)
+
+
+class HoleWriter:
+    """Writes a file's bytes at increasing offsets, seeking over zero blocks (holes).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     w = HoleWriter(f.fileno())
+        ...     w.write(b"a" + bytes(200_000))
+        ...     w.close()
+        ...     os.fstat(f.fileno()).st_size
+        200001
+
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pos = 0
+
+    def write(self, data: Chunk) -> None:
+        """Append ``data``; zero blocks of 64 KiB are skipped, not written."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        start = 0  # beginning of the pending run of data
+        i = 0
+        while i < n:
+            end = min(i + _HOLE, n)
+            # Random data almost never starts and ends with a zero: a compare only then.
+            if end - i == _HOLE and view[i] == 0 and view[end - 1] == 0 and view[i:end] == _ZEROS:
+                if start < i:
+                    _pwrite_all(self._fd, view[start:i], self._pos + start)
+                start = end
+            i = end
+        if start < n:
+            _pwrite_all(self._fd, view[start:], self._pos + start)
+        self._pos += n
+
+    def close(self) -> None:
+        """Set the size: a file that ends in a hole gets its full length."""
+        os.ftruncate(self._fd, self._pos)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def write_file(path: Path, chunks: Iterable[Chunk]) -> None:
+    """Write ``chunks`` to a new file at ``path``, keeping runs of zeros as holes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        w = HoleWriter(fd)
+        for chunk in chunks:
+            w.write(chunk)
+        w.close()
+    finally:
+        os.close(fd)
+
+
+def _mtime_ns(member: tarfile.TarInfo) -> int:
+    """A member's mtime in nanoseconds: exact from a pax ``mtime``, else its seconds."""
+    text = member.pax_headers.get("mtime")
+    try:
+        if text is not None:
+            return int(decimal.Decimal(text).scaleb(9))
+        return int(member.mtime) * 1_000_000_000
+    except (ArithmeticError, ValueError, TypeError):
+        return 0
+
+
+def _data_mode(member: tarfile.TarInfo) -> int:
+    """A file's mode as ``tarfile``'s ``data`` filter sets it: no high bits, no go-w, u+rw."""
+    mode = member.mode & 0o755
+    if not mode & 0o100:
+        mode &= ~0o111
+    return mode | 0o600
+
+
+# A small file: read whole and created on an IO thread, in batches.
+_SMALL = 256 * 1024
+_BATCH_FILES = 256
+_BATCH_BYTES = 4 << 20
+_IN_FLIGHT = 3
+
+_File = tuple[str, bytes, int, int]  # path, content, mode, mtime in ns
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_small(batch: list[_File]) -> None:
+    for path, data, mode, ns in batch:
+        fd = os.open(path, _NEW_FILE, 0o600)
+        try:
+            if data:
+                _pwrite_all(fd, memoryview(data), 0)
+            os.fchmod(fd, mode)
+            _set_mtime(fd, path, ns)
+        finally:
+            os.close(fd)
+
+
+def _set_mtime(fd: int | str, name: str, ns: int) -> None:
+    try:
+        os.utime(fd, ns=(ns, ns), follow_symlinks=not isinstance(fd, str))
+    except (OverflowError, OSError) as exc:
+        raise tarfile.ExtractError(f"could not set the time of {name!r}: {exc}") from None
+
+
+class _Writer:
+    """Creates an archive's files: small ones in batches on IO threads, the rest in order.
+
+    No fsync: a restore is a copy of a committed, durable snapshot, made visible by one
+    rename once complete; after a crash the next run restores it again from the store.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self._dest = str(dest)
+        self._batch: list[_File] = []
+        self._batch_bytes = 0
+        self._flight: deque[Future[None]] = deque()
+        self._made: set[str] = {""}  # folders known to exist (relative)
+        self._files: set[str] = set()  # files written so far (relative)
+        self._dirs: list[tuple[str, int]] = []  # folders and their mtimes, set at the end
+
+    def _parent(self, rel: str) -> None:
+        parent = rel.rpartition("/")[0]
+        if parent not in self._made:
+            os.makedirs(os.path.join(self._dest, parent), exist_ok=True)
+            while parent and parent not in self._made:
+                self._made.add(parent)
+                parent = parent.rpartition("/")[0]
+
+    def _send(self) -> None:
+        if self._batch:
+            while len(self._flight) >= _IN_FLIGHT:
+                self._flight.popleft().result()
+            self._flight.append(run_on_io(functools.partial(_write_small, self._batch)))
+            self._batch, self._batch_bytes = [], 0
+
+    def settle(self) -> None:
+        """Wait for every file in flight (their errors raise here)."""
+        self._send()
+        while self._flight:
+            self._flight.popleft().result()
+
+    def abandon(self) -> None:
+        """Wait for the files in flight, ignoring their errors (one is already raising)."""
+        self._batch = []
+        while self._flight:
+            with contextlib.suppress(BaseException):
+                self._flight.popleft().result()
+
+    def _replacing(self, rel: str) -> None:
+        """Before writing at ``rel`` a second time, let the first write land."""
+        if rel in self._files:
+            self.settle()
+
+    def directory(self, rel: str, member: tarfile.TarInfo) -> None:
+        self._parent(rel)
+        path = os.path.join(self._dest, rel)
+        if rel not in self._made:
+            self._replacing(rel)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+            self._made.add(rel)
+        self._dirs.append((rel, _mtime_ns(member)))
+
+    def link(self, rel: str, member: tarfile.TarInfo) -> None:
+        self._parent(rel)
+        self.settle()
+        path = os.path.join(self._dest, rel)
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(member.linkname, path)
+        _set_mtime(path, rel, _mtime_ns(member))
+
+    def small(self, rel: str, member: tarfile.TarInfo, data: bytes) -> None:
+        self._parent(rel)
+        self._replacing(rel)
+        self._files.add(rel)
+        path = os.path.join(self._dest, rel)
+        self._batch.append((path, data, _data_mode(member), _mtime_ns(member)))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._send()
+
+    def large(self, rel: str, member: tarfile.TarInfo, source: IO[bytes]) -> None:
+        self._parent(rel)
+        self._replacing(rel)
+        self._files.add(rel)
+        path = os.path.join(self._dest, rel)
+        fd = os.open(path, _NEW_FILE, 0o600)
+        try:
+            w = HoleWriter(fd)
+            left = member.size
+            while left:
+                data = source.read(min(left, CHUNK_SIZE))
+                if not data:
+                    raise tarfile.ReadError("unexpected end of data")
+                w.write(data)
+                left -= len(data)
+            w.close()
+            os.fchmod(fd, _data_mode(member))
+            _set_mtime(fd, rel, _mtime_ns(member))
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Wait for every file, then set the folders' mtimes, deepest first."""
+        self.settle()
+        for rel, ns in reversed(self._dirs):
+            _set_mtime(os.path.join(self._dest, rel), rel, ns)
+
+
 def extract_tar(
     chunks: Iterable[Chunk], dest: Path, limits: Limits, expected: TarFacts | None = None
 ) -> None:
     """Extract a tar stream into ``dest``, refusing anything that would land outside it.
 
     With ``expected`` (what the manifest records), an archive longer or with more members
-    than that is refused as soon as it exceeds it.
+    than that is refused as soon as it exceeds it. ``dest`` must be a new, empty folder.
+    Every member is checked by :class:`_Guard` (lexically) and gets the attributes that
+    ``tarfile``'s ``data`` filter would give it; zero blocks of large files become holes.
     """
-    reader = ChunkReader(chunks if expected is None else _bounded(chunks, expected.raw_size))
+    reader = _Forward(chunks if expected is None else _bounded(chunks, expected.raw_size))
     guard = _Guard(limits, expected)
-    with tarfile.open(  # type: ignore[call-overload]
-        fileobj=reader, mode="r|", bufsize=CHUNK_SIZE, errorlevel=2
-    ) as tar:
-        tar.copybufsize = CHUNK_SIZE  # its 16 KiB default makes large members crawl
-        for member in tar:
-            tar.extract(member, dest, filter=guard)
+    writer = _Writer(dest)
+    try:
+        with tarfile.open(  # type: ignore[call-overload]
+            fileobj=reader, mode="r:", errorlevel=2
+        ) as tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # nothing is looked up by name: keep memory flat
+                rel = guard.check(member)
+                if member.isdir():
+                    writer.directory(rel, member)
+                elif member.issym():
+                    writer.link(rel, member)
+                elif member.size <= _SMALL and member.sparse is None:
+                    writer.small(rel, member, reader.read_at(member.offset_data, member.size))
+                else:
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with source:
+                        writer.large(rel, member, source)
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
     reader.drain()

@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
-from ._codec import Limits, TarFacts, extract_tar, gunzip_members
+from ._codec import Limits, TarFacts, extract_tar, gunzip_members, write_file
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
 from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
@@ -760,6 +760,4 @@ def _unpack(m: Manifest, chunks: Iterator[Chunk], folder: Path, limits: Limits) 
         except (tarfile.TarError, zlib.error, EOFError) as exc:
             raise CorruptCheckpointError(f"payload is not a readable archive ({exc})") from exc
     else:
-        with (folder / "payload").open("wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+        write_file(folder / "payload", chunks)
