@@ -268,12 +268,20 @@ def _ray() -> Iterator[Any]:
     the worker logs.
     """
     ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_config=ray.LoggingConfig(log_level="INFO"),
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
-    )
+    for attempt in range(2):
+        try:
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                logging_config=ray.LoggingConfig(log_level="INFO"),
+                runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            )
+            break
+        except Exception as exc:
+            ray.shutdown()  # whatever it started goes
+            # Ray gives its raylet a fixed 30 s to register: on a loaded machine, once more.
+            if attempt or "timed out during startup" not in str(exc):
+                raise
     try:
         yield ray
     finally:
