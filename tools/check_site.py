@@ -167,7 +167,7 @@ def main() -> int:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     handler = functools.partial(QuietHandler, directory=str(SITE))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -196,6 +196,15 @@ def main() -> int:
     if not problems:
         print(f"site check passed: screenshots in {SCREENSHOTS.relative_to(ROOT)}/")
     return 1 if problems else 0
+
+
+class QuietServer(ThreadingHTTPServer):
+    """Says nothing when the browser drops a connection it no longer needs."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Report errors other than a dropped connection."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
