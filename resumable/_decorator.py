@@ -35,7 +35,7 @@ from ._codec import dumps_state, loads_state
 from ._context import TaskContext, enter_task, leave_task
 from ._engines import warn_if_unshared
 from ._errors import ConfigurationError, ResumableError, StateError
-from ._keys import call_key, check_key, pin_task_name
+from ._keys import call_arguments, call_key, check_key, pin_task_name
 from ._persist import Persister
 from ._pickling import Task
 from ._preempt import PreemptionWatch
@@ -65,16 +65,29 @@ class Dir:
     files that are not in the snapshot are deleted. The task receives the folder's ``Path``;
     each ``yield`` (its value is ignored) saves the whole folder.
 
+    The folder is chosen per call, when the call starts (a relative one against the working
+    folder of the call), so that calls with different arguments do not share files. ``path``
+    is either
+
+    - a path, which may hold ``str.format`` fields: ``{key}``, the call's key, and the call's
+      arguments by parameter name, defaults included (``"runs/{key}"``, ``"runs/lr={lr}"``;
+      ``{{`` and ``}}`` for literal braces); or
+    - a callable that receives the call's arguments, like ``key=`` (``self``/``cls`` first
+      for methods), and returns the path.
+
     Example:
         >>> from resumable import resumable, Dir
-        >>> @resumable(state=Dir("outputs"), store="memory://doc-dir")
-        ... def train(state):
-        ...     (state / "weights.txt").write_text("w")
+        >>> @resumable(state=Dir("outputs/{key}"), store="memory://doc-dir")
+        ... def train(lr, state):
+        ...     (state / "weights.txt").write_text(f"lr={lr}")
+        ...     yield
+        >>> @resumable(state=Dir(lambda lr: f"outputs/lr={lr}"), store="memory://doc-dir")
+        ... def tune(lr, state):
         ...     yield
 
     """
 
-    path: str | os.PathLike[str]
+    path: str | os.PathLike[str] | Callable[..., str | os.PathLike[str]]
 
 
 S = TypeVar("S")
@@ -127,7 +140,7 @@ class _Spec:
     """The validated arguments of one ``@resumable(...)``."""
 
     initial: bytes | None  # the pickled initial state; None for Dir or no state
-    folder: Path | None
+    folder: Dir | None
     inject: bool
     arg: str
     store: str | None
@@ -187,11 +200,18 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
+def _exception_types(value: object) -> tuple[type[BaseException], ...] | None:
+    """``value`` as a tuple of exception types; None when it is not a type or a tuple of them."""
+    items = value if isinstance(value, tuple) else (value,)
+    types = tuple(t for t in items if isinstance(t, type) and issubclass(t, BaseException))
+    return types if len(types) == len(items) else None
+
+
 def _retry_on(value: object) -> tuple[type[BaseException], ...] | tenacity.retry_base:
     if isinstance(value, tenacity.retry_base):
         return value
-    types = value if isinstance(value, tuple) else (value,)
-    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+    types = _exception_types(value)
+    if not types:
         raise ConfigurationError(
             "retry_on must be an exception type, a tuple of them or a tenacity retry "
             f"strategy, got {value!r}"
@@ -200,8 +220,8 @@ def _retry_on(value: object) -> tuple[type[BaseException], ...] | tenacity.retry
 
 
 def _no_retry_on(value: object) -> tuple[type[BaseException], ...]:
-    types = value if isinstance(value, tuple) else (value,)
-    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+    types = _exception_types(value)
+    if types is None:
         raise ConfigurationError(
             f"no_retry_on must be an exception type or a tuple of them, got {value!r}"
         )
@@ -285,10 +305,10 @@ def resumable(
         3
 
     """
-    folder: Path | None = None
+    folder: Dir | None = None
     initial: bytes | None = None
     if isinstance(state, Dir):
-        folder = Path(state.path)  # made absolute at call time, like store=
+        folder = state  # chosen and made absolute at call time, like store=
     elif state is not _OMITTED:
         initial = dumps_state(state)
     if not isinstance(arg, str) or not arg.isidentifier():
@@ -492,7 +512,7 @@ class _Call:
             retry=spec.storage_retry,
         )
         # Relative paths are resolved now, in the folder the call runs in: Dir like store=.
-        self.folder = None if spec.folder is None else spec.folder.absolute()
+        self.folder = None if spec.folder is None else self._folder(spec.folder, instance)
         if self.folder is not None:
             _check_dir(self.folder, store)
         self.restored: int | None = None  # the snapshot the current attempt started from
@@ -505,6 +525,28 @@ class _Call:
             background=spec.background,
             rng=spec.rng,
         )
+
+    def _folder(self, folder: Dir, instance: Any) -> Path:
+        """The call's folder of a ``Dir``: its fields filled in, or its callable's answer."""
+        if callable(folder.path):
+            args = self.args if instance is None else (instance, *self.args)
+            made = folder.path(*args, **self.kwargs)
+            if not isinstance(made, str | os.PathLike):
+                raise ConfigurationError(f"the Dir callable returned {made!r}, not a path")
+            return Path(made).absolute()
+        text = os.fspath(folder.path)
+        if "{" in text or "}" in text:
+            fields = call_arguments(self.wrapped, self.args, self.kwargs, self.spec.arg)
+            fields["key"] = self.key
+            try:
+                text = text.format(**fields)
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                raise ConfigurationError(
+                    f"Dir({text!r}): cannot fill in its fields ({type(exc).__name__}: {exc}); "
+                    f"the fields are {{key}} and the call's arguments by name "
+                    f"({', '.join(sorted(fields))}); write {{{{ and }}}} for literal braces"
+                ) from exc
+        return Path(text).absolute()
 
     def _key(self, instance: Any) -> str:
         key = self.spec.key
