@@ -24,6 +24,7 @@ from ._errors import ConfigurationError, StateError
 __all__ = [
     "PINNED",
     "ROOT_KEY",
+    "call_arguments",
     "call_key",
     "check_key",
     "key_parts",
@@ -187,16 +188,29 @@ def _canonical(value: Any, where: str) -> Any:
     )
 
 
-def call_key(
+def call_arguments(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], skip: str
-) -> str:
-    """``<module.qualname>-<digest of the arguments>``, leaving out the parameter ``skip``."""
+) -> dict[str, Any]:
+    """The call's arguments by parameter name, defaults included, leaving out ``skip``.
+
+    Example:
+        >>> call_arguments(lambda a, b=2, state=None: None, (1,), {}, "state")
+        {'a': 1, 'b': 2}
+
+    """
     try:
         bound = inspect.signature(fn).bind_partial(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"{fn.__qualname__}(): {exc}") from exc
     bound.apply_defaults()
-    arguments = {k: v for k, v in bound.arguments.items() if k != skip}
+    return {k: v for k, v in bound.arguments.items() if k != skip}
+
+
+def call_key(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], skip: str
+) -> str:
+    """``<module.qualname>-<digest of the arguments>``, leaving out the parameter ``skip``."""
+    arguments = call_arguments(fn, args, kwargs, skip)
     text = json.dumps(_canonical(arguments, "arguments"), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return f"{task_name(fn)}-{digest}"
