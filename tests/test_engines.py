@@ -53,7 +53,11 @@ class Store:
     env: dict[str, str]
 
 
-@pytest.fixture(name="store", params=["local", pytest.param("s3", marks=pytest.mark.remote)])
+#: On S3 a run takes 10 to 35 s here (a fresh worker's first use of S3 included): also slow.
+S3 = pytest.param("s3", marks=[pytest.mark.remote, pytest.mark.slow])
+
+
+@pytest.fixture(name="store", params=["local", S3])
 def _store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     """A shared local folder, or a prefix on the S3 test server with its credentials."""
     if request.param == "local":
