@@ -149,7 +149,10 @@ def test_every_public_name_has_a_reference_entry() -> None:
 
 
 def test_blocks_are_found() -> None:
-    """The extraction finds the blocks, and most of them run (blocks that start clusters or
-    need cloud credentials are not run here; the tests they name run the same code)."""
+    """The extraction finds the blocks, and most of them run.
+
+    Blocks that start clusters or need cloud credentials are not run here; the tests they name
+    run the same code.
+    """
     assert len(ALL) >= 20
     assert len(NOT_RUN) <= len(ALL) // 3, [f"{b.page}:{b.line}: {b.not_run}" for b in NOT_RUN]
