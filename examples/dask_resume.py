@@ -11,6 +11,10 @@ out-of-memory kill or a lost machine would; Dask reschedules the task on another
 it resumes from its last snapshot instead of starting over. The worker's log line
 "... resumes from snapshot N" shows here too: DASK_LOGGING__RESUMABLE=info sets the library's
 logger to INFO in the workers, and client.forward_logging sends its records to this process.
+The workers also warn that the store is on this machine's disk, which a task moved to another
+machine would not see; here every worker runs on this machine, so they do share it. On a real
+cluster, point RESUMABLE_STORE at s3://... or another store every machine reaches.
+(Records a worker logs at WARNING show twice: on its stderr, and forwarded here.)
 """
 
 from __future__ import annotations
