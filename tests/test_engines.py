@@ -225,12 +225,10 @@ def test_dask_worker_killed_task_resumes(
 def test_process_pool_killed_child_resubmitted_resumes(
     store: Store, listener: Listener, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A killed child breaks the pool; resubmitted to a new pool, the task resumes.
-
-    Also the cold start of a fresh worker process: the seconds from the call's start in the
-    new process (interpreter up, modules imported) to its first resumed yield, which include
-    finding and loading the snapshot (on S3: the first connection, a listing, the reads).
-    """
+    """A killed child breaks the pool; resubmitted to a new pool, the task resumes."""
+    # Also printed: the cold start of a fresh worker process, the seconds from the call's
+    # start in the new process (interpreter up, modules imported) to its first resumed yield,
+    # finding and loading the snapshot included (on S3: the first connection, a listing, reads).
     side = tmp_path / "steps"
     for name, value in store.env.items():
         monkeypatch.setenv(name, value)  # the pool's children inherit the environment
