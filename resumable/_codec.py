@@ -111,7 +111,14 @@ def dumps_state(obj: object) -> bytes:
 
 
 def loads_state(data: bytes) -> Any:
-    """Unpickle task state. Unpickling runs code: only load stores you trust (or sign them)."""
+    """Unpickle task state. Unpickling runs code: only load stores you trust (or sign them).
+
+    Takes both a plain cloudpickle and a streamed state payload (see ``_statecodec``).
+    """
+    from ._statecodec import MAGIC, read_state  # the streamed format
+
+    if data.startswith(MAGIC):
+        return read_state((data,))[0]
     try:
         return cloudpickle.loads(data)
     except Exception as exc:

@@ -1,10 +1,13 @@
 """Turning yields into snapshots: throttling, capture, and writing (inline or in the background).
 
-The decision (is this yield due?) and the capture of pickled state run on the task's thread at
-the moment of the yield, so later mutation cannot leak into a snapshot. Everything after that
-is one blocking *step* (pack the folder, write, maybe stop for preemption), written once: the
-sync methods run it in place, their async twins on an IO thread. Background saves go through
-the checkpoint's own background worker (``Checkpoint.commit_in_background``).
+The decision (is this yield due?) runs on the task's thread at the moment of the yield, and so
+does the capture for a background save (the state pickled, its arrays and tensors copied), so
+later mutation cannot leak into a snapshot. Everything after that is one blocking *step*
+(pack the folder, or pickle the state straight into the payload while the task waits at its
+yield; write; maybe stop for preemption), written once: the sync methods run it in place,
+their async twins on an IO thread. Background saves go through the checkpoint's own
+background worker (``Checkpoint.commit_in_background``). With ``rng``, the global random
+generators' states are captured at the yield and stored beside the state.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ._checkpoint import Captured, Checkpoint
-from ._codec import dumps_state
 from ._errors import ConfigurationError, Preempted
+from ._rng import capture_rng
+from ._statecodec import capture_state, write_state
 from ._threads import run_async
 
 __all__ = ["MISSING", "Persister"]
@@ -41,12 +45,16 @@ class Persister:
         every: int,
         every_seconds: float | None,
         background: bool,
+        rng: bool = False,
     ) -> None:
         self._cp = checkpoint
         self._folder = folder
         self._every = every
         self._seconds = every_seconds
         self._background = background
+        self._rng = rng
+        #: The generators' states at the yield of ``pending`` (with ``rng``).
+        self._pending_extras: dict[str, Any] | None = None
         self._count = 0
         self._last = time.monotonic()
         #: The newest yielded value not persisted yet (MISSING when none).
@@ -77,16 +85,44 @@ class Persister:
             self._seconds is not None and time.monotonic() - self._last < self._seconds
         ):
             self.pending = value
+            if self._rng:
+                self._pending_extras = self._extras()
             return False
         self._count = 0
         self._last = time.monotonic()
         self.pending = MISSING
         return True
 
-    def _step(self, value: Any, *, stop_if_preempted: bool = True) -> Callable[[], None]:
+    def _extras(self) -> dict[str, Any] | None:
+        """What is stored beside the state: the random generators' states, with ``rng``."""
+        return {"rng": capture_rng()} if self._rng else None
+
+    def _capture(self, value: Any, extras: dict[str, Any] | None) -> Captured:
+        """A state snapshot of ``value``, with ``extras`` beside it.
+
+        In the background, pickled now, buffers (arrays, tensors) copied, so that the task
+        may mutate ``value`` at once. Inline, pickled and written in one stream when the step
+        runs, buffers uncopied: the task is paused at its yield until the step returns.
+        """
+        if self._background:
+            chunks = capture_state(value, extras=extras)
+            return Captured("state", lambda: chunks)
+
+        def produce(write: Callable[[Any], None]) -> None:
+            write_state(value, write, extras=extras)
+
+        return Captured("state", lambda: produce)
+
+    def _step(
+        self,
+        value: Any,
+        *,
+        stop_if_preempted: bool = True,
+        extras: dict[str, Any] | None = MISSING,
+    ) -> Callable[[], None]:
         """Capture ``value`` now; the returned step writes it (and stops when preempted)."""
         if self._folder is None:
-            pickled = Captured.state(dumps_state(value))  # now, before the task mutates it
+            pickled = self._capture(value, self._extras() if extras is MISSING else extras)
         folder, cp, attempt, background = self._folder, self._cp, self.attempt, self._background
 
         def step() -> None:
@@ -127,7 +163,7 @@ class Persister:
         step: Step = None
         if self.pending is not MISSING:
             value, self.pending = self.pending, MISSING
-            step = self._step(value, stop_if_preempted=False)
+            step = self._step(value, stop_if_preempted=False, extras=self._pending_extras)
         flush = self._cp.flush_sync
 
         def finish() -> None:

@@ -358,7 +358,7 @@ class SnapshotStore:
     def commit(
         self,
         kind: Kind,
-        chunks: Iterable[Chunk],
+        chunks: Iterable[Chunk] | Callable[[Callable[[Chunk], None]], None],
         *,
         compression: str = "none",
         attempt: int = 0,
@@ -377,6 +377,9 @@ class SnapshotStore:
         (nothing is overwritten; that snapshot is never the newest); it meets the other
         writer's numbers soon after and is refused then. So that what is left stays within
         ``keep``, saves to a store where a competing writer was seen list first for a while.
+
+        ``chunks`` may also be a producer: a callable that is handed a ``write`` function and
+        calls it with the payload's chunks in order (a pickler streaming into the payload).
         """
         started = time.perf_counter()
         if self._next is None or _contested.get(self.backend.url, 0.0) > time.monotonic():
@@ -390,22 +393,30 @@ class SnapshotStore:
         spooled = 0
         out: BlobWriter | None = None
         callback = transfer(self.progress, f"snapshot {seq}", self.backend.url)
+
+        def put(chunk: Chunk) -> None:
+            nonlocal spool, spooled, out
+            if not chunk:
+                return
+            digest.update(chunk)
+            callback.relative_update(len(chunk))
+            if spool is not None and spooled + len(chunk) <= INLINE_MAX:
+                spool.append(chunk)
+                spooled += len(chunk)
+                return
+            if out is None:
+                out = self.backend.writer(blob)
+                for held in spool or ():
+                    out.write(held)
+                spool = None
+            out.write(chunk)
+
         try:
-            for chunk in chunks:
-                if not chunk:
-                    continue
-                digest.update(chunk)
-                callback.relative_update(len(chunk))
-                if spool is not None and spooled + len(chunk) <= INLINE_MAX:
-                    spool.append(chunk)
-                    spooled += len(chunk)
-                    continue
-                if out is None:
-                    out = self.backend.writer(blob)
-                    for held in spool or ():
-                        out.write(held)
-                    spool = None
-                out.write(chunk)
+            if callable(chunks):
+                chunks(put)
+            else:
+                for chunk in chunks:
+                    put(chunk)
             sha = digest.hexdigest()
             if out is not None:
                 out.commit()
@@ -645,6 +656,44 @@ class SnapshotStore:
     ) -> tuple[Manifest, bytes] | None:
         """The newest valid snapshot's manifest and payload, verified, in memory."""
         return self._load(lambda _, chunks: b"".join(chunks), accept, poison_after)
+
+    def read_newest_with(
+        self,
+        decode: Callable[[Iterator[Chunk]], T],
+        accept: Callable[[Manifest], None] | None = None,
+        poison_after: int | None = None,
+    ) -> tuple[Manifest, T] | None:
+        """The newest valid snapshot's manifest and ``decode(payload chunks)``, streamed.
+
+        Unsigned stores: ``decode`` reads the payload as it arrives, verified as it reads;
+        the digest is checked at its end, and a mismatch (or a failure of ``decode`` on a
+        payload that turns out corrupt) falls back to the previous snapshot like any corrupt
+        one. Signed stores verify the whole payload (held in memory or a temp file) before
+        ``decode`` sees a byte of it.
+        """
+
+        def consume(m: Manifest, chunks: Iterator[Chunk]) -> T:
+            if self.signing_key is not None:
+                if m.size <= _LOG_SIZE:
+                    return decode(iter((b"".join(chunks),)))  # verified: read to its end
+                spool = Spool(chunks)
+                try:
+                    return decode(iter(spool()))
+                finally:
+                    spool.close()
+            try:
+                made = decode(chunks)
+            except CorruptCheckpointError:
+                raise
+            except Exception:
+                for _ in chunks:  # a corrupt payload may be why it failed: then fall back
+                    pass
+                raise
+            for _ in chunks:  # the digest is checked at the end
+                pass
+            return made
+
+        return self._load(consume, accept, poison_after)
 
     def _load(
         self,

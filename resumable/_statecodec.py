@@ -1,0 +1,399 @@
+"""Task state <-> a stream of records, with array and tensor memory out of band.
+
+A state payload is ``MAGIC`` followed by records, each a one-byte tag and an 8-byte length:
+
+- ``P``: a piece of the pickle stream (cloudpickle, protocol 5);
+- ``B``: the raw bytes of one out-of-band buffer (a NumPy array's data, a tensor's storage),
+  in the order the pickle's ``NEXT_BUFFER`` opcodes take them;
+- ``X``: extras stored beside the state (a small pickled dict: ``{"rng": ...}``), which a
+  load that does not ask for them ignores;
+- ``E``: the end (length 0).
+
+Writing streams: pickle pieces and buffers go to a ``write`` callable as they are produced, the
+buffers as views of the state's own memory (no copy, no whole-payload bytes object), so the
+store hashes and writes while the pickler walks the state. Every ``B`` record comes before the
+``P`` bytes that hold its opcode (the pickler calls back before it flushes its frame), so a
+reader that meets a ``B`` record while looking for pickle bytes queues the buffer, and the
+unpickler finds it there. Reading streams too: each buffer is read once, into the bytearray
+the array or tensor then lives in.
+
+Torch tensors (dense, on the CPU) are reduced here to their storage's bytes plus their layout,
+one buffer per storage, so that tensors sharing a storage share it again after a load;
+torch's own pickling would copy each storage through ``torch.save`` into an in-band bytes
+object. Payloads written before this format (plain cloudpickle bytes) still load.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import cloudpickle
+
+from ._errors import StateError
+from ._stream import Chunk
+
+__all__ = ["MAGIC", "Write", "capture_state", "read_state", "write_state"]
+
+#: The first bytes of a state payload in this format (a pickle starts with 0x80).
+MAGIC = b"\x00RSTATE1"
+_HEAD = struct.Struct("<cQ")
+_PICKLE, _BUFFER, _EXTRAS, _END = b"P", b"B", b"X", b"E"
+#: Pickle bytes are handed on in pieces of about this size; buffers in slices of it.
+_PIECE = 4 << 20
+
+#: Where a payload's bytes go, in order. A chunk handed over is never mutated afterwards.
+Write = Callable[[Chunk], None]
+
+
+def _pickle_error(obj: object, exc: BaseException) -> StateError:
+    return StateError(
+        f"cannot pickle the task state ({type(obj).__name__}): {exc}. Yield picklable "
+        "values (numbers, dicts, dataclasses, arrays), or keep files in Dir() state."
+    )
+
+
+class _Out(io.RawIOBase):
+    """The pickler's file: pickle bytes become ``P`` records of about ``_PIECE`` bytes."""
+
+    def __init__(self, emit: Write) -> None:
+        super().__init__()
+        self._emit = emit
+        self._buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data).cast("B"))
+        if n >= _PIECE:  # a large in-band object: hand it on without another copy
+            self.flush_piece()
+            self._emit(_HEAD.pack(_PICKLE, n))
+            self._emit(bytes(data) if not isinstance(data, bytes) else data)
+            return n
+        self._buf += data
+        if len(self._buf) >= _PIECE:
+            self.flush_piece()
+        return n
+
+    def flush_piece(self) -> None:
+        if self._buf:
+            piece, self._buf = self._buf, bytearray()
+            self._emit(_HEAD.pack(_PICKLE, len(piece)))
+            self._emit(piece)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with dense CPU torch tensors reduced to their storage's bytes."""
+
+    def __init__(self, file: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any]) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self._storages: dict[tuple[int, int], _Storage] = {}
+        self._torch = sys.modules.get("torch")
+
+    def reducer_override(self, obj: Any) -> Any:
+        torch = self._torch
+        if torch is not None and type(obj) in (torch.Tensor, torch.nn.Parameter):
+            reduced = self._reduce_tensor(torch, obj)
+            if reduced is not None:
+                return reduced
+        return super().reducer_override(obj)
+
+    def _reduce_tensor(self, torch: Any, t: Any) -> Any:
+        if (
+            t.layout != torch.strided
+            or t.device.type != "cpu"
+            or t.is_quantized
+            or t.grad_fn is not None
+            or t.is_conj()
+            or t.is_neg()
+            or getattr(t, "__dict__", None)
+        ):
+            return None  # torch's own pickling knows these
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        ref = self._storages.get(key) if key[1] else None
+        if ref is None:
+            ref = _Storage(torch.empty(0, dtype=torch.uint8).set_(storage))
+            if key[1]:
+                self._storages[key] = ref  # the pickle memo then shares it
+        args = (
+            ref,
+            t.dtype,
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.requires_grad,
+            type(t) is torch.nn.Parameter,
+        )
+        return _tensor_from, args
+
+
+class _Storage:
+    """One torch storage's bytes, pickled as one (out-of-band) buffer."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data  # a uint8 tensor over the whole storage
+
+    def __reduce__(self) -> Any:
+        return _storage_from, (pickle.PickleBuffer(self.data.numpy()),)
+
+
+def _storage_from(buf: Any) -> Any:
+    """A uint8 tensor over ``buf`` (no copy): the storage of the tensors that use it."""
+    import torch
+
+    if not len(memoryview(buf)):
+        return torch.empty(0, dtype=torch.uint8)
+    if isinstance(buf, bytes):  # an in-band copy: torch wants a writable buffer
+        buf = bytearray(buf)
+    return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+def _tensor_from(
+    storage: Any,
+    dtype: Any,
+    offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    requires_grad: bool,
+    parameter: bool,
+) -> Any:
+    """Rebuild a tensor that :class:`_Pickler` reduced."""
+    import torch
+
+    t = torch.empty(0, dtype=dtype).set_(storage.untyped_storage(), offset, size, stride)
+    if parameter:
+        return torch.nn.Parameter(t, requires_grad=requires_grad)
+    return t.requires_grad_() if requires_grad else t
+
+
+def _emit_buffer(write: Write, view: memoryview) -> None:
+    write(_HEAD.pack(_BUFFER, view.nbytes))
+    for start in range(0, view.nbytes, _PIECE):
+        write(view[start : start + _PIECE])
+
+
+def write_state(obj: object, write: Write, *, extras: dict[str, Any] | None = None) -> None:
+    """Stream ``obj`` (and ``extras``) as a state payload to ``write``, buffers uncopied.
+
+    The buffers handed to ``write`` are views of ``obj``'s memory: ``obj`` must not change
+    until the bytes are written (``@resumable`` holds the task at its ``yield`` meanwhile).
+    """
+    write(MAGIC)
+    out = _Out(write)
+
+    def on_buffer(buf: pickle.PickleBuffer) -> bool:
+        _emit_buffer(write, buf.raw())
+        return False  # out of band
+
+    _dump(obj, out, on_buffer)
+    _finish(write, out, extras)
+
+
+def capture_state(obj: object, *, extras: dict[str, Any] | None = None) -> list[Chunk]:
+    """``obj``'s state payload as chunks that hold copies: later changes to ``obj`` cannot reach it.
+
+    Buffers are copied with one ``memcpy`` each, far cheaper than hashing or writing them;
+    the chunks can be written later, from another thread, as often as needed.
+    """
+    chunks: list[Chunk] = [MAGIC]
+    out = _Out(chunks.append)
+
+    def on_buffer(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        chunks.append(_HEAD.pack(_BUFFER, raw.nbytes))
+        chunks.append(bytearray(raw))  # one copy, now
+        return False
+
+    _dump(obj, out, on_buffer)
+    _finish(chunks.append, out, extras)
+    return chunks
+
+
+def _dump(obj: object, out: _Out, on_buffer: Callable[[pickle.PickleBuffer], bool]) -> None:
+    try:
+        _Pickler(out, on_buffer).dump(obj)
+    except StateError:
+        raise
+    except Exception as exc:
+        raise _pickle_error(obj, exc) from exc
+
+
+def _finish(write: Write, out: _Out, extras: dict[str, Any] | None) -> None:
+    out.flush_piece()
+    if extras:
+        try:
+            data = cloudpickle.dumps(extras, protocol=5)
+        except Exception as exc:
+            raise _pickle_error(extras, exc) from exc
+        write(_HEAD.pack(_EXTRAS, len(data)))
+        write(data)
+    write(_HEAD.pack(_END, 0))
+
+
+class _Reader(io.RawIOBase):
+    """The unpickler's file: the bytes of ``P`` records; buffers met on the way are queued."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buf = memoryview(b"")
+        self._left = 0  # bytes left in the current P record
+        self.buffers: deque[bytearray] = deque()
+        self.extras: dict[str, Any] = {}
+        self.ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if len(chunk):
+                self._buf = memoryview(chunk).cast("B")
+                return True
+        return False
+
+    def raw(self, n: int) -> bytes:
+        """Exactly ``n`` bytes of the payload (fewer only at its end)."""
+        if len(self._buf) >= n:
+            out, self._buf = self._buf[:n], self._buf[n:]
+            return bytes(out)
+        parts = bytearray()
+        while len(parts) < n and (self._buf or self._more()):
+            take = min(n - len(parts), len(self._buf))
+            parts += self._buf[:take]
+            self._buf = self._buf[take:]
+        return bytes(parts)
+
+    def _raw_into(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            if not self._buf and not self._more():
+                raise StateError("the state payload ends inside a buffer")
+            take = min(len(view) - done, len(self._buf))
+            view[done : done + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            done += take
+
+    def next_record(self) -> bool:
+        """Move to the next ``P`` record, taking in the others; False at the end."""
+        while not self.ended:
+            head = self.raw(_HEAD.size)
+            if len(head) < _HEAD.size:
+                raise StateError("the state payload ends without its end record")
+            tag, n = _HEAD.unpack(head)
+            if tag == _PICKLE:
+                self._left = n
+                return True
+            if tag == _BUFFER:
+                buf = bytearray(n)
+                self._raw_into(memoryview(buf))
+                self.buffers.append(buf)
+            elif tag == _EXTRAS:
+                data = self.raw(n)
+                if len(data) < n:
+                    raise StateError("the state payload ends inside its extras")
+                self.extras = pickle.loads(data)
+            elif tag == _END:
+                self.ended = True
+            else:
+                raise StateError(f"the state payload has an unknown record {tag!r}")
+        return False
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        if self._left == 0 and not self.next_record():
+            return 0
+        take = min(len(view), self._left)
+        if not self._buf and not self._more():
+            raise StateError("the state payload ends inside its pickle")
+        take = min(take, len(self._buf))
+        view[:take] = self._buf[:take]
+        self._buf = self._buf[take:]
+        self._left -= take
+        return take
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray(size)
+        view = memoryview(out)
+        done = 0
+        while done < size:
+            n = self.readinto(view[done:])
+            if not n:
+                break
+            done += n
+        del view
+        return bytes(out[:done]) if done < size else bytes(out)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            c = self.read(1)
+            if not c:
+                break
+            line += c
+        return bytes(line)
+
+    def pop_buffer(self) -> bytearray:
+        if not self.buffers:
+            raise StateError("the state payload's pickle asks for a buffer it does not hold")
+        return self.buffers.popleft()
+
+    def rest(self) -> Iterator[Chunk]:
+        """What is left of the payload (its end must be all that is)."""
+        if self._buf:
+            yield self._buf
+            self._buf = memoryview(b"")
+        yield from self._chunks
+
+
+def read_state(chunks: Iterable[Chunk]) -> tuple[Any, dict[str, Any]]:
+    """The state and extras of a payload, read as it streams; old plain pickles too.
+
+    Reads ``chunks`` to their end (a store checks its digest there). Unpickling runs code:
+    only read payloads you trust (a signed store verifies before this is called).
+    """
+    reader = _Reader(iter(chunks))
+    head = reader.raw(len(MAGIC))
+    if head != MAGIC:  # written before this format: one cloudpickle of the state
+        return _unpickle_bytes(head + b"".join(bytes(c) for c in reader.rest())), {}
+    try:
+
+        def buffers() -> Iterator[bytearray]:
+            while True:
+                yield reader.pop_buffer()
+
+        obj = pickle.Unpickler(reader, buffers=buffers()).load()
+    except StateError:
+        raise
+    except Exception as exc:
+        raise _unpickle_error(exc) from exc
+    if reader.next_record():
+        raise StateError("the state payload holds pickle bytes after its end")
+    if any(len(c) for c in reader.rest()):
+        raise StateError("the state payload holds bytes after its end record")
+    return obj, reader.extras
+
+
+def _unpickle_bytes(data: bytes) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise _unpickle_error(exc) from exc
+
+
+def _unpickle_error(exc: BaseException) -> StateError:
+    return StateError(
+        f"cannot unpickle the saved task state: {exc}. Was it written by another version "
+        "of the task's code? Delete the snapshot (resumable rm) to start over."
+    )

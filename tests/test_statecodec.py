@@ -1,0 +1,273 @@
+"""The streamed state codec: out-of-band arrays and tensors, fallback, verify-first when signed."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resumable import Checkpoint, StateError, resumable
+from resumable._statecodec import MAGIC, capture_state, read_state, write_state
+
+np = pytest.importorskip("numpy")
+hnp = pytest.importorskip("hypothesis.extra.numpy")
+
+
+def encode(obj: object, extras: dict[str, Any] | None = None) -> bytes:
+    """The streamed payload of ``obj``, joined."""
+    out: list[Any] = []
+    write_state(obj, out.append, extras=extras)
+    return b"".join(bytes(c) for c in out)
+
+
+def pieces(data: bytes, size: int) -> Iterator[bytes]:
+    """``data`` cut into chunks of ``size`` bytes, as a store streams it."""
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def same(a: Any, b: Any) -> bool:
+    """Deep equality that compares arrays by dtype, shape and bytes."""
+    if isinstance(a, np.ndarray):
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.tobytes() == b.tobytes()
+        )
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return bool(a == b)
+
+
+arrays = hnp.arrays(
+    dtype=st.one_of(hnp.integer_dtypes(), hnp.floating_dtypes(), hnp.boolean_dtypes()),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+)
+# Contiguous arrays go out of band; strided views and Fortran order take other paths.
+array_views = st.one_of(
+    arrays,
+    arrays.map(lambda a: a[::2] if a.ndim else a),
+    arrays.map(np.asfortranarray),
+)
+states = st.recursive(
+    st.one_of(array_views, st.integers(), st.text(max_size=5), st.none()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(state=states, chunk=st.integers(min_value=1, max_value=5000))
+def test_numpy_state_round_trips(state: Any, chunk: int) -> None:
+    """Any nesting of NumPy arrays survives a write and a read in chunks of any size.
+
+    Exactly as a plain pickle round trip does (which, NumPy's choice, makes strided views of
+    byte-swapped arrays native-endian).
+    """
+    got, extras = read_state(pieces(encode(state), chunk))
+    assert same(cloudpickle.loads(cloudpickle.dumps(state)), got)
+    assert extras == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(state=states, rng=st.binary(max_size=64))
+def test_capture_equals_stream_and_keeps_extras(state: Any, rng: bytes) -> None:
+    """A captured payload (copied buffers) is byte for byte the streamed one, extras included."""
+    captured = b"".join(bytes(c) for c in capture_state(state, extras={"rng": rng}))
+    assert captured == encode(state, {"rng": rng})
+    got, extras = read_state([captured])
+    assert same(cloudpickle.loads(cloudpickle.dumps(state)), got)
+    assert extras == {"rng": rng}
+
+
+def test_arrays_go_out_of_band_and_come_back_writable() -> None:
+    """An array's bytes are a buffer record, not pickled in band; the result is writable."""
+    a = np.arange(1 << 16, dtype=np.float32)
+    data = encode({"a": a})
+    assert data.startswith(MAGIC)
+    assert len(data) < a.nbytes + 1024
+    got, _ = read_state(pieces(data, 1 << 12))
+    assert np.array_equal(got["a"], a)
+    got["a"][0] = 7.0  # owns writable memory
+
+
+def test_capture_is_immune_to_later_mutation() -> None:
+    """A captured state holds copies: changing the array afterwards does not reach it."""
+    a = np.zeros(1000)
+    chunks = capture_state(a)
+    a[:] = 1.0
+    got, _ = read_state(chunks)
+    assert not got.any()
+
+
+def test_old_plain_pickles_still_load() -> None:
+    """A payload written before this format (one cloudpickle) loads."""
+    assert read_state([cloudpickle.dumps({"old": [1, 2]})]) == ({"old": [1, 2]}, {})
+
+
+@pytest.mark.parametrize("cut", [3, len(MAGIC) + 4, -12, -1])
+def test_truncated_payload_is_a_state_error(cut: int) -> None:
+    """A payload cut short anywhere raises StateError, never returns half a state."""
+    data = encode({"a": np.arange(100)})
+    with pytest.raises(StateError):
+        read_state([data[:cut]])
+
+
+def test_trailing_bytes_are_refused() -> None:
+    """Bytes after the end record are refused."""
+    with pytest.raises(StateError, match="after its end"):
+        read_state([encode([1, 2]) + b"x"])
+
+
+def test_unpicklable_state_is_a_state_error() -> None:
+    """An unpicklable value raises StateError naming its type."""
+    import threading
+
+    with pytest.raises(StateError, match="cannot pickle"):
+        encode({"lock": threading.Lock()})
+
+
+# -- through the store ------------------------------------------------------------------------
+
+
+def big_state(value: float) -> dict[str, Any]:
+    """A state large enough to live in its own payload object, not in the manifest."""
+    return {"w": np.full(100_000, value), "step": int(value)}
+
+
+def blobs(store: Path) -> list[Path]:
+    """The payload objects under ``store``, oldest first."""
+    return sorted(store.rglob("*.blob"))
+
+
+@pytest.mark.parametrize("where", ["buffer", "pickle"])
+def test_corrupt_newest_snapshot_falls_back(tmp_path: Path, where: str) -> None:
+    """A flipped byte in the newest payload (in an array or the pickle) loads the previous."""
+
+    @resumable(state=None, store=tmp_path, key="t", on_success="keep", keep=3)
+    def task(state: Any) -> Iterator[Any]:
+        yield big_state(1.0)
+        yield big_state(2.0)
+
+    task()
+    newest = blobs(tmp_path)[-1]
+    data = bytearray(newest.read_bytes())
+    at = len(data) // 2 if where == "buffer" else len(MAGIC) + 12
+    data[at] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    seen: list[Any] = []
+
+    @resumable(state=None, store=tmp_path, key="t", on_success="keep")
+    def resume(state: Any) -> None:
+        seen.append(state)
+
+    resume()
+    assert seen[0]["step"] == 1
+    assert np.array_equal(seen[0]["w"], big_state(1.0)["w"])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_signed_store_verifies_before_decoding(tmp_path: Path, signed: bool) -> None:
+    """With a signing key a corrupt payload never reaches the decoder; without one, it may."""
+    key = b"secret" if signed else None
+    with Checkpoint(tmp_path, signing_key=key, keep=3) as cp:
+        for value in (1.0, 2.0):
+            out: list[Any] = []
+            write_state(big_state(value), out.append)
+            cp.save_sync(b"".join(bytes(c) for c in out))
+    newest = blobs(tmp_path)[-1]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    decoded: list[int] = []  # one entry per payload handed to the decoder
+
+    def decode(chunks: Iterator[Any]) -> Any:
+        decoded.append(0)
+        state, _ = read_state(chunks)
+        return state
+
+    with Checkpoint(tmp_path, signing_key=key) as cp:
+        found = cp.read_newest_with(decode)
+    assert found is not None
+    assert found[1]["step"] == 1
+    # Unsigned: the corrupt one was decoded as it streamed, then refused at its digest.
+    assert len(decoded) == (1 if signed else 2)
+
+
+def test_background_capture_copies_arrays(tmp_path: Path) -> None:
+    """background=True: mutating the array right after the yield does not reach the snapshot."""
+
+    @resumable(state=None, store=tmp_path, key="bg", background=True, on_success="keep")
+    def task(state: Any) -> Iterator[Any]:
+        a = np.zeros(200_000)
+        yield {"a": a}
+        a[:] = 5.0  # while the snapshot may still be written
+
+    task()
+    seen: list[Any] = []
+
+    @resumable(state=None, store=tmp_path, key="bg")
+    def resume(state: Any) -> None:
+        seen.append(state)
+
+    resume()
+    assert not seen[0]["a"].any()
+
+
+# -- torch ----------------------------------------------------------------------------------
+
+
+def test_torch_tensors_round_trip_sharing_storage() -> None:
+    """Tensors, parameters and views come back equal, with shared storages shared again."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(3, 8)).sum().backward()
+    opt.step()
+    base = torch.randn(6, 5)
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "param": torch.nn.Parameter(torch.ones(3)),
+        "base": base,
+        "view": base[2:, 1:],
+        "half": torch.randn(4, dtype=torch.bfloat16),
+        "empty": torch.empty(0, 3),
+        "int": torch.arange(10),
+    }
+    got, _ = read_state(pieces(encode(state), 777))
+    for name, t in model.state_dict().items():
+        assert torch.equal(got["model"][name], t)
+    assert torch.equal(got["opt"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert type(got["param"]) is torch.nn.Parameter
+    assert got["param"].requires_grad
+    assert torch.equal(got["view"], base[2:, 1:])
+    assert got["view"].untyped_storage().data_ptr() == got["base"].untyped_storage().data_ptr()
+    assert got["half"].dtype == torch.bfloat16
+    assert torch.equal(got["half"], state["half"])
+    assert got["empty"].shape == (0, 3)
+    assert torch.equal(got["int"], state["int"])
+
+
+def test_torch_pickled_payload_needs_no_torch_for_numpy_only_state() -> None:
+    """A NumPy-only payload loads in a process that never imports torch."""
+    import subprocess
+
+    data = encode({"a": np.arange(5)})
+    code = (
+        "import sys; from resumable._statecodec import read_state\n"
+        "state, _ = read_state([sys.stdin.buffer.read()])\n"
+        "assert list(state['a']) == [0, 1, 2, 3, 4]\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], input=data, check=True)
