@@ -21,7 +21,7 @@ from typing import Any
 from ._checkpoint import Captured, Checkpoint
 from ._errors import ConfigurationError, Preempted
 from ._rng import capture_rng
-from ._statecodec import capture_state, write_state
+from ._statecodec import BufferPool, capture_state, write_state
 from ._threads import run_async
 
 __all__ = ["MISSING", "Persister"]
@@ -53,6 +53,8 @@ class Persister:
         self._seconds = every_seconds
         self._background = background
         self._rng = rng
+        #: The buffers of written background captures, which the next capture reuses.
+        self._pool = BufferPool()
         #: The generators' states at the yield of ``pending`` (with ``rng``).
         self._pending_extras: dict[str, Any] | None = None
         self._count = 0
@@ -105,8 +107,7 @@ class Persister:
         runs, buffers uncopied: the task is paused at its yield until the step returns.
         """
         if self._background:
-            chunks = capture_state(value, extras=extras)
-            return Captured("state", lambda: chunks)
+            return Captured("state", capture_state(value, extras=extras, pool=self._pool))
 
         def produce(write: Callable[[Any], None]) -> None:
             write_state(value, write, extras=extras)

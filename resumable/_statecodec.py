@@ -29,6 +29,7 @@ import io
 import pickle
 import struct
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,7 +39,15 @@ import cloudpickle
 from ._errors import StateError
 from ._stream import Chunk
 
-__all__ = ["MAGIC", "Write", "capture_state", "read_state", "write_state"]
+__all__ = [
+    "MAGIC",
+    "BufferPool",
+    "CapturedState",
+    "Write",
+    "capture_state",
+    "read_state",
+    "write_state",
+]
 
 #: The first bytes of a state payload in this format (a pickle starts with 0x80).
 MAGIC = b"\x00RSTATE1"
@@ -198,24 +207,89 @@ def write_state(obj: object, write: Write, *, extras: dict[str, Any] | None = No
     _finish(write, out, extras)
 
 
-def capture_state(obj: object, *, extras: dict[str, Any] | None = None) -> list[Chunk]:
+class BufferPool:
+    """The buffers of the last capture that was written, for the next capture to reuse.
+
+    Copying into memory already touched costs a ``memcpy``; into fresh memory, the kernel
+    also maps and zeroes every page first, which takes several times longer. A training loop
+    yields state of the same shapes again and again, so the buffers fit. Only one capture's
+    buffers are kept.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[int, list[bytearray]] = {}
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: a kept one if one fits, else a new one."""
+        with self._lock:
+            fits = self._free.get(size)
+            if fits:
+                return fits.pop()
+        return bytearray(size)
+
+    def give(self, buffers: Iterable[bytearray]) -> None:
+        """Keep ``buffers`` (no longer read by anyone) for later captures, instead of others."""
+        free: dict[int, list[bytearray]] = {}
+        for buf in buffers:
+            free.setdefault(len(buf), []).append(buf)
+        with self._lock:
+            self._free = free
+
+
+class CapturedState:
+    """A captured state payload: its chunks (copies), replayable, and the buffers it took."""
+
+    def __init__(self, pool: BufferPool | None) -> None:
+        self.chunks: list[Chunk] = []
+        self._pool = pool
+        self._taken: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        buf = bytearray(size) if self._pool is None else self._pool.take(size)
+        self._taken.append(buf)
+        return buf
+
+    def __call__(self) -> list[Chunk]:
+        return self.chunks
+
+    def close(self) -> None:
+        """The payload is written (or dropped): its buffers go back to the pool."""
+        taken, self._taken, self.chunks = self._taken, [], []
+        if self._pool is not None and taken:
+            self._pool.give(taken)
+
+
+def capture_state(
+    obj: object, *, extras: dict[str, Any] | None = None, pool: BufferPool | None = None
+) -> CapturedState:
     """``obj``'s state payload as chunks that hold copies: later changes to ``obj`` cannot reach it.
 
-    Buffers are copied with one ``memcpy`` each, far cheaper than hashing or writing them;
-    the chunks can be written later, from another thread, as often as needed.
+    Buffers are copied with one ``memcpy`` each (into buffers of ``pool`` when they fit), far
+    cheaper than hashing or writing them; calling the result gives the chunks, which can be
+    written later, from another thread, as often as needed; ``close()`` hands the buffers
+    back to ``pool``.
     """
-    chunks: list[Chunk] = [MAGIC]
+    captured = CapturedState(pool)
+    chunks = captured.chunks
+    chunks.append(MAGIC)
     out = _Out(chunks.append)
 
     def on_buffer(buf: pickle.PickleBuffer) -> bool:
         raw = buf.raw()
         chunks.append(_HEAD.pack(_BUFFER, raw.nbytes))
-        chunks.append(bytearray(raw))  # one copy, now
+        copy = captured.take(raw.nbytes)
+        memoryview(copy)[:] = raw  # one copy, now
+        chunks.append(copy)
         return False
 
-    _dump(obj, out, on_buffer)
-    _finish(chunks.append, out, extras)
-    return chunks
+    try:
+        _dump(obj, out, on_buffer)
+        _finish(chunks.append, out, extras)
+    except BaseException:
+        captured.close()
+        raise
+    return captured
 
 
 def _dump(obj: object, out: _Out, on_buffer: Callable[[pickle.PickleBuffer], bool]) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resumable import Checkpoint, StateError, resumable
-from resumable._statecodec import MAGIC, capture_state, read_state, write_state
+from resumable._statecodec import MAGIC, BufferPool, capture_state, read_state, write_state
 
 np = pytest.importorskip("numpy")
 hnp = pytest.importorskip("hypothesis.extra.numpy")
@@ -83,7 +83,7 @@ def test_numpy_state_round_trips(state: Any, chunk: int) -> None:
 @given(state=states, rng=st.binary(max_size=64))
 def test_capture_equals_stream_and_keeps_extras(state: Any, rng: bytes) -> None:
     """A captured payload (copied buffers) is byte for byte the streamed one, extras included."""
-    captured = b"".join(bytes(c) for c in capture_state(state, extras={"rng": rng}))
+    captured = b"".join(bytes(c) for c in capture_state(state, extras={"rng": rng})())
     assert captured == encode(state, {"rng": rng})
     got, extras = read_state([captured])
     assert same(cloudpickle.loads(cloudpickle.dumps(state)), got)
@@ -104,10 +104,24 @@ def test_arrays_go_out_of_band_and_come_back_writable() -> None:
 def test_capture_is_immune_to_later_mutation() -> None:
     """A captured state holds copies: changing the array afterwards does not reach it."""
     a = np.zeros(1000)
-    chunks = capture_state(a)
+    captured = capture_state(a)
     a[:] = 1.0
-    got, _ = read_state(chunks)
+    got, _ = read_state(captured())
     assert not got.any()
+
+
+def test_pool_reuses_buffers_of_a_written_capture() -> None:
+    """A capture closed after writing gives its buffers to the next capture of the same shapes."""
+    pool = BufferPool()
+    first = capture_state({"a": np.zeros(1000)}, pool=pool)
+    before = [id(c) for c in first() if isinstance(c, bytearray) and len(c) == 8000]
+    first.close()
+    assert first() == []
+    second = capture_state({"a": np.ones(1000)}, pool=pool)
+    reused = [id(c) for c in second() if isinstance(c, bytearray) and len(c) == 8000]
+    assert reused == before
+    got, _ = read_state(second())
+    assert got["a"].sum() == 1000
 
 
 def test_old_plain_pickles_still_load() -> None:
