@@ -26,6 +26,7 @@ from resumable import (
     resumable,
 )
 from resumable._checkpoint import Captured
+from resumable._codec import loads_state
 
 from .conftest import IO, read_object, store_files, write_object
 
@@ -254,7 +255,7 @@ def test_sigterm_saves_then_raises_preempted(tmp_path: Path) -> None:
     assert rest.strip() == "preempted"  # no "start" again: not retried in-process
     with Checkpoint(f"{store}/spot") as cp:
         cp.load_sync()
-        saved = pickle.loads((cp.path / "payload").read_bytes())
+        saved = loads_state((cp.path / "payload").read_bytes())
     assert saved > 1000
 
 
