@@ -188,7 +188,7 @@ def _no_snapshots(store: str, key: str) -> _UsageError:
 
 def _show(args: argparse.Namespace) -> int:
     backend = open_task(open_store(args.store), args.key)
-    infos = snapshot_infos(task_store(backend), verify=not args.no_verify)
+    infos = snapshot_infos(task_store(backend, args.key), verify=not args.no_verify)
     if not infos:
         raise _no_snapshots(args.store, args.key)
     if args.json:
@@ -231,7 +231,9 @@ def _verify(args: argparse.Namespace) -> int:
         folders = [TaskFolder(args.key, backend, backend.entries())]
         if not folders[0].seqs:
             raise _no_snapshots(args.store, args.key)
-    results = [(f.key, info) for f in folders for info in snapshot_infos(task_store(f.backend))]
+    results = [
+        (f.key, info) for f in folders for info in snapshot_infos(task_store(f.backend, f.key))
+    ]
     bad = [(key, info) for key, info in results if info.status == "bad"]
     checked = sum(1 for _, info in results if info.status != "gone")
     if args.json:

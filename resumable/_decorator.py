@@ -510,6 +510,7 @@ class _Call:
             signing_key=spec.signing_key,
             storage_options=spec.storage_options,
             retry=spec.storage_retry,
+            name=self.key,  # signatures cover the whole key: nested keys differ in any part
         )
         # Relative paths are resolved now, in the folder the call runs in: Dir like store=.
         self.folder = None if spec.folder is None else self._folder(spec.folder, instance)

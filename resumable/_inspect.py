@@ -276,7 +276,9 @@ def _load_problem(exc: CorruptCheckpointError, seq: int) -> str:
 
 def _load_one(store: SnapshotStore, seq: int) -> None:
     """Load snapshot ``seq`` as a task would, into a temp folder that is then removed."""
-    view = SnapshotStore(_OneSnapshot(store.backend, seq), keep=1, signing_key=store.signing_key)
+    view = SnapshotStore(
+        _OneSnapshot(store.backend, seq), keep=1, signing_key=store.signing_key, name=store.name
+    )
     with tempfile.TemporaryDirectory(prefix="resumable-verify-") as scratch:
         restored = Path(scratch) / "restored"
         restored.mkdir()
@@ -312,14 +314,21 @@ def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> S
     return _info(seq, m, "ok")
 
 
-def task_store(backend: Backend) -> SnapshotStore:
-    """A read-side store over a task folder, with the signing key a load would use.
+def task_store(backend: Backend, key: str = ROOT_KEY) -> SnapshotStore:
+    """A read-side store over task ``key``'s folder, checked as a load of that task would be.
 
-    The key comes from ``$RESUMABLE_SIGNING_KEY``, as for a ``Checkpoint``: a signed store's
-    unsigned or wrongly signed snapshots are then reported as bad, as a load refuses them.
+    The signing key comes from ``$RESUMABLE_SIGNING_KEY``, as for a ``Checkpoint``, and the
+    signed name is the task key, as ``@resumable`` signs it (for the store's own folder: the
+    ``Checkpoint`` default). A signed store's unsigned, wrongly signed or copied snapshots are
+    then reported as bad, as a load refuses them.
     """
-    key = os.environ.get(SIGNING_KEY_ENV)
-    return SnapshotStore(backend, keep=1, signing_key=key.encode() if key else None)
+    secret = os.environ.get(SIGNING_KEY_ENV)
+    return SnapshotStore(
+        backend,
+        keep=1,
+        signing_key=secret.encode() if secret else None,
+        name=None if key == ROOT_KEY else key,
+    )
 
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:

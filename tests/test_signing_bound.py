@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import logging
+from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -154,3 +156,46 @@ def test_manifests_signed_by_the_previous_version_still_load(
         assert root is not None
         assert (root / "payload").read_bytes() == b"old format"
     assert "old signature" in caplog.text
+
+
+def test_decorated_tasks_sign_their_whole_key(tmp_path: Path) -> None:
+    """Nested task keys that share a last segment do not accept each other's signed files."""
+    from resumable import resumable
+
+    store = str(tmp_path / "store")
+
+    def task_for(key: str) -> Any:
+        @resumable(state=0, store=store, key=key, signing_key=SECRET, on_success="keep")
+        def count(n: int, state: int = 0) -> Any:
+            for i in range(state, n):
+                yield i + 1
+            return state
+
+        return count
+
+    assert task_for("proj/b/run")(2) == 0  # b's own snapshots: state 2
+    assert task_for("proj/a/run")(5) == 0  # a's: state 5
+    copy_all(f"{store}/proj/a/run", f"{store}/proj/b/run")  # a's newer files land in b
+    # b's next call refuses a's files (signed for another key) and resumes from its own 2.
+    assert task_for("proj/b/run")(2) == 2
+
+
+def test_cli_verify_checks_a_decorated_task_under_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`resumable verify` with the signing key finds a nested task's own snapshots ok."""
+    from resumable import resumable
+    from resumable._cli import main
+
+    store = str(tmp_path / "store")
+
+    @resumable(state=0, store=store, key="proj/a/run", signing_key=SECRET, on_success="keep")
+    def count(n: int, state: int = 0) -> Any:
+        for i in range(state, n):
+            yield i + 1
+        return n
+
+    count(3)
+    monkeypatch.setenv("RESUMABLE_SIGNING_KEY", SECRET.decode())
+    assert main(["verify", store, "proj/a/run"]) == 0
+    assert main(["verify", store]) == 0
