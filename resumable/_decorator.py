@@ -14,7 +14,6 @@ import inspect
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import (
     AsyncIterator,
@@ -462,25 +461,15 @@ def _restore_dir(
 ) -> Manifest | None:
     """Make ``folder`` hold the newest valid snapshot, touching it only once one verified.
 
-    The snapshot is restored into a new folder beside it; only when that succeeded is it
-    swapped in. When the restore fails (a corrupt snapshot, a full disk), ``folder`` is left
-    as it was.
+    ``Checkpoint.restore_into`` restores beside the folder and swaps it in only after the
+    snapshot verified, so a failed restore (a corrupt snapshot, a full disk) leaves ``folder``
+    as it was. With nothing to restore, the folder is made if missing.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.restoring-", dir=folder.parent))
-    try:
-        m = cp.restore_into(staging, accept=accept, poison_after=poison_after)
-        if m is not None:
-            old = staging.with_name(staging.name.replace(".restoring-", ".replaced-"))
-            if folder.exists():
-                folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            folder.mkdir(exist_ok=True)
-        return m
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    m = cp.restore_into(folder, accept=accept, poison_after=poison_after)
+    if m is None:
+        folder.mkdir(exist_ok=True)
+    return m
 
 
 class _Call:
