@@ -111,7 +111,7 @@ def make_cases(work: Path) -> list[tuple[str, Path | bytes, bool, float]]:
     shutil.copyfile(big, folder / "weights.bin")
     return [
         ("(a) 8 bytes", small, False, 2.0),
-        ("(b) 100 MiB file", big, False, 1.25),
+        ("(b) 100 MiB file", big, False, 1.15),
         ("(c) 1,000 x 4 KiB + 100 MiB folder", folder, True, 1.5),
     ]
 

@@ -13,19 +13,13 @@ import pytest
 
 from benchmarks.requests import counted_checkpoint
 from resumable import Checkpoint, ConcurrentWriterError
-from tests import servers
 from tests.servers import SeaweedS3
 
-# ``remote`` marks the tests that need a server (``-m "not remote"`` deselects them), where
-# the server fixtures ask for it; test configurations from before it do not know the mark.
-remote = (
-    pytest.mark.remote
-    if hasattr(servers, "require_remote_mark")
-    else pytest.mark.usefixtures("s3_server")
-)
+remote = pytest.mark.remote  # needs the S3 server: `-m "not remote"` deselects it
 
 
 def test_memory_save_is_one_write_and_load_one_list_one_read() -> None:
+    """On memory://, a steady save is one write (+ a batched delete); a load, one ls + one read."""
     url = f"memory://requests-test/{uuid.uuid4().hex}"
     with counted_checkpoint(url, keep=2) as (cp, calls):
         cp.save_sync(b"first")
@@ -45,6 +39,7 @@ def test_memory_save_is_one_write_and_load_one_list_one_read() -> None:
 
 
 def test_memory_large_payload_is_two_writes_and_one_batched_delete() -> None:
+    """A payload over the inline limit adds one write; retention stays one batched delete."""
     url = f"memory://requests-test/{uuid.uuid4().hex}"
     big = b"x" * (1 << 20)  # over the inline limit: a payload object of its own
     with counted_checkpoint(url, keep=1) as (cp, calls):
@@ -75,6 +70,7 @@ def test_memory_refused_create_lists_then_raises() -> None:
 
 
 def test_local_save_is_one_create_and_load_one_list_one_read(tmp_path: object) -> None:
+    """On local disk, a steady save is one exclusive create; a load, one listing and one read."""
     with counted_checkpoint(str(tmp_path), keep=2) as (cp, calls):
         for n in range(3):
             cp.save_sync(b"%d" % n)
