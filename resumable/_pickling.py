@@ -9,6 +9,12 @@ A task pickles the way Dask and Ray ship plain functions:
   options and the undecorated function, pickled with cloudpickle, and decorated again when
   loaded.
 
+A task is a function to ``inspect`` (``inspect.isfunction`` is true, as engines such as Ray
+require). cloudpickle ships a function that is not importable by value, from its code,
+globals and closure: for a task those are a small trampoline's, whose closure holds the
+task's options and undecorated function, so the worker gets a function that rebuilds the
+same task (same key, store and options) and calls it.
+
 A bound method (``model.fit``) pickles as its instance, its class and the unbound task. Keys
 do not depend on the process: ``__main__`` tasks pin their name when they are decorated
 (``_keys.pin_task_name``), and cloudpickle carries it with the function.
@@ -74,6 +80,40 @@ def _importable(task: object, module: str | None, qualname: str | None) -> bool:
         return False
 
 
+class _TaskRef:
+    """What a task's trampoline calls: the task, pickled as its options and function."""
+
+    __slots__ = ("source", "spec", "task")
+
+    def __init__(self, spec: Decorates, source: Any, task: Any) -> None:
+        self.spec, self.source, self.task = spec, source, task
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Never the task itself: inside the trampoline's own pickle it would come back as
+        # the trampoline, which would then call itself.
+        return _rebuild_ref, (cloudpickle.dumps((self.spec, self.source)),)
+
+
+def _rebuild_ref(pickled: bytes) -> _TaskRef:
+    spec, source = cloudpickle.loads(pickled)
+    return _TaskRef(spec, source, spec.decorate(source))
+
+
+def _trampoline(ref: _TaskRef, is_async: bool) -> Callable[..., Any]:
+    """A plain function that calls ``ref.task``: what cloudpickle copies for a task."""
+    if is_async:
+
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            return await ref.task(*args, **kwargs)
+
+        return call_async
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return ref.task(*args, **kwargs)
+
+    return call
+
+
 def _own_class(proxy: Any) -> type[Any]:
     """``__class__`` of a task: its own class where wrapt would say ``function``.
 
@@ -107,9 +147,9 @@ class BoundTask(wrapt.BoundFunctionWrapper[..., Any]):
 class Task(wrapt.FunctionWrapper[..., Any]):
     """A decorated task: a ``wrapt.FunctionWrapper`` that pickles (see the module's doc).
 
-    ``__class__`` is the task's own class, not ``function`` (see ``_own_class``); ``inspect``
-    still sees a function-like object with the calling convention's code flags, signature
-    and name.
+    A function to ``inspect`` (``function`` as ``__class__``; a task defined in a class body
+    reports its own class, see ``_inspected_class``), with the calling convention's code
+    flags, its signature and name; cloudpickle's by-value path copies the trampoline.
     """
 
     __bound_function_wrapper__ = BoundTask
@@ -125,8 +165,40 @@ class Task(wrapt.FunctionWrapper[..., Any]):
         super().__init__(wrapped, wrapper)
         self._self_spec = spec
         self._self_source = source  # the undecorated function, classmethod or staticmethod
+        ref = _TaskRef(spec, source, self)
+        self._self_trampoline = _trampoline(ref, inspect.iscoroutinefunction(wrapped))
+        # Defined in a class body ("Model.fit", not "f.<locals>.g"): a method, which must
+        # keep its binding when shipped, so it never goes through the trampoline.
+        parts = str(getattr(wrapped, "__qualname__", "")).split(".")
+        self._self_method = len(parts) > 1 and parts[-2] != "<locals>"
 
-    __class__ = property(_own_class)
+    def _inspected_class(self) -> type[Any]:
+        # A function to inspect and to engines (Ray requires one), except a method, which
+        # reports its own class so that cloudpickle hands it to __reduce_ex__.
+        forwarded: type[Any] = self.__wrapped__.__class__
+        if self._self_method and issubclass(forwarded, types.FunctionType):
+            return type(self)
+        return forwarded
+
+    __class__ = property(_inspected_class)
+
+    def _shipped(self) -> Any:
+        return self.__wrapped__ if self._self_method else self._self_trampoline
+
+    # What cloudpickle's by-value path copies for a function: the trampoline's parts.
+    @property
+    def __code__(self) -> types.CodeType:
+        code: types.CodeType = self._shipped().__code__
+        return code
+
+    @property
+    def __closure__(self) -> Any:
+        return self._shipped().__closure__
+
+    @property
+    def __globals__(self) -> dict[str, Any]:
+        found: dict[str, Any] = self._shipped().__globals__
+        return found
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         module = getattr(self, "__module__", None)

@@ -88,11 +88,6 @@ def steady(n: int, side: str, notify: str, state: int = 0) -> Generator[int, Non
     return total
 
 
-def ray_steady(n: int, side: str, notify: str) -> int:
-    """``steady`` through a plain function, for ``ray.remote``."""
-    return steady(n, side, notify)
-
-
 def timed_count(n: int, side: str, notify: str, hang_at: int) -> int:
     """Call ``count`` and report the seconds from this call to its first yield."""
     _CALL_STARTED.append(time.monotonic())
@@ -141,8 +136,3 @@ def executed_steps(side: str) -> list[int]:
     """The steps the task executed, in order, from its side file."""
     with open(side) as steps:
         return [int(line) for line in steps if line.strip()]
-
-
-def ray_count(n: int, side: str, notify: str, hang_at: int) -> int:
-    """``count`` through a plain function: ``ray.remote`` refuses the decorated task itself."""
-    return count(n, side, notify, hang_at)
