@@ -289,7 +289,7 @@ def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> S
     """Parse snapshot ``seq``'s manifest and, if ``verify``, load it as a task would.
 
     The load runs every check a real load runs (signature when ``store`` has a signing key,
-    size and sha256, archive safety and format), into a temp folder that is then removed;
+    size and digest, archive safety and format), into a temp folder that is then removed;
     a snapshot is bad exactly when a load would refuse it.
     """
     try:

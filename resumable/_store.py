@@ -40,7 +40,7 @@ from ._codec import Limits, TarFacts, extract_tar, gunzip_members, write_file
 from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureError
 from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
-from ._stream import Chunk, Digest, Spool
+from ._stream import DIGESTS, NEW_DIGEST, Chunk, Digest, Spool
 
 __all__ = [
     "FORMAT",
@@ -57,10 +57,12 @@ T = TypeVar("T")
 
 log = logging.getLogger("resumable")
 
-#: Version of the manifest format this library writes and reads.
-FORMAT = 1
-#: Version of the manifest signature this library writes (it reads 1 and 2).
-SIGNATURE = 2
+#: Version of the manifest format this library writes; it reads this one and every older one.
+#: 1: the payload's digest is always ``sha256``; 2: it is named by its field (``blake3``).
+FORMAT = 2
+#: Version of the manifest signature this library writes (it reads 1 to 3). 3 names the
+#: digest's algorithm; 1 and 2 are accepted on sha256 manifests only, which is all they signed.
+SIGNATURE = 3
 #: Payloads up to this size live inside the manifest: one object, one fsync.
 INLINE_MAX = 64 * 1024
 #: How many fresh listings a load tries when other writers delete what it listed.
@@ -106,7 +108,8 @@ class Manifest:
     seq: int
     kind: Kind
     size: int
-    sha256: str
+    #: Lowercase hex digest of the payload as stored, by :attr:`algorithm`.
+    digest: str
     compression: str
     blob: str | None
     inline: bytes | None
@@ -114,15 +117,19 @@ class Manifest:
     attempt: int
     writer: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The digest's algorithm, a key of ``DIGESTS`` and the manifest field holding it.
+    algorithm: str = NEW_DIGEST
+    #: The format version the manifest was written in.
+    format: int = FORMAT
 
     def to_json(self) -> bytes:
         """The manifest document."""
         doc: dict[str, Any] = {
-            "format": FORMAT,
+            "format": self.format,
             "seq": self.seq,
             "kind": self.kind,
             "size": self.size,
-            "sha256": self.sha256,
+            self.algorithm: self.digest,
             "compression": self.compression,
             "blob": self.blob,
             "created": self.created,
@@ -154,6 +161,11 @@ class Manifest:
                 f"manifest format {version} is newer than this library reads ({FORMAT}): "
                 "upgrade resumable to load it"
             )
+        algorithms = [name for name in DIGESTS if name in doc]
+        if len(algorithms) != 1:
+            raise CorruptCheckpointError(
+                f"manifest has no valid digest: it needs exactly one of {', '.join(DIGESTS)}"
+            )
         try:
             inline_text = doc.get("inline")
             inline = None if inline_text is None else base64.b64decode(inline_text, validate=True)
@@ -161,7 +173,9 @@ class Manifest:
                 seq=doc["seq"],
                 kind=doc["kind"],
                 size=doc["size"],
-                sha256=doc["sha256"],
+                digest=doc[algorithms[0]],
+                algorithm=algorithms[0],
+                format=version,
                 compression=doc["compression"],
                 blob=doc["blob"],
                 inline=inline,
@@ -188,8 +202,10 @@ def _problem(m: Manifest, seq: int) -> str | None:
         return f"has unknown kind {m.kind!r}"
     if not isinstance(m.size, int) or isinstance(m.size, bool) or m.size < 0:
         return f"has invalid size {m.size!r}"
-    if not isinstance(m.sha256, str) or len(m.sha256) != 64 or not _HEX64.issuperset(m.sha256):
-        return "has no valid sha256"
+    if not isinstance(m.digest, str) or len(m.digest) != 64 or not _HEX64.issuperset(m.digest):
+        return f"has no valid {m.algorithm}"
+    if m.format < 2 and m.algorithm != "sha256":
+        return f"is format {m.format}, which predates {m.algorithm}"
     if m.compression not in ("gzip", "none"):
         return f"has unknown compression {m.compression!r}"
     for name in ("raw_size", "members"):
@@ -312,13 +328,22 @@ class SnapshotStore:
         return hmac.new(self.signing_key, message, hashlib.sha256).hexdigest()
 
     def _signature(self, m: Manifest, version: int = SIGNATURE) -> str:
-        # The payload's digest plus everything that says how to read it, and (from version
-        # 2) the checkpoint's name and the archive's recorded bounds: a valid signature
-        # cannot be moved to another payload, sequence number, kind or checkpoint.
-        fields = [FORMAT, m.seq, m.kind, m.size, m.sha256, m.compression, m.blob or ""]
+        # The payload's digest plus everything that says how to read it, from version 2 the
+        # checkpoint's name and the archive's recorded bounds, from 3 the digest's algorithm:
+        # a valid signature cannot be moved to another payload, sequence number, kind or
+        # checkpoint.
+        bounds = [m.extra.get("raw_size"), m.extra.get("members")]
+        if version >= 3:
+            fields = [m.format, m.seq, m.kind, m.size, m.algorithm, m.digest, m.compression]
+            return self._mac(
+                json.dumps(
+                    ["resumable-manifest", self.name, *fields, m.blob or "", *bounds]
+                ).encode()
+            )
+        # 1 and 2 were written when every manifest was format 1 with a sha256.
+        fields = [1, m.seq, m.kind, m.size, m.digest, m.compression, m.blob or ""]
         if version == 1:  # written by resumable 0.x before signatures named the checkpoint
             return self._mac("\n".join(str(f) for f in fields).encode())
-        bounds = [m.extra.get("raw_size"), m.extra.get("members")]
         return self._mac(json.dumps(["resumable-manifest", self.name, *fields, *bounds]).encode())
 
     def sign(self, m: Manifest) -> None:
@@ -337,8 +362,13 @@ class SnapshotStore:
                 "snapshot in a store others can write may run their code when unpickled)"
             )
         version = m.extra.get("hmac_version", 1)
-        if version not in (1, SIGNATURE) or isinstance(version, bool):
+        if version not in (1, 2, SIGNATURE) or isinstance(version, bool):
             raise SignatureError(f"manifest has an unknown signature version {version!r:.20}")
+        if version < 3 and (m.format != 1 or m.algorithm != "sha256"):
+            raise SignatureError(
+                f"manifest signature version {version} cannot sign a format {m.format} "
+                f"manifest with a {m.algorithm} digest: forged or rewritten"
+            )
         if not hmac.compare_digest(found, self._signature(m, version)):
             raise SignatureError(
                 "manifest signature is wrong: another key, forged, or signed for another "
@@ -417,7 +447,7 @@ class SnapshotStore:
             else:
                 for chunk in chunks:
                     put(chunk)
-            sha = digest.hexdigest()
+            hexdigest = digest.hexdigest()
             if out is not None:
                 out.commit()
             callback.set_size(digest.size)  # a save knows its size once it is written
@@ -432,7 +462,7 @@ class SnapshotStore:
             seq=seq,
             kind=kind,
             size=digest.size,
-            sha256=sha,
+            digest=hexdigest,
             compression=compression,
             blob=None if spool is not None else blob,
             inline=b"".join(spool) if spool is not None else None,
@@ -555,7 +585,7 @@ class SnapshotStore:
             seq=seq,
             kind="cleared",
             size=0,
-            sha256=hashlib.sha256(b"").hexdigest(),
+            digest=Digest().hexdigest(),
             compression="none",
             blob=None,
             inline=b"",
@@ -581,8 +611,8 @@ class SnapshotStore:
         return Manifest.from_json(self.backend.read(manifest_name(seq)), seq)
 
     def payload(self, m: Manifest) -> Iterator[Chunk]:
-        """The payload's bytes, checked against the manifest's size and sha256 on the way."""
-        digest = Digest()
+        """The payload's bytes, checked against the manifest's size and digest on the way."""
+        digest = Digest(m.algorithm)
         with contextlib.ExitStack() as stack:
             callback = transfer(self.progress, self.backend.url, f"snapshot {m.seq}", m.size)
             stack.enter_context(callback)  # closed when the transfer ends, however it ends
@@ -605,8 +635,8 @@ class SnapshotStore:
                 yield chunk
         if digest.size != m.size:
             raise CorruptCheckpointError(f"payload is truncated: {digest.size} of {m.size} bytes")
-        if digest.hexdigest() != m.sha256:
-            raise CorruptCheckpointError("payload does not match its sha256")
+        if digest.hexdigest() != m.digest:
+            raise CorruptCheckpointError(f"payload does not match its {m.algorithm}")
 
     def _skip(self, seq: int, exc: CorruptCheckpointError) -> str:
         log.warning(

@@ -3,7 +3,7 @@
 Two pools, nothing else starts a thread:
 
 ``CPU`` (at most :data:`CPU_WORKERS` threads)
-    Short, pure work on one chunk: sha256 updates, gzip of a 1 MiB member, an ``fdatasync``
+    Short, pure work on one chunk: digest updates, gzip of a 1 MiB member, an ``fdatasync``
     that runs behind the writer. Each stream waits for its previous future before it submits
     the next, so one stream holds at most one or two of these at a time and streams never
     interleave their bytes. A ``ThreadPoolExecutor``: it is shut down before ``atexit``

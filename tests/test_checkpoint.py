@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 
 from resumable import (
@@ -125,8 +125,8 @@ def test_workspace_holds_exactly_the_snapshot(store_url: str, io: IO, tmp_path: 
         assert sorted(p.name for p in root.iterdir()) == ["payload"]
 
 
-def test_manifest_records_size_and_sha256(store_url: str, io: IO, tmp_path: Path) -> None:
-    """The manifest is JSON with the payload's byte size and lowercase hex sha256."""
+def test_manifest_records_size_and_digest(store_url: str, io: IO, tmp_path: Path) -> None:
+    """The manifest is JSON (format 2) with the payload's byte size and hex blake3."""
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(200_000))
     with Checkpoint(store_url) as cp:
@@ -136,9 +136,10 @@ def test_manifest_records_size_and_sha256(store_url: str, io: IO, tmp_path: Path
     doc = json.loads(read_object(store_url, manifest_name))
     blob = read_object(store_url, doc["blob"])
     assert doc["size"] == len(blob) == 200_000
-    assert doc["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert doc["blake3"] == blake3.blake3(blob).hexdigest()
+    assert "sha256" not in doc
     assert doc["kind"] == "file"
-    assert doc["format"] == 1
+    assert doc["format"] == 2
 
 
 def test_small_payload_is_inlined_in_the_manifest(store_url: str, io: IO) -> None:

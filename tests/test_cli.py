@@ -151,7 +151,7 @@ def test_show_flags_corrupt_snapshot_and_exits_1(store: Path) -> None:
     newest.write_bytes(bytes(data))
     done = run("show", store, "train")
     assert done.returncode == 1
-    assert "BAD: payload does not match its sha256" in done.stdout
+    assert "BAD: payload does not match its blake3" in done.stdout
 
 
 def test_show_unknown_key_exits_2(store: Path) -> None:

@@ -64,7 +64,7 @@ def test_manifest_json_round_trip(
         seq=seq,
         kind=kind,  # type: ignore[arg-type]
         size=size,
-        sha256="ab" * 32,
+        digest="ab" * 32,
         compression="none",
         blob=None if inline is not None else f"{seq:020d}.0123456789abcdef.blob",
         inline=inline,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from resumable._codec import loads_state
+from tests.conftest import payload_digest
 from tests.stress.storm import KEY, check_state, spawn_child
 
 #: Saves each writer completes: enough for many sequence-number races on 2 cores.
@@ -33,7 +33,7 @@ def verify_by_hand(keydir: Path, seq: int) -> tuple[dict[str, object], str | Non
         assert doc["blob"] == f"{seq:020d}.{doc['writer']}.blob"
         data = (keydir / doc["blob"]).read_bytes()
     assert len(data) == doc["size"]
-    assert hashlib.sha256(data).hexdigest() == doc["sha256"]
+    assert payload_digest(doc, data) == doc["blake3"]
     state = loads_state(data)
     check_state(state)
     assert isinstance(state, dict)

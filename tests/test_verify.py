@@ -78,7 +78,7 @@ def foreign_payload(store_url: str) -> None:
 
 def wrong_digest(store_url: str) -> None:
     doc = json.loads(read_object(store_url, f"{NEWEST}.json"))
-    doc["sha256"] = "0" * 64
+    doc["blake3"] = "0" * 64
     write_object(store_url, f"{NEWEST}.json", json.dumps(doc).encode())
 
 

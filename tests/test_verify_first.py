@@ -10,7 +10,6 @@ destination as it was.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io as stdio
 import json
 import logging
@@ -23,7 +22,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError
 
-from .conftest import IO, read_object, store_files, write_object
+from .conftest import IO, read_object, set_digest, store_files, write_object
 
 SECRET = b"signing secret"
 
@@ -105,7 +104,7 @@ def test_unsigned_archive_longer_than_recorded_is_stopped_mid_stream(
         bomb = zeros_bomb(64 << 20)
         write_object(store_url, blob(store_url, 1), bomb)
         doc = manifest(store_url, 1)
-        doc.update(size=len(bomb), sha256=hashlib.sha256(bomb).hexdigest())
+        set_digest(doc, bomb)
         write_object(store_url, f"{1:020d}.json", json.dumps(doc).encode())
         with caplog.at_level(logging.WARNING, logger="resumable"):
             root = io.load(cp)
