@@ -13,8 +13,12 @@ snapshots kept:
 Targets: save = 1 write + 1 batched delete (retention runs on every save once ``keep``
 snapshots exist); load = 1 list + 1 read (the payload is inlined in the manifest here).
 
-Then the time of 1,000 small saves against 1,000 raw ``pipe_file`` calls of the same bytes
-(target: at most 1.5 times), on ``memory://``, local disk and S3.
+Then the time of 1,000 small saves (``save_sync``) and of 1,000 ``yield`` s of a small state
+by a ``@resumable`` generator task (both ``keep=2``, so that retention runs on every save)
+against 1,000 raw ``pipe_file`` calls of the same bytes, on ``memory://``, local disk and S3.
+The target, at most 1.5 times, is for S3, where each request is a network round trip; on
+``memory://`` the raw call is a dict assignment and on local disk it does not fsync, so there
+the ratio shows the fixed cost of a durable, verified commit, not a target.
 
 Run: ``python benchmarks/requests.py [--saves N] [--repeat N] [--no-s3]``.
 """
@@ -46,7 +50,7 @@ from unittest import mock  # noqa: E402
 import fsspec  # noqa: E402
 import fsspec.asyn  # noqa: E402
 
-from resumable import Checkpoint  # noqa: E402
+from resumable import Checkpoint, resumable  # noqa: E402
 from resumable import _checkpoint as checkpoint_module  # noqa: E402
 from resumable._backend import Backend, FsspecBackend, LocalBackend, open_backend  # noqa: E402
 
@@ -223,8 +227,10 @@ def measure(url: str, history: int, *, http: bool = False) -> Row:
     _fill(url, history)
     with counted_checkpoint(url, keep=history, http=http) as (cp, calls):
         cp.save_sync(b"warm-up: the first save of a process lists")
+        cp.flush_sync()  # retention runs behind a save: count it with the save that caused it
         calls.clear()
         cp.save_sync(b"steady state")
+        cp.flush_sync()
         save = calls.kinds()
         save_detail = dict(calls)
         calls.clear()
@@ -307,19 +313,38 @@ def print_history(results: list[tuple[str, dict[int, tuple[float, float]]]]) -> 
         print(f"{store:<7}{saves}{loads} {ratio:>6.2f}x  {verdict}")
 
 
-def time_saves(url: str, saves: int, repeat: int) -> tuple[float, float]:
-    """Seconds for ``saves`` small saves, and for as many raw ``pipe_file`` calls (best of)."""
+def time_yields(url: str, yields: int) -> float:
+    """Seconds for a ``@resumable`` generator task that yields a small state ``yields`` times."""
+
+    @resumable(state=b"", store=url, key=uuid.uuid4().hex, keep=2, on_success="keep")
+    def task(state: bytes) -> Iterator[bytes]:
+        for n in range(yields):
+            yield b"%-64d" % n
+
+    started = time.perf_counter()
+    task()  # runs the generator to its end, persisting every yield
+    return time.perf_counter() - started
+
+
+def time_saves(url: str, saves: int, repeat: int) -> tuple[float, float, float]:
+    """Seconds for ``saves`` small saves, as many yields, and as many raw ``pipe_file`` calls.
+
+    Best of ``repeat``; each timed run ends with its retention done (``close``).
+    """
     data = b"x" * 64
     fs, root = fsspec.url_to_fs(url)
-    ours, raw = [], []
+    ours, yielded, raw = [], [], []
     for _ in range(repeat):
         target = f"{url.rstrip('/')}/{uuid.uuid4().hex}"
-        with Checkpoint(target, keep=2) as cp:
-            cp.save_sync(data)  # the first save of a process lists: not steady state
-            started = time.perf_counter()
-            for _ in range(saves):
-                cp.save_sync(data)
-            ours.append(time.perf_counter() - started)
+        cp = Checkpoint(target, keep=2)
+        cp.save_sync(data)  # the first save of a process lists: not steady state
+        cp.flush_sync()
+        started = time.perf_counter()
+        for _ in range(saves):
+            cp.save_sync(data)
+        cp.close()
+        ours.append(time.perf_counter() - started)
+        yielded.append(time_yields(url, saves))
         base = f"{root.rstrip('/')}/{uuid.uuid4().hex}"
         with contextlib.suppress(FileExistsError):
             fs.makedirs(base, exist_ok=True)
@@ -327,19 +352,27 @@ def time_saves(url: str, saves: int, repeat: int) -> tuple[float, float]:
         for i in range(saves):
             fs.pipe_file(f"{base}/{i:020d}", data)
         raw.append(time.perf_counter() - started)
-    return min(ours), min(raw)
+    return min(ours), min(yielded), min(raw)
 
 
-def print_times(results: list[tuple[str, float, float]], saves: int) -> None:
+def print_times(results: list[tuple[str, float, float, float]], saves: int) -> None:
     print()
-    print(f"{saves} small saves (64 bytes, keep=2) vs {saves} raw pipe_file calls; target <= 1.5x")
-    head = f"{'store':<7} {'saves s':>9} {'raw s':>9} {'ratio':>7}  verdict"
+    print(
+        f"{saves} small saves / yields (64 bytes, keep=2) vs {saves} raw pipe_file calls; "
+        "target on S3 <= 1.5x"
+    )
+    cols = ("saves s", "yields s", "raw s")
+    head = f"{'store':<7} " + " ".join(f"{c:>9}" for c in cols)
+    head += f" {'saves':>7} {'yields':>7}  verdict"
     print(head)
     print("-" * len(head))
-    for store, ours, raw in results:
-        ratio = ours / raw
-        verdict = "ok" if ratio <= 1.5 else "MISSED"
-        print(f"{store:<7} {ours:>9.3f} {raw:>9.3f} {ratio:>6.2f}x  {verdict}")
+    for store, ours, yielded, raw in results:
+        worst = max(ours, yielded) / raw
+        verdict = ("ok" if worst <= 1.5 else "MISSED") if store == "s3" else "(no target)"
+        print(
+            f"{store:<7} {ours:>9.3f} {yielded:>9.3f} {raw:>9.3f} {ours / raw:>6.2f}x "
+            f"{yielded / raw:>6.2f}x  {verdict}"
+        )
 
 
 @contextlib.contextmanager
@@ -390,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 server")
     args = parser.parse_args(argv)
     rows: list[Row] = []
-    times: list[tuple[str, float, float]] = []
+    times: list[tuple[str, float, float, float]] = []
     flat: list[tuple[str, dict[int, tuple[float, float]]]] = []
     with tempfile.TemporaryDirectory(prefix="resumable-requests-") as tmp:
         for history in HISTORIES:

@@ -450,12 +450,16 @@ class FsspecBackend:
             self.fs.rm_file(self._path(name))
 
     def delete_many(self, names: list[str]) -> None:
-        if len(names) == 1:
-            self.delete(names[0])
-        elif names:
-            # One request on S3 (DeleteObjects) and GCS (batch); missing objects are skipped.
+        if len(names) > 1 and getattr(self.fs, "async_impl", False):
+            # One request on S3 (DeleteObjects), GCS and Azure (batches), which skip missing
+            # objects and go on past them.
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm([self._path(n) for n in names])
+            return
+        # Elsewhere ``rm`` of a list is a loop that stops at the first missing name (and
+        # goes newest first): one call per name, in order, each missing one skipped.
+        for name in names:
+            self.delete(name)
 
     def child(self, name: str) -> Backend:
         root = f"{self.root}/{name}" if self.root else name

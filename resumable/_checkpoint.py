@@ -401,7 +401,7 @@ class Checkpoint:
 
         """
         captured = self.capture(data)
-        self.flush_sync()  # an older background snapshot must not land after this one
+        self._bg.flush()  # an older background snapshot must not land after this one
         self.commit(captured)
 
     async def save(self, data: SaveData) -> None:
@@ -433,8 +433,15 @@ class Checkpoint:
         self.commit_in_background(self.capture(data, frozen=True))
 
     def flush_sync(self) -> None:
-        """Wait until background saves are committed; raise a failure one of them met."""
+        """Wait until background saves are committed and retention is done.
+
+        Raises a failure a background save met. Retention runs behind every save (the
+        store holds one snapshot more than ``keep`` until it is done); a failed retention is
+        logged and tried again by the next save.
+        """
         self._bg.flush()
+        with self._lock:
+            self._store.settle()
 
     async def flush(self) -> None:
         """Async twin of :meth:`flush_sync`."""
@@ -447,6 +454,8 @@ class Checkpoint:
         try:
             if self._cleanup.alive:
                 self._bg.flush(EXIT_TIMEOUT)
+                with self._lock:
+                    self._store.settle()
         finally:
             self._bg.close()
             self._cleanup()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import itertools
@@ -26,10 +27,12 @@ import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -41,6 +44,7 @@ from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureErr
 from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
 from ._stream import DIGESTS, NEW_DIGEST, Chunk, Digest, Spool
+from ._threads import run_on_io
 
 __all__ = [
     "FORMAT",
@@ -69,6 +73,9 @@ INLINE_MAX = 64 * 1024
 _RELIST = 5
 #: Saves and loads at least this large log their size and rate.
 _LOG_SIZE = 16 << 20
+#: Retention deletes at most one batch per this many seconds: saves that come faster share a
+#: batch (one request), so a store holds at most the snapshots of this long beyond ``keep``.
+_RETIRE_EVERY = 0.05
 #: After this process saw a competing writer on a store, its saves there list first (and
 #: retention works from that listing) for this many seconds: see ``SnapshotStore.commit``.
 _CONTESTED_FOR = 60.0
@@ -306,9 +313,37 @@ class SnapshotStore:
         # next commit lists first.
         self._next: int | None = None
         self._known: OrderedDict[int, list[str]] = OrderedDict()
+        # Retention runs behind the caller, on an IO thread, one batch at a time and at most
+        # one batch per _RETIRE_EVERY: when saves come faster, the next batch takes every
+        # snapshot that fell out of ``keep`` meanwhile, in one request; a request per save
+        # would cost as much as the save. The lock guards ``_known`` and ``_retiring``
+        # between the caller and that thread; ``settle`` sets ``_hurry`` to skip the pause.
+        self._lock = threading.Lock()
+        self._retiring: Future[None] | None = None
+        self._hurry = threading.Event()
+
+    def settle(self) -> None:
+        """Wait for the retention that runs behind the last commit, if any (it never raises).
+
+        Example:
+            >>> from resumable._backend import open_backend
+            >>> store = SnapshotStore(open_backend("memory://doc/settle", None), keep=1)
+            >>> for step in range(3):
+            ...     _ = store.commit("bytes", [b"step %d" % step])
+            >>> store.settle()
+            >>> sorted(e.name for e in store.backend.entries())
+            ['00000000000000000002.json']
+
+        """
+        with self._lock:
+            pending = self._retiring
+        if pending is not None:
+            self._hurry.set()
+            pending.result()
 
     def _learn(self, entries: list[Entry]) -> list[int]:
         """Take a listing as the truth; its manifests' sequence numbers, newest first."""
+        self.settle()
         seqs = manifest_seqs(names_of(entries))
         owned: dict[int, list[str]] = {seq: [manifest_name(seq)] for seq in reversed(seqs)}
         for e in entries:
@@ -320,6 +355,7 @@ class SnapshotStore:
         return seqs
 
     def _forget(self) -> None:
+        self.settle()
         self._next = None
         self._known.clear()
 
@@ -490,12 +526,14 @@ class SnapshotStore:
         except BaseException:
             self._forget()  # the manifest may or may not exist now: the next commit lists
             raise
-        self._known[seq] = [manifest_name(seq), *([manifest.blob] if manifest.blob else [])]
         self._next = seq + 1
-        try:
-            self._retire()
-        except Exception as exc:  # housekeeping: the next commit retries it
-            log.warning("snapshot %d is committed, but retention failed: %r", seq, exc)
+        with self._lock:
+            self._known[seq] = [manifest_name(seq), *([manifest.blob] if manifest.blob else [])]
+            if self._retiring is None and len(self._known) > self.keep:
+                # A fresh context: retention's storage calls get tries of their own, not
+                # what is left of this save's.
+                self._hurry.clear()
+                self._retiring = run_on_io(lambda: contextvars.Context().run(self._retire_behind))
         if manifest.size >= _LOG_SIZE:
             log.info(
                 "saved snapshot %d to %s: %s",
@@ -505,11 +543,31 @@ class SnapshotStore:
             )
         return manifest
 
-    def _retire(self) -> None:
-        """Retention by name: drop the known snapshots beyond the newest ``keep``."""
-        excess = len(self._known) - self.keep
-        if excess > 0:
-            self._drop(list(itertools.islice(self._known, excess)))
+    def _retire_behind(self) -> None:
+        """Retention until nothing is beyond ``keep``, batch after batch; failures are logged."""
+        while True:
+            with self._lock:
+                excess = len(self._known) - self.keep
+                if excess <= 0:
+                    self._retiring = None
+                    self._hurry.clear()
+                    return
+                seqs = list(itertools.islice(self._known, excess))
+            batch_started = time.monotonic()
+            try:
+                self._drop(seqs)
+            except Exception as exc:  # housekeeping: the next commit tries it again
+                log.warning(
+                    "retention failed on %s (snapshots %s stay until the next save): %r",
+                    self.backend.url,
+                    ", ".join(map(str, seqs)),
+                    exc,
+                )
+                with self._lock:
+                    self._retiring = None
+                    self._hurry.clear()
+                return
+            self._hurry.wait(batch_started + _RETIRE_EVERY - time.monotonic())
 
     def _drop(self, seqs: list[int]) -> None:
         """Delete known snapshots ``seqs`` in one batch, in that order: each manifest first.
@@ -518,10 +576,23 @@ class SnapshotStore:
         come from what this store committed or listed, not from a new listing. They are
         forgotten only once deleted, so a failed batch is retried by the next commit.
         """
-        names = [name for seq in seqs for name in self._known.get(seq, [manifest_name(seq)])]
+        try:
+            self._delete(seqs)
+        except Exception:
+            if len(seqs) == 1:
+                raise
+            # A batch that failed may be mostly gone, and a large one may keep failing on
+            # some name: one snapshot at a time instead, so each success is kept.
+            for seq in seqs:
+                self._delete([seq])
+
+    def _delete(self, seqs: list[int]) -> None:
+        with self._lock:
+            names = [n for seq in seqs for n in self._known.get(seq, [manifest_name(seq)])]
         self.backend.delete_many(names)
-        for seq in seqs:
-            self._known.pop(seq, None)
+        with self._lock:
+            for seq in seqs:
+                self._known.pop(seq, None)
 
     def clear(self) -> None:
         """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
@@ -823,6 +894,7 @@ class SnapshotStore:
 
     def newest_seq(self) -> int | None:
         """The newest committed sequence number, if any (one listing, no manifest read)."""
+        self.settle()  # a listing taken while our own retention deletes would be stale
         seqs = self._learn(self.backend.entries())  # a fresher view for the next commit too
         return seqs[0] if seqs else None
 

@@ -353,6 +353,7 @@ def test_a_thousand_commits_through_a_fifth_of_calls_failing(root: str, tmp_path
     for i in range(1000):
         payload = str(i).encode()
         retry_call(functools.partial(store.commit, "bytes", [payload]), FAST, f"commit {i}")
+    store.settle()  # retention runs behind the commits
     assert sum(fs.faults.values()) > 1000
     restored = retry_call(lambda: store.restore_into(tmp_path, Limits()), FAST, "restore")
     assert restored is not None

@@ -174,7 +174,8 @@ def test_load_relists_when_another_writer_pruned_what_it_listed(
         backend = reader._store.backend
         stale = backend.entries()
         io.save(writer, b"three")
-        io.save(writer, b"four")  # retention removed both snapshots the reader listed
+        io.save(writer, b"four")
+        writer.flush_sync()  # retention removed both snapshots the reader listed
         real = backend.entries
         calls: list[int] = []
 

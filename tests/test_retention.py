@@ -1,0 +1,159 @@
+"""Retention runs behind the saves: off the caller's path, in batches, settled by flush and close.
+
+After a commit, the snapshots beyond ``keep`` are deleted on an IO thread, at most one batch
+per 50 ms; saves that come faster share a batch. ``flush_sync``, ``close``, a load and the next
+listing wait for it, so what a caller can observe through the library is always ``keep``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resumable import Checkpoint, resumable
+from resumable._backend import open_backend
+
+from .conftest import IO, store_files
+
+
+def manifests(url: str) -> list[str]:
+    return sorted(n for n in store_files(url) if n.endswith(".json"))
+
+
+def test_flush_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
+    """However fast the saves come, after flush_sync the store holds the newest ``keep``."""
+    with Checkpoint(store_url, keep=3) as cp:
+        for n in range(25):
+            io.save(cp, b"state %d" % n)
+        cp.flush_sync()
+        assert manifests(store_url) == [f"{n:020d}.json" for n in (22, 23, 24)]
+        assert (io.load(cp) / "payload").read_bytes() == b"state 24"
+
+
+def test_close_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
+    """Leaving the ``with`` block waits for the retention still running behind the last save."""
+    with Checkpoint(store_url, keep=1) as cp:
+        for n in range(10):
+            io.save(cp, b"%d" % n)
+    assert manifests(store_url) == [f"{9:020d}.json"]
+
+
+def test_a_hanging_delete_does_not_hold_up_saves(tmp_path: Path) -> None:
+    """Saves return while retention's delete is blocked; once it answers, flush settles keep."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        entered, answer = threading.Event(), threading.Event()
+
+        def blocked(names: list[str]) -> None:
+            entered.set()
+            assert answer.wait(30)
+            real(names)
+
+        backend.delete_many = blocked
+        cp.save_sync(b"one")
+        cp.save_sync(b"two")  # its retention blocks on the delete of "one"
+        assert entered.wait(30)
+        for n in range(5):  # none of these waits for that delete
+            cp.save_sync(b"more %d" % n)
+        assert len(manifests(str(tmp_path))) == 7
+        answer.set()
+        cp.flush_sync()
+        assert manifests(str(tmp_path)) == [f"{6:020d}.json"]
+
+
+def test_saves_faster_than_deletes_share_a_batch(tmp_path: Path) -> None:
+    """While one delete is in flight, the snapshots dropped meanwhile go in one later batch."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        batches: list[list[str]] = []
+        entered, answer = threading.Event(), threading.Event()
+
+        def gated(names: list[str]) -> None:
+            batches.append(names)
+            entered.set()
+            assert answer.wait(30)
+            real(names)
+
+        backend.delete_many = gated
+        cp.save_sync(b"0")
+        cp.save_sync(b"1")
+        assert entered.wait(30)
+        for n in range(2, 6):
+            cp.save_sync(b"%d" % n)
+        answer.set()
+        cp.flush_sync()
+    assert batches == [[f"{0:020d}.json"], [f"{n:020d}.json" for n in range(1, 5)]]
+
+
+def test_failed_retention_is_retried_by_the_next_save(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delete that fails is logged; the next save's retention deletes what it left."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        refused = [True]
+
+        def flaky(names: list[str]) -> None:
+            if refused[0]:
+                raise PermissionError(13, "refused", names[0])
+            real(names)
+
+        backend.delete_many = flaky
+        cp.save_sync(b"one")
+        cp.save_sync(b"two")
+        cp.flush_sync()
+        assert len(manifests(str(tmp_path))) == 2
+        assert "retention failed" in caplog.text
+        refused[0] = False
+        cp.save_sync(b"three")
+        cp.flush_sync()
+        assert manifests(str(tmp_path)) == [f"{2:020d}.json"]
+
+
+@pytest.mark.parametrize("url", ["memory", "local"])
+def test_delete_many_skips_a_missing_name_and_deletes_the_rest(url: str, tmp_path: Path) -> None:
+    """A name already gone in the middle of a batch does not stop the names after it."""
+    root = f"memory://retention/{tmp_path.name}" if url == "memory" else str(tmp_path / "s")
+    backend = open_backend(root, None)
+    for name in ("a.json", "c.json", "d.json"):
+        backend.create_exclusive(name, b"{}")
+    backend.delete_many(["a.json", "b.json", "c.json"])
+    assert [e.name for e in backend.entries()] == ["d.json"]
+
+
+def test_decorated_task_finishing_leaves_keep(tmp_path: Path) -> None:
+    """A generator task that yields fast and keeps its snapshots ends with exactly ``keep``."""
+
+    @resumable(state=0, store=tmp_path, key="fast", keep=2, on_success="keep")
+    def count(state: int) -> Any:
+        while state < 30:
+            state += 1
+            yield state
+        return state
+
+    assert count() == 30
+    # Snapshots 28 and 29 hold the yields of 29 and 30.
+    assert manifests(str(tmp_path / "fast")) == [f"{n:020d}.json" for n in (28, 29)]
+
+
+def test_retention_settles_at_interpreter_exit(tmp_path: Path) -> None:
+    """A script that saves fast and exits without closing still leaves exactly ``keep``."""
+    script = textwrap.dedent(
+        f"""
+        from resumable import Checkpoint
+        cp = Checkpoint({str(tmp_path / "exit")!r}, keep=2)
+        for n in range(40):
+            cp.save_sync(b"%d" % n)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert manifests(str(tmp_path / "exit")) == [f"{n:020d}.json" for n in (38, 39)]
