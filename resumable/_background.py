@@ -10,6 +10,7 @@ while there is work, and hands it back when idle.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -45,12 +46,22 @@ class Background:
         self._busy = False  # a job is executing
         self._error: BaseException | None = None
         self._closed = False
+        self._pid = os.getpid()
+
+    def _fork_check(self) -> None:
+        """In a child forked mid-save the worker does not exist: the parent saves its jobs."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._cond = threading.Condition()  # the parent's lock may have been held
+            self._waiting = self._discard = None
+            self._running = self._busy = False
 
     def submit(self, job: Job, discard: Job | None = None) -> None:
         """Queue ``job``; it replaces a job still waiting, whose ``discard`` is then called.
 
         Raises a failure an earlier job met.
         """
+        self._fork_check()
         with self._cond:
             try:
                 self._check_open()
@@ -107,6 +118,7 @@ class Background:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is waiting or in flight; raise a failure the worker met."""
+        self._fork_check()
         with self._cond:
             idle = self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)
             if not idle:

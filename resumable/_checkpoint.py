@@ -220,7 +220,8 @@ class Checkpoint:
             progress=make_progress(progress),
             name=name,
         )
-        self._lock = threading.RLock()
+        self._lock_pid = os.getpid()
+        self._lock_of_pid = threading.RLock()
         self._bg = Background(self.uri)
         # The workspace is made when first needed (a load, or .path): saves need none.
         self._workspaces: list[Path] = []
@@ -230,13 +231,24 @@ class Checkpoint:
         self._cleanup.atexit = False
         close_at_exit(self)
 
+    def _lock(self) -> threading.RLock:
+        """The lock that serializes this checkpoint's operations.
+
+        A child forked while another thread held it gets a new one: that thread does not
+        exist in the child, and would hold the lock forever.
+        """
+        if self._lock_pid != os.getpid():
+            self._lock_pid = os.getpid()
+            self._lock_of_pid = threading.RLock()
+        return self._lock_of_pid
+
     def __repr__(self) -> str:
         return f"Checkpoint({self.uri!r})"
 
     @property
     def path(self) -> Path:
         """The private workspace folder that ``load`` restores into (made on first use)."""
-        with self._lock:
+        with self._lock():
             if not self._workspaces:
                 self._check_open()
                 self._workspaces.append(create_workspace())
@@ -440,7 +452,7 @@ class Checkpoint:
         logged and tried again by the next save.
         """
         self._bg.flush()
-        with self._lock:
+        with self._lock():
             self._store.settle()
 
     async def flush(self) -> None:
@@ -454,7 +466,7 @@ class Checkpoint:
         try:
             if self._cleanup.alive:
                 self._bg.flush(EXIT_TIMEOUT)
-                with self._lock:
+                with self._lock():
                     self._store.settle()
         finally:
             self._bg.close()
@@ -527,7 +539,7 @@ class Checkpoint:
             )
 
         what = f"saving a snapshot to {self.uri}"
-        with self._lock, _storage_errors(what):
+        with self._lock(), _storage_errors(what):
             return retry_call(commit, self.retry, what)
 
     def commit_in_background(self, captured: Captured, *, attempt: int = 0) -> None:
@@ -647,7 +659,7 @@ class Checkpoint:
         self._retried(clear, f"clearing {self.uri}")
 
     def _retried(self, fn: Callable[[], T], what: str) -> T:
-        with self._lock, _storage_errors(what):
+        with self._lock(), _storage_errors(what):
             return retry_call(fn, self.retry, what)
 
     def _check_open(self) -> None:

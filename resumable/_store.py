@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import secrets
 import shutil
 import stat
@@ -321,6 +322,17 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._retiring: Future[None] | None = None
         self._hurry = threading.Event()
+        self._pid = os.getpid()
+
+    def _fork_check(self) -> None:
+        """In a child forked while retention ran, its thread is gone: start afresh."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()  # the parent's may have been held at the fork
+            self._retiring = None
+            self._hurry = threading.Event()
+            self._next = None  # what the parent knew may be stale: the next commit lists
+            self._known = OrderedDict()
 
     def settle(self) -> None:
         """Wait for the retention that runs behind the last commit, if any (it never raises).
@@ -335,6 +347,7 @@ class SnapshotStore:
             ['00000000000000000002.json']
 
         """
+        self._fork_check()
         with self._lock:
             pending = self._retiring
         if pending is not None:
@@ -448,6 +461,7 @@ class SnapshotStore:
         calls it with the payload's chunks in order (a pickler streaming into the payload).
         """
         started = time.perf_counter()
+        self._fork_check()
         if self._next is None or _contested.get(self.backend.url, 0.0) > time.monotonic():
             self._learn(self.backend.entries())
         assert self._next is not None

@@ -39,6 +39,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -104,6 +105,11 @@ class _DaemonPool:
         self._idle: list[queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]] = []
         self._lock = threading.Lock()
 
+    def forget_workers(self) -> None:
+        """Drop the idle workers (in a forked child, where their threads do not exist)."""
+        self._idle = []
+        self._lock = threading.Lock()
+
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
@@ -132,6 +138,17 @@ class _DaemonPool:
 
 
 _IO = _DaemonPool(max_idle=IO_IDLE)
+
+
+def _after_fork_in_child() -> None:
+    # A forked child has none of its parent's threads, but both pools still believe their
+    # idle workers exist and would hand them work forever: new pools, no workers yet.
+    global _CPU
+    _CPU = ThreadPoolExecutor(max_workers=CPU_WORKERS, thread_name_prefix="resumable-cpu")
+    _IO.forget_workers()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_on_io(fn: Callable[[], T]) -> Future[T]:

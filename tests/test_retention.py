@@ -7,6 +7,8 @@ listing wait for it, so what a caller can observe through the library is always 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -157,3 +159,66 @@ def test_retention_settles_at_interpreter_exit(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     assert manifests(str(tmp_path / "exit")) == [f"{n:020d}.json" for n in (38, 39)]
+
+
+def test_a_child_forked_while_retention_runs_saves_and_settles(tmp_path: Path) -> None:
+    """A fork taken while a delete is in flight: the child's saves neither hang nor leak."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        entered, answer = threading.Event(), threading.Event()
+
+        def gated(names: list[str]) -> None:
+            entered.set()
+            assert answer.wait(30)
+            real(names)
+
+        backend.delete_many = gated
+        cp.save_sync(b"one")
+        cp.save_sync(b"two")
+        assert entered.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the retention thread does not exist
+            code = 1
+            try:
+                signal.alarm(60)  # a hang fails the test instead of stalling it
+                answer.set()
+                cp.save_sync(b"child")
+                cp.flush_sync()
+                code = 0 if manifests(str(tmp_path)) == [f"{2:020d}.json"] else 2
+            finally:
+                os._exit(code)  # never back into pytest's own code
+        _, status = os.waitpid(pid, 0)
+        answer.set()
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_child_forked_during_a_background_save_does_not_hang_on_flush(tmp_path: Path) -> None:
+    """The child of a fork taken mid background save flushes at once: the parent owns that save."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.create_exclusive
+        entered, answer = threading.Event(), threading.Event()
+
+        def gated(name: str, data: bytes) -> None:
+            entered.set()
+            assert answer.wait(30)
+            real(name, data)
+
+        backend.create_exclusive = gated
+        cp.save_background(b"in flight")
+        assert entered.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(60)
+                cp.flush_sync()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        answer.set()
+        cp.flush_sync()
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert (cp.load_sync() / "payload").read_bytes() == b"in flight"
