@@ -5,9 +5,18 @@ a new temp folder (the default store ``./.resumable`` lands there): a block may 
 earlier block of the same page defined. A failure names the page and the Markdown line of the
 block (the blocks are compiled with that file name and line numbers).
 
-A block that cannot run here (it needs real cloud credentials, say) is preceded in the
-Markdown by ``<!-- not-run: the reason -->``; each one is a skipped test whose reason ``-ra``
-prints, so the list stays visible, and short.
+A block that needs a server is preceded by ``<!-- needs: s3 gcs azure dask ray -->`` (any
+of them): the page's fast run leaves it out, and a second run of the whole page, marked
+``remote`` (and ``slow`` for a cluster), points the cloud libraries at the test servers on
+loopback through their standard environment variables (``AWS_ENDPOINT_URL``,
+``STORAGE_EMULATOR_HOST``, ``AZURE_STORAGE_CONNECTION_STRING``), so the block runs as written.
+
+Setup a reader does not need to see (a file the block saves, a bucket) is a fenced block
+inside an HTML comment that starts with ``<!-- setup``: it runs, in its place, and the site
+does not render it. ``<!-- setup (needs: s3) ...`` ties it to the servers like a block.
+
+There is no way to leave a block out: a ``<!-- not-run: reason -->`` marker, which earlier
+versions honoured, now fails ``test_blocks_are_found``, naming the block.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +37,11 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 _NOT_RUN = re.compile(r"<!--\s*not-run:\s*(?P<reason>.*?)\s*-->")
+_NEEDS = re.compile(r"needs:\s*(?P<what>[a-z0-9 ]+)")
+_SETUP = re.compile(r"^\s*<!--\s*setup\b")
+#: What a ``needs:`` marker may name: the servers and clusters a page's full run provides.
+SERVERS = {"s3": "s3_session_server", "gcs": "gcs_session_server", "azure": "azure_session_server"}
+CLUSTERS = {"dask", "ray"}
 
 
 @dataclass(frozen=True)
@@ -37,14 +52,24 @@ class Block:
     line: int  # the 1-based line of the block's first line of code
     code: str
     not_run: str | None
+    needs: frozenset[str] = frozenset()
+    hidden: bool = False  # setup inside an HTML comment: run, never rendered
 
 
-def blocks(page: Path) -> list[Block]:
+def blocks(page: Path, root: Path = ROOT) -> list[Block]:
     """The page's ```python blocks, in order, their indentation (in a list item) removed."""
     lines = page.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
     index = 0
+    setup: frozenset[str] | None = None  # inside a setup comment: what it needs
     while index < len(lines):
+        if setup is None and _SETUP.match(lines[index]):
+            needs = _NEEDS.search(lines[index])
+            setup = frozenset(needs["what"].split()) if needs else frozenset()
+        if setup is not None and "-->" in lines[index]:
+            setup = None
+            index += 1
+            continue
         opening = _FENCE.match(lines[index])
         if opening is None:
             index += 1
@@ -64,13 +89,19 @@ def blocks(page: Path) -> list[Block]:
             previous = index - 1
             while previous >= 0 and not lines[previous].strip():
                 previous -= 1
-            marker = _NOT_RUN.search(lines[previous]) if previous >= 0 else None
+            before = lines[previous] if previous >= 0 else ""
+            marker = _NOT_RUN.search(before)
+            needs = _NEEDS.search(before) if before.lstrip().startswith("<!--") else None
             found.append(
                 Block(
-                    page=page.relative_to(ROOT).as_posix(),
+                    page=page.relative_to(root).as_posix(),
                     line=index + 2,
                     code="\n".join(body) + "\n",
                     not_run=marker["reason"] if marker else None,
+                    needs=setup
+                    if setup is not None
+                    else (frozenset(needs["what"].split()) if needs else frozenset()),
+                    hidden=setup is not None,
                 )
             )
         index = end + 1
@@ -101,14 +132,45 @@ sys.exit(1 if failures else 0)
 """
 
 
+def _needs(page: str) -> frozenset[str]:
+    return frozenset().union(*(b.needs for b in RUN[page]))
+
+
+def _full_runs() -> list[Any]:
+    """The pages with blocks that need servers or clusters: all their blocks, marked."""
+    params = []
+    for page in sorted(p for p in RUN if _needs(p)):
+        needs = _needs(page)
+        unknown = needs - set(SERVERS) - CLUSTERS
+        assert not unknown, f"{page}: unknown needs: {sorted(unknown)}"
+        marks = [pytest.mark.remote] + ([pytest.mark.slow] if needs & CLUSTERS else [])
+        params.append(pytest.param(page, marks=marks, id=page))
+    return params
+
+
 @pytest.mark.parametrize("page", sorted(p for p, b in RUN.items() if b))
 def test_page_runs(page: str, tmp_path: Path) -> None:
-    """The page's blocks run in order, in a fresh process, in an empty folder."""
+    """The page's blocks that need no server run in order, in a fresh process, in a new folder."""
+    run_page(page, [b for b in RUN[page] if not b.needs], tmp_path, {})
+
+
+@pytest.mark.parametrize("page", _full_runs())
+def test_page_runs_with_servers(page: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """All of the page's blocks run in order, cloud libraries pointed at the loopback servers."""
+    env: dict[str, str] = {}
+    for need in sorted(_needs(page) & set(SERVERS)):
+        env.update(request.getfixturevalue(SERVERS[need]).env)
+    run_page(page, RUN[page], tmp_path, env)
+
+
+def run_page(page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, str]) -> None:
+    """Run ``run`` as one program in a fresh process in ``tmp_path``; fail with its traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESUMABLE_")}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])  # modules a block writes
     # The `resumable` command of this environment, for blocks that run it.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    payload = [{"page": b.page, "line": b.line, "code": b.code} for b in RUN[page]]
+    env.update(extra_env)
+    payload = [{"page": b.page, "line": b.line, "code": b.code} for b in run]
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER],
         input=json.dumps(payload),
@@ -116,20 +178,12 @@ def test_page_runs(page: str, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, (
         f"a code block of {page} failed (the traceback names its line):\n{result.stderr[-6000:]}"
     )
-
-
-@pytest.mark.parametrize("block", NOT_RUN, ids=[f"{b.page}:{b.line}" for b in NOT_RUN])
-def test_block_marked_not_run(block: Block) -> None:
-    """A block marked ``<!-- not-run: reason -->`` is reported as skipped, with its reason."""
-    assert block.not_run, f"{block.page}:{block.line}: say why the block cannot run"
-    compile(block.code, block.page, "exec")  # still valid Python
-    pytest.skip(f"{block.page}:{block.line} not run: {block.not_run}")
 
 
 def test_every_public_name_has_a_reference_entry() -> None:
@@ -149,10 +203,20 @@ def test_every_public_name_has_a_reference_entry() -> None:
 
 
 def test_blocks_are_found() -> None:
-    """The extraction finds the blocks, and most of them run.
+    """The extraction finds the blocks, hidden setup included, and every one of them runs."""
+    assert len(ALL) >= 40
+    assert sum(b.hidden for b in ALL) >= 10
+    assert not NOT_RUN, [f"{b.page}:{b.line}: {b.not_run}" for b in NOT_RUN]
 
-    Blocks that start clusters or need cloud credentials are not run here; the tests they name
-    run the same code.
-    """
-    assert len(ALL) >= 20
-    assert len(NOT_RUN) <= len(ALL) // 3, [f"{b.page}:{b.line}: {b.not_run}" for b in NOT_RUN]
+
+def test_hidden_blocks_are_not_rendered(tmp_path: Path) -> None:
+    """A setup block inside an HTML comment is parsed as hidden, a marked one as needing servers."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- setup (needs: s3): a bucket\n```python\nx = 1\n```\n-->\n\n"
+        "<!-- needs: dask -->\n```python\ny = x\n```\n\n```python\nz = 2\n```\n"
+    )
+    hidden, shown, plain = blocks(page, root=tmp_path)
+    assert (hidden.hidden, hidden.needs, hidden.code) == (True, frozenset({"s3"}), "x = 1\n")
+    assert (shown.hidden, shown.needs) == (False, frozenset({"dask"}))
+    assert (plain.hidden, plain.needs) == (False, frozenset())

@@ -110,6 +110,27 @@ def test_capture_is_immune_to_later_mutation() -> None:
     assert not got.any()
 
 
+@pytest.mark.parametrize(
+    "size", [1, (1 << 20) - 1, 1 << 20, (8 << 20) + 3, (20 << 20) + 1], ids=lambda n: f"{n}B"
+)
+def test_capture_copies_every_size_whole_and_is_immune_to_mutation(size: int) -> None:
+    """Buffers below, at and across the parallel copy's piece sizes are copied whole, at once."""
+    rng = np.random.default_rng(size)
+    state = {
+        "big": rng.integers(0, 256, size, dtype=np.uint8),
+        "readonly": np.frombuffer(bytes(rng.integers(0, 256, size, dtype=np.uint8)), np.uint8),
+        "strided": rng.integers(0, 256, 2 * size, dtype=np.uint8)[::2],
+        "floats": rng.random(max(size // 8, 1)),
+    }
+    expected = {k: v.copy() for k, v in state.items()}
+    captured = capture_state(state)
+    state["big"][:] = 0
+    state["floats"][:] = -1.0
+    got, _ = read_state(captured())
+    for name, value in expected.items():
+        assert np.array_equal(got[name], value), name
+
+
 def test_pool_reuses_buffers_of_a_written_capture() -> None:
     """A capture closed after writing gives its buffers to the next capture of the same shapes."""
     pool = BufferPool()
