@@ -49,7 +49,11 @@ class _Hasher(Protocol):
 
 
 #: The payload digests a manifest may name, by the name it records.
-DIGESTS: dict[str, Callable[[], _Hasher]] = {"blake3": blake3.blake3, "sha256": hashlib.sha256}
+DIGESTS: dict[str, Callable[[], _Hasher]] = {
+    # Large updates hash on all cores (BLAKE3 is a tree): a 1 MiB chunk in half the time on two.
+    "blake3": lambda: blake3.blake3(max_threads=blake3.blake3.AUTO),
+    "sha256": hashlib.sha256,
+}
 #: The digest new snapshots record: blake3 is a cryptographic hash about three times as fast
 #: as sha256 on one core, which is what lets a save or load of tensors keep pace with the disk.
 NEW_DIGEST = "blake3"
