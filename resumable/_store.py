@@ -27,7 +27,6 @@ import shutil
 import stat
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import zlib
@@ -46,6 +45,7 @@ from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
 from ._stream import DIGESTS, NEW_DIGEST, Chunk, Digest, Spool
 from ._threads import run_on_io
+from ._workspace import create as create_workspace
 
 __all__ = [
     "FORMAT",
@@ -747,7 +747,7 @@ class SnapshotStore:
         """
 
         def unpack(m: Manifest, chunks: Iterator[Chunk]) -> None:
-            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            staging = create_workspace(folder.parent, beside=folder.name)
             try:
                 if self.signing_key is None:
                     _unpack(m, chunks, staging, limits)

@@ -3,11 +3,18 @@
 A workspace is named after the process that owns it, ``resumable-<pid>-<start>-<random>``
 in the temp folder, where ``<start>`` is the owner's start time (Linux; ``0`` where unknown),
 so that a process id reused by a later process is not mistaken for the owner. A process
-killed with SIGKILL cannot remove its workspaces; the first workspace a process creates, and
-``resumable gc``, remove those whose owner is gone.
+killed with SIGKILL cannot remove its workspaces; the first workspace a process creates in a
+folder, and ``resumable gc`` (in the temp folder), remove those whose owner is gone.
+
+A restore into a folder unpacks into a hidden workspace beside it,
+``.<folder name>.resumable-<pid>-<start>-<random>`` (and, for a moment during the swap, the
+same name plus ``.old``): the first restore of a process beside that folder removes those of
+processes that are gone.
 
 Example:
     >>> owner(Path("resumable-123-456-abcd1234"))
+    (123, 456)
+    >>> owner(Path(".data.resumable-123-456-abcd1234.old"))
     (123, 456)
     >>> owner(Path("something-else")) is None
     True
@@ -28,7 +35,7 @@ __all__ = ["abandoned", "create", "owner", "remove_abandoned"]
 
 log = logging.getLogger("resumable")
 
-_NAME = re.compile(r"^resumable-(\d+)-(\d+)-[A-Za-z0-9_]+$")
+_NAME = re.compile(r"^(?:\..+\.)?resumable-(\d+)-(\d+)-[A-Za-z0-9_]+(?:\.old)?$")
 _swept: set[str] = set()
 _lock = threading.Lock()
 
@@ -93,13 +100,18 @@ def remove_abandoned(folder: str | None = None) -> list[Path]:
     return removed
 
 
-def create() -> Path:
-    """A new workspace owned by this process; the first in a temp folder sweeps it first."""
-    root = tempfile.gettempdir()
+def create(folder: str | os.PathLike[str] | None = None, *, beside: str | None = None) -> Path:
+    """A new workspace owned by this process, in ``folder`` (default: the temp folder).
+
+    ``beside`` names the folder it is a hidden staging area for (``.<beside>.resumable-...``).
+    The first workspace of this process in ``folder`` sweeps the abandoned ones there first.
+    """
+    root = os.fspath(folder) if folder is not None else tempfile.gettempdir()
     with _lock:
         first = root not in _swept
         _swept.add(root)
     if first:
         remove_abandoned(root)
     pid = os.getpid()
-    return Path(tempfile.mkdtemp(prefix=f"resumable-{pid}-{_start_time(pid)}-", dir=root))
+    hidden = f".{beside}." if beside is not None else ""
+    return Path(tempfile.mkdtemp(prefix=f"{hidden}resumable-{pid}-{_start_time(pid)}-", dir=root))

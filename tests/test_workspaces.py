@@ -106,3 +106,32 @@ def test_gc_removes_workspaces_of_killed_processes(tmp: Path, tmp_path: Path) ->
     assert left.exists()
     assert gc()["workspaces"] == [str(left)]
     assert not left.exists()
+
+
+def test_restore_beside_a_folder_removes_stagings_of_killed_processes(tmp_path: Path) -> None:
+    """A restore's hidden staging folders left by a killed process go; a live one's stay."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(done.stdout)  # exited: its pid names no running process (or a later one)
+    parent = tmp_path / "work"
+    parent.mkdir()
+    left = [
+        parent / f".data.resumable-{dead}-1-abcd1234",
+        parent / f".data.resumable-{dead}-1-e.old",
+    ]
+    live = parent / f".data.resumable-{os.getpid()}-0-live0000"
+    for path in [*left, live]:
+        path.mkdir()
+        (path / "big.bin").write_bytes(b"x" * 1000)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    with Checkpoint(tmp_path / "store") as cp:
+        cp.save_sync(src)
+        assert cp.restore_into(parent / "data") is not None
+    assert (parent / "data" / "a.txt").read_text() == "a"
+    assert sorted(p.name for p in parent.iterdir()) == [live.name, "data"]
