@@ -337,6 +337,15 @@ class _FsspecWriter:
 _ATOMIC_CREATE = frozenset({"memory", "s3", "s3a", "gs", "gcs"})
 
 
+#: Protocols whose filesystems delete a list of names in batches, past missing ones.
+_BATCH_DELETES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
 class FsspecBackend:
     """Any fsspec filesystem: one PUT per object, exclusive create where supported."""
 
@@ -450,7 +459,7 @@ class FsspecBackend:
             self.fs.rm_file(self._path(name))
 
     def delete_many(self, names: list[str]) -> None:
-        if len(names) > 1 and getattr(self.fs, "async_impl", False):
+        if len(names) > 1 and _BATCH_DELETES.intersection(_protocols(self.fs)):
             # One request on S3 (DeleteObjects), GCS and Azure (batches), which skip missing
             # objects and go on past them.
             with contextlib.suppress(FileNotFoundError):

@@ -53,8 +53,11 @@ class Background:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._cond = threading.Condition()  # the parent's lock may have been held
+            discard = self._discard if self._waiting is not None else None
             self._waiting = self._discard = None
             self._running = self._busy = False
+            if discard is not None:
+                discard()  # the child's copy of what the capture holds
 
     def submit(self, job: Job, discard: Job | None = None) -> None:
         """Queue ``job``; it replaces a job still waiting, whose ``discard`` is then called.

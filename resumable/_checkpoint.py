@@ -447,9 +447,9 @@ class Checkpoint:
     def flush_sync(self) -> None:
         """Wait until background saves are committed and retention is done.
 
-        Raises a failure a background save met. Retention runs behind every save (the
-        store holds one snapshot more than ``keep`` until it is done); a failed retention is
-        logged and tried again by the next save.
+        Raises a failure a background save met. Retention runs behind every save: until it
+        is done, the store holds the snapshots of the last few saves beyond ``keep``. A failed
+        retention is logged and tried again by the next save.
         """
         self._bg.flush()
         with self._lock():
@@ -467,7 +467,7 @@ class Checkpoint:
             if self._cleanup.alive:
                 self._bg.flush(EXIT_TIMEOUT)
                 with self._lock():
-                    self._store.settle()
+                    self._store.settle(EXIT_TIMEOUT)
         finally:
             self._bg.close()
             self._cleanup()

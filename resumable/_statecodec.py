@@ -25,6 +25,7 @@ object. Payloads written before this format (plain cloudpickle bytes) still load
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import pickle
@@ -33,7 +34,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any
 
 import cloudpickle
@@ -270,11 +271,15 @@ _COPY_INLINE = 1 << 20
 
 
 class _Copies:
-    """Buffer copies in flight on the CPU pool, waited for together: the copy a yield waits for.
+    """The buffer copies of one capture, run on the CPU pool and waited for together.
 
-    ``ctypes.memmove`` releases the GIL, so several buffers (and pieces of a large one) are
-    copied at once, closer to the memory's bandwidth than one ``memcpy`` after another. The
-    views of both sides are kept until the copies are done: nothing can free or resize them.
+    ``ctypes.memmove`` releases the GIL, so the buffers of a state (and the pieces of a large
+    one) are copied at once while the pickler goes on: closer to the memory's bandwidth than
+    one ``memcpy`` after another, and that copy is what a background yield waits for. Each
+    piece holds the ctypes views of both buffers, so neither can be freed or resized while it
+    runs; :meth:`wait` returns or raises only once no piece runs. A copy is made while the
+    state is pickled, not at the instant its buffer is met: an object whose ``__reduce__``
+    changes another array of the same state in place could reach the snapshot.
 
     Example:
         >>> dst = bytearray(3)
@@ -287,32 +292,38 @@ class _Copies:
     """
 
     def __init__(self) -> None:
-        self._pending: list[Future[int]] = []
-        self._pinned: list[Any] = []
+        self._pending: list[Future[None]] = []
 
     def copy(self, dst: bytearray, src: memoryview) -> None:
+        """Start copying ``src`` into ``dst`` (small, read-only or strided ones: done now)."""
         size = len(dst)
         if size < _COPY_INLINE or src.readonly or not src.c_contiguous:
             memoryview(dst)[:] = src
             return
         to_view = (ctypes.c_char * size).from_buffer(dst)
         from_view = (ctypes.c_char * size).from_buffer(src.cast("B"))
-        self._pinned += [to_view, from_view]
-        to, start = ctypes.addressof(to_view), ctypes.addressof(from_view)
+
+        def piece(offset: int, n: int) -> None:
+            to, start = ctypes.addressof(to_view), ctypes.addressof(from_view)
+            ctypes.memmove(to + offset, start + offset, n)
+
         for offset in range(0, size, _COPY_PIECE):
-            n = min(_COPY_PIECE, size - offset)
-            self._pending.append(submit(ctypes.memmove, to + offset, start + offset, n))
+            self._pending.append(submit(piece, offset, min(_COPY_PIECE, size - offset)))
 
     def wait(self) -> None:
-        """Wait for every copy (each is waited for even when one fails)."""
+        """Wait for every copy; raise the first failure, or an interruption, after all ended."""
         pending, self._pending = self._pending, []
         try:
             for done in pending:
-                done.exception()
-            for done in pending:
                 done.result()
-        finally:
-            self._pinned.clear()
+        except BaseException:
+            # Pieces not started never run; a running one writes into a buffer the caller
+            # may free once this raises: wait for those (a second Ctrl-C included).
+            started = [done for done in pending if not done.cancel()]
+            while not all(done.done() for done in started):
+                with contextlib.suppress(BaseException):
+                    wait(started)
+            raise
 
 
 def capture_state(
@@ -334,7 +345,7 @@ def capture_state(
         raw = buf.raw()
         chunks.append(_HEAD.pack(_BUFFER, raw.nbytes))
         copy = captured.take(raw.nbytes)
-        copies.copy(copy, raw)  # one copy, done before this returns
+        copies.copy(copy, raw)  # finished before capture_state returns
         chunks.append(copy)
         return False
 

@@ -44,7 +44,7 @@ from ._errors import ConcurrentWriterError, CorruptCheckpointError, SignatureErr
 from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
 from ._stream import DIGESTS, NEW_DIGEST, Chunk, Digest, Spool
-from ._threads import run_on_io
+from ._threads import EXIT_TIMEOUT, close_at_exit, run_on_io
 from ._workspace import create as create_workspace
 
 __all__ = [
@@ -323,6 +323,9 @@ class SnapshotStore:
         self._retiring: Future[None] | None = None
         self._hurry = threading.Event()
         self._pid = os.getpid()
+        # At exit, a store whose Checkpoint is gone still finishes its retention: the thread
+        # running it holds the store, so it is alive in the exit hook's weak set meanwhile.
+        close_at_exit(self)
 
     def _fork_check(self) -> None:
         """In a child forked while retention ran, its thread is gone: start afresh."""
@@ -334,8 +337,11 @@ class SnapshotStore:
             self._next = None  # what the parent knew may be stale: the next commit lists
             self._known = OrderedDict()
 
-    def settle(self) -> None:
-        """Wait for the retention that runs behind the last commit, if any (it never raises).
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the retention that runs behind the last commit, if any; it never raises.
+
+        After ``timeout`` seconds it stops waiting with a warning: the retention goes on
+        behind, and the snapshots it has not deleted yet stay until it is done.
 
         Example:
             >>> from resumable._backend import open_backend
@@ -350,9 +356,22 @@ class SnapshotStore:
         self._fork_check()
         with self._lock:
             pending = self._retiring
-        if pending is not None:
-            self._hurry.set()
-            pending.result()
+        if pending is None:
+            return
+        self._hurry.set()
+        try:
+            pending.result(timeout)
+        except TimeoutError:
+            log.warning(
+                "retention of %s still runs after %.0f s; the snapshots it has not deleted "
+                "yet stay until it is done",
+                self.backend.url,
+                timeout,
+            )
+
+    def close(self) -> None:
+        """Let the retention still running finish (at interpreter exit, at most EXIT_TIMEOUT)."""
+        self.settle(EXIT_TIMEOUT)
 
     def _learn(self, entries: list[Entry]) -> list[int]:
         """Take a listing as the truth; its manifests' sequence numbers, newest first."""
@@ -570,7 +589,7 @@ class SnapshotStore:
             batch_started = time.monotonic()
             try:
                 self._drop(seqs)
-            except Exception as exc:  # housekeeping: the next commit tries it again
+            except BaseException as exc:  # housekeeping: the next commit tries it again
                 log.warning(
                     "retention failed on %s (snapshots %s stay until the next save): %r",
                     self.backend.url,

@@ -40,6 +40,14 @@ _swept: set[str] = set()
 _lock = threading.Lock()
 
 
+def _new_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _start_time(pid: int) -> int:
     """The start time of process ``pid`` in clock ticks since boot (Linux); 0 when unknown."""
     try:

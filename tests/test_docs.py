@@ -17,6 +17,29 @@ does not render it. ``<!-- setup (needs: s3) ...`` ties it to the servers like a
 
 There is no way to leave a block out: a ``<!-- not-run: reason -->`` marker, which earlier
 versions honoured, now fails ``test_blocks_are_found``, naming the block.
+
+The shell examples of the ``resumable`` command run too, in the same program, in order with
+the Python blocks (so a Python block, hidden or not, makes the store they inspect). Each
+command runs with bash in the page's folder, the ``resumable`` of this environment first on
+``PATH`` and a temp folder of the block's own (``TMPDIR``: ``gc`` reports the workspaces other
+processes abandoned there), and ``$?`` is the previous command's exit status:
+
+- A ```console block is a transcript: a line starting with ``$ `` is a command, and the lines
+  up to the next command are what it prints, stdout and stderr together. The documented and
+  the actual output are compared after both are normalised: runs of whitespace become one
+  space, each line is stripped and blank lines are dropped; ISO 8601 times
+  (``2026-11-27T13:38:17Z``), Unix times in JSON (``"created": 1795786697.18``) and a number
+  with a unit ``s``, ``m``, ``h`` or ``d`` ending a line (the ages of the ``gc`` table, ``3h``)
+  become placeholders. A documented line ``...`` matches any number of lines. Everything else
+  (messages, counts, sizes, exit codes printed by ``echo $?``) must be exactly as documented.
+- A ```bash block whose every line (comments and blank lines aside) starts with
+  ``resumable `` runs line by line. Its output is not compared; each command must exit 0, or
+  with a status its comment names (``resumable verify store  # exit 1 if any is bad`` may
+  exit 0 or 1), so a command the store refuses (exit 2) fails the page.
+
+Other shell blocks (``pip install``, ``pytest`` invocations, ``export`` lines, ``jq`` on a
+manifest) are not run: they install things, start the test suite or need files the page does
+not have.
 """
 
 from __future__ import annotations
@@ -26,6 +49,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +70,7 @@ CLUSTERS = {"dask", "ray"}
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced ```python block: where it is, its code, and why it is not run (if so)."""
+    """One fenced block that runs: where it is, its code, and why it is not run (if so)."""
 
     page: str  # relative to the repository root
     line: int  # the 1-based line of the block's first line of code
@@ -54,10 +78,24 @@ class Block:
     not_run: str | None
     needs: frozenset[str] = frozenset()
     hidden: bool = False  # setup inside an HTML comment: run, never rendered
+    language: str = "python"  # or "console" (a transcript), "bash" (`resumable` commands)
+
+
+def _language(info: str, body: list[str]) -> str | None:
+    """What a fenced block with this info string and body runs as; None: it is not run."""
+    language = info.strip().split(" ")[0].lower()
+    if language in ("python", "py"):
+        return "python"
+    if language == "console":
+        return "console"
+    run = [line.strip() for line in body if line.strip() and not line.lstrip().startswith("#")]
+    if language == "bash" and run and all(line.startswith("resumable ") for line in run):
+        return "bash"
+    return None
 
 
 def blocks(page: Path, root: Path = ROOT) -> list[Block]:
-    """The page's ```python blocks, in order, their indentation (in a list item) removed."""
+    """The page's blocks that run, in order, their indentation (in a list item) removed."""
     lines = page.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
     index = 0
@@ -75,17 +113,17 @@ def blocks(page: Path, root: Path = ROOT) -> list[Block]:
             index += 1
             continue
         indent, fence = opening["indent"], opening["fence"]
-        language = opening["info"].strip().split(" ")[0].lower()
         end = index + 1
         while end < len(lines) and not (
             lines[end].strip().startswith(fence) and lines[end].strip().strip(fence[0]) == ""
         ):
             end += 1
-        if language in ("python", "py"):
-            body = [
-                line[len(indent) :] if line.startswith(indent) else line
-                for line in lines[index + 1 : end]
-            ]
+        body = [
+            line[len(indent) :] if line.startswith(indent) else line
+            for line in lines[index + 1 : end]
+        ]
+        language = _language(opening["info"], body)
+        if language is not None:
             previous = index - 1
             while previous >= 0 and not lines[previous].strip():
                 previous -= 1
@@ -102,6 +140,7 @@ def blocks(page: Path, root: Path = ROOT) -> list[Block]:
                     if setup is not None
                     else (frozenset(needs["what"].split()) if needs else frozenset()),
                     hidden=setup is not None,
+                    language=language,
                 )
             )
         index = end + 1
@@ -124,7 +163,13 @@ failures = []
 threading.excepthook = failed_thread
 blocks = json.load(sys.stdin)
 namespace = {"__name__": "__main__"}
+status = 0  # of the last shell command: what `$?` says
 for block in blocks:
+    if block["language"] != "python":
+        # The checks live with the test; the repository's root is on PYTHONPATH.
+        from tests.test_docs import run_shell
+        status = run_shell(block["page"], block["line"], block["language"], block["code"], status)
+        continue
     # Blank lines up front make tracebacks give the block's line in the Markdown file.
     code = compile("\\n" * (block["line"] - 1) + block["code"], block["page"], "exec")
     exec(code, namespace)
@@ -170,7 +215,9 @@ def run_page(page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, s
     # The `resumable` command of this environment, for blocks that run it.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(extra_env)
-    payload = [{"page": b.page, "line": b.line, "code": b.code} for b in run]
+    payload = [
+        {"page": b.page, "line": b.line, "code": b.code, "language": b.language} for b in run
+    ]
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER],
         input=json.dumps(payload),
@@ -184,6 +231,99 @@ def run_page(page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, s
     assert result.returncode == 0, (
         f"a code block of {page} failed (the traceback names its line):\n{result.stderr[-6000:]}"
     )
+
+
+# -- shell blocks -------------------------------------------------------------------------
+
+_EXIT = re.compile(r"\bexit (\d+)\b")
+_ISO_TIME = re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z\b")
+_UNIX_TIME = re.compile(r'("(?:newest_)?created": )-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
+_AGE = re.compile(r"(?<= )\d+[smhd]$")  # the AGE column, last in `gc`'s table
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of a shell block, and what it must do."""
+
+    line: int  # its line in the Markdown file
+    text: str
+    output: str | None  # a transcript's documented output; None: not compared
+    statuses: frozenset[int] = frozenset({0})  # the exit statuses allowed, if not compared
+
+
+def commands(language: str, code: str, line: int) -> list[Command]:
+    """The commands of a ```console transcript or of a ```bash block starting at ``line``."""
+    found: list[Command] = []
+    if language == "bash":
+        for offset, text in enumerate(code.splitlines()):
+            if text.strip() and not text.lstrip().startswith("#"):
+                comment = text.partition("#")[2]
+                allowed = frozenset({0, *(int(n) for n in _EXIT.findall(comment))})
+                found.append(Command(line + offset, text.strip(), None, allowed))
+        return found
+    outputs: list[list[str]] = []
+    for offset, text in enumerate(code.splitlines()):
+        if text.startswith("$ "):
+            found.append(Command(line + offset, text[2:].strip(), ""))
+            outputs.append([])
+        elif outputs:
+            outputs[-1].append(text)
+        elif text.strip():
+            raise AssertionError(f"line {line + offset}: a transcript starts with a `$ ` line")
+    return [Command(c.line, c.text, "\n".join(out)) for c, out in zip(found, outputs, strict=True)]
+
+
+def normalise(text: str) -> list[str]:
+    """The lines of a command's output as they are compared: what may differ run to run goes."""
+    lines = []
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if line:
+            line = _ISO_TIME.sub("<time>", line)
+            line = _UNIX_TIME.sub(r"\1<unix time>", line)
+            lines.append(_AGE.sub("<age>", line))
+    return lines
+
+
+def matches(documented: list[str], actual: list[str]) -> bool:
+    """Whether normalised output is as documented, a line ``...`` standing for any lines."""
+    pattern = "".join(
+        r"(?:.*\n)*" if line == "..." else re.escape(line) + "\n" for line in documented
+    )
+    return re.fullmatch(pattern, "".join(f"{line}\n" for line in actual)) is not None
+
+
+def run_shell(page: str, line: int, language: str, code: str, status: int) -> int:
+    """Run a shell block's commands in the working folder, checking each; the last status."""
+    with tempfile.TemporaryDirectory(prefix="docs-shell-") as temp:
+        # `gc` also reports the abandoned workspaces of the temp folder: only the page's own.
+        # Unbuffered, a command's stdout and stderr interleave as it wrote them.
+        env = {**os.environ, "TMPDIR": temp, "PYTHONUNBUFFERED": "1"}
+        for command in commands(language, code, line):
+            result = subprocess.run(
+                ["bash", "-c", f"(exit {status}); {command.text}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            status = result.returncode
+            if command.output is None:
+                if status not in command.statuses:
+                    raise AssertionError(
+                        f"{page}:{command.line}: `{command.text}` exited {status} (allowed: "
+                        f"{sorted(command.statuses)}; a comment `exit N` allows N):\n"
+                        f"{result.stdout}"
+                    )
+            elif not matches(normalise(command.output), normalise(result.stdout)):
+                raise AssertionError(
+                    f"{page}:{command.line}: `{command.text}` (exit {status}) printed:\n"
+                    f"{result.stdout}\ninstead of what the page documents:\n{command.output}"
+                )
+    return status
 
 
 def test_every_public_name_has_a_reference_entry() -> None:
@@ -203,9 +343,17 @@ def test_every_public_name_has_a_reference_entry() -> None:
 
 
 def test_blocks_are_found() -> None:
-    """The extraction finds the blocks, hidden setup included, and every one of them runs."""
+    """The extraction finds the blocks, hidden setup and shell included, and every one runs."""
     assert len(ALL) >= 40
     assert sum(b.hidden for b in ALL) >= 10
+    assert sum(b.language == "console" for b in ALL) >= 9
+    assert sum(b.language == "bash" for b in ALL) >= 3
+    empty = [
+        f"{b.page}:{b.line}"
+        for b in ALL
+        if b.language != "python" and not commands(b.language, b.code, b.line)
+    ]
+    assert not empty, f"shell blocks without a command: {empty}"
     assert not NOT_RUN, [f"{b.page}:{b.line}: {b.not_run}" for b in NOT_RUN]
 
 
@@ -220,3 +368,63 @@ def test_hidden_blocks_are_not_rendered(tmp_path: Path) -> None:
     assert (hidden.hidden, hidden.needs, hidden.code) == (True, frozenset({"s3"}), "x = 1\n")
     assert (shown.hidden, shown.needs) == (False, frozenset({"dask"}))
     assert (plain.hidden, plain.needs) == (False, frozenset())
+
+
+def test_shell_blocks_are_parsed(tmp_path: Path) -> None:
+    """Transcripts and `resumable` bash blocks run, a comment's `exit N` allowing N; others not."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```console\n$ resumable ls store\nKEY  SIZE\n\n$ echo $?\n0\n```\n\n"
+        "```bash\n# check\nresumable verify store   # exit 1 if any is bad\n\n"
+        "resumable ls s\n```\n\n"
+        "```bash\npip install resumable\n```\n\n```bash\nexport A=1\nresumable ls s\n```\n"
+    )
+    console, bash = blocks(page, root=tmp_path)
+    assert (console.language, console.line, bash.language, bash.line) == ("console", 2, "bash", 10)
+    assert commands(console.language, console.code, console.line) == [
+        Command(2, "resumable ls store", "KEY  SIZE\n"),
+        Command(5, "echo $?", "0"),
+    ]
+    assert commands(bash.language, bash.code, bash.line) == [
+        Command(11, "resumable verify store   # exit 1 if any is bad", None, frozenset({0, 1})),
+        Command(13, "resumable ls s", None, frozenset({0})),
+    ]
+
+
+def test_transcript_output_is_normalised() -> None:
+    """Whitespace, ISO and Unix times and `gc` ages may differ; `...` matches any lines."""
+    documented = normalise(
+        'KEY      SIZE  AGE\nnightly   7 B   3h\n  "created": 1795786697.18,\n'
+        "...\nat 2026-11-27T13:38:17Z\n"
+    )
+    actual = normalise(
+        'KEY  SIZE AGE  \n\nnightly  7 B  12s\n"created": 1796149736.1579497,\n'
+        "x\ny\nat 2027-01-02T03:04:05Z\n"
+    )
+    assert documented[:3] == ["KEY SIZE AGE", "nightly 7 B <age>", '"created": <unix time>,']
+    assert matches(documented, actual)
+    assert matches(documented, [*actual[:3], actual[-1]])  # `...` may stand for no line
+    assert not matches(documented, [line.replace("7 B", "8 B") for line in actual])
+    assert not matches(normalise("removed 2 objects"), normalise("removed 3 objects"))
+    assert not matches(normalise("exit 1"), normalise("exit 1\nmore"))
+
+
+def test_shell_blocks_run_in_order_and_fail_on_drift(tmp_path: Path) -> None:
+    """Commands see what earlier blocks made, `$?` is the last status, and a drift fails."""
+    docs, work = tmp_path / "docs", tmp_path / "work"
+    docs.mkdir()
+    work.mkdir()
+
+    def run(markdown: str) -> None:
+        (docs / "page.md").write_text(markdown)
+        run_page("page.md", blocks(docs / "page.md", root=docs), work, {})
+
+    run(
+        '```python\nopen("f", "w").write("made  by   python\\n")\n```\n\n'
+        "```console\n$ cat f\nmade by python\n$ resumable ls nosuch\n...\n$ echo $?\n2\n```\n\n"
+        "```bash\nresumable ls .\n```\n"
+    )
+    with pytest.raises(AssertionError, match=r"page\.md:3: `cat f` \(exit 0\) printed"):
+        run("```console\n\n$ cat f\nmade by bash\n```\n")
+    with pytest.raises(AssertionError, match=r"page\.md:2: `resumable ls nosuch .*` exited 2"):
+        run("```bash\nresumable ls nosuch   # exit 1 if bad\n```\n")

@@ -7,6 +7,7 @@ listing wait for it, so what a caller can observe through the library is always 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -222,3 +223,76 @@ def test_a_child_forked_during_a_background_save_does_not_hang_on_flush(tmp_path
         cp.flush_sync()
         assert os.waitstatus_to_exitcode(status) == 0
         assert (cp.load_sync() / "payload").read_bytes() == b"in flight"
+
+
+def test_retention_survives_a_base_exception_from_a_delete(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delete raising CancelledError is logged, flush does not raise, the next save retires."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        raised = []
+
+        def cancelled_once(names: list[str]) -> None:
+            if not raised:
+                raised.append(names)
+                raise asyncio.CancelledError
+            real(names)
+
+        backend.delete_many = cancelled_once
+        cp.save_sync(b"one")
+        cp.save_sync(b"two")
+        cp.flush_sync()
+        assert "retention failed" in caplog.text
+        cp.save_sync(b"three")
+        cp.flush_sync()
+        assert (cp.load_sync() / "payload").read_bytes() == b"three"
+    assert manifests(str(tmp_path)) == [f"{2:020d}.json"]
+
+
+def test_settle_gives_up_waiting_after_its_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hung delete bounds how long settle waits; the retention finishes behind it later."""
+    with Checkpoint(tmp_path, keep=1) as cp:
+        backend: Any = cp._store.backend
+        real = backend.delete_many
+        answer = threading.Event()
+
+        def hung(names: list[str]) -> None:
+            assert answer.wait(30)
+            real(names)
+
+        backend.delete_many = hung
+        cp.save_sync(b"one")
+        cp.save_sync(b"two")
+        cp._store.settle(timeout=0.05)
+        assert "still runs after" in caplog.text
+        answer.set()
+        cp.flush_sync()
+        assert manifests(str(tmp_path)) == [f"{1:020d}.json"]
+
+
+@pytest.mark.parametrize("style", ["one-liners", "function-local"])
+def test_unreferenced_checkpoints_finish_retention_at_exit(tmp_path: Path, style: str) -> None:
+    """Checkpoints already garbage-collected at exit still leave exactly ``keep`` snapshots."""
+    body = {
+        "one-liners": "for n in range(6):\n    Checkpoint(D, keep=1).save_sync(b'%d' % n)",
+        "function-local": (
+            "def save_all():\n    cp = Checkpoint(D, keep=1)\n"
+            "    for n in range(6):\n        cp.save_sync(b'%d' % n)\nsave_all()"
+        ),
+    }[style]
+    script = f"from resumable import Checkpoint\nD = {str(tmp_path / 's')!r}\n{body}\n"
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert manifests(str(tmp_path / "s")) == [f"{5:020d}.json"]
+
+
+def test_delete_many_on_a_dir_filesystem_skips_a_missing_name(tmp_path: Path) -> None:
+    """dir:: over memory:// reports itself async, but has no batch delete: name by name too."""
+    backend = open_backend(f"dir::memory://retention-dir/{tmp_path.name}", None)
+    for name in ("a.json", "c.json", "d.json"):
+        backend.create_exclusive(name, b"{}")
+    backend.delete_many(["a.json", "b.json", "c.json"])
+    assert [e.name for e in backend.entries()] == ["d.json"]

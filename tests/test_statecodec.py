@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +307,36 @@ def test_torch_pickled_payload_needs_no_torch_for_numpy_only_state() -> None:
         "assert 'torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], input=data, check=True)
+
+
+def test_an_interrupted_capture_waits_for_its_running_copies() -> None:
+    """An interruption while copies run is raised only once none still writes into a buffer."""
+    from concurrent.futures import Future
+
+    from resumable._statecodec import _Copies
+
+    interrupted: Future[None] = Future()
+    interrupted.set_exception(KeyboardInterrupt())
+    running: Future[None] = Future()
+    assert running.set_running_or_notify_cancel()
+    waiting: Future[None] = Future()  # not started: cancelled, never runs
+    copies = _Copies()
+    copies._pending = [interrupted, running, waiting]
+    raised: list[BaseException] = []
+    ended = threading.Event()
+
+    def wait() -> None:
+        try:
+            copies.wait()
+        except BaseException as exc:
+            raised.append(exc)
+        ended.set()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert not ended.wait(0.2)  # blocked on the running copy
+    assert waiting.cancelled()
+    running.set_result(None)
+    thread.join(30)
+    assert ended.is_set()
+    assert isinstance(raised[0], KeyboardInterrupt)
