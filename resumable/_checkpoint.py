@@ -269,7 +269,9 @@ class Checkpoint:
             True
 
         """
-        self.flush_sync()  # a load must see every snapshot saved before it
+        # A load must see every snapshot saved before it; the retention behind the last save
+        # need not be done (a load never picks a snapshot it deletes: never the newest).
+        self._bg.flush()
         self._check_open()
         root = self.path
         if self.restore_into(root) is None:
@@ -342,7 +344,7 @@ class Checkpoint:
             (True, 'bytes')
 
         """
-        self.flush_sync()  # background saves made before this call count
+        self._bg.flush()  # background saves made before this call count
         return self._retried(self._newest_info, f"reading the newest manifest of {self.uri}")
 
     async def info(self) -> CheckpointInfo | None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 
 import fsspec
 import pytest
+
+# Before anything imports gcsfs (Lightning and transformers may, through fsspec): the variable
+# picks gcsfs's class once, and the other one's bucket lookups hang on the GCS test server.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from resumable import Checkpoint
 from resumable._stream import DIGESTS

@@ -5,11 +5,13 @@ a new temp folder (the default store ``./.resumable`` lands there): a block may 
 earlier block of the same page defined. A failure names the page and the Markdown line of the
 block (the blocks are compiled with that file name and line numbers).
 
-A block that needs a server is preceded by ``<!-- needs: s3 gcs azure dask ray -->`` (any
-of them): the page's fast run leaves it out, and a second run of the whole page, marked
-``remote`` (and ``slow`` for a cluster), points the cloud libraries at the test servers on
-loopback through their standard environment variables (``AWS_ENDPOINT_URL``,
-``STORAGE_EMULATOR_HOST``, ``AZURE_STORAGE_CONNECTION_STRING``), so the block runs as written.
+A block that needs a server, a cluster or a package of the ``integrations`` group is preceded
+by ``<!-- needs: ... -->`` naming them (``s3 gcs azure``, ``dask ray``, ``torch lightning
+transformers``): the page's fast run leaves it out, and a second run of the whole page, marked
+``remote`` for a server and ``slow`` for a cluster, and skipped where a package is missing,
+points the cloud libraries at the test servers on loopback through their standard environment
+variables (``AWS_ENDPOINT_URL``, ``STORAGE_EMULATOR_HOST``,
+``AZURE_STORAGE_CONNECTION_STRING``), so the block runs as written.
 
 Setup a reader does not need to see (a file the block saves, a bucket) is a fenced block
 inside an HTML comment that starts with ``<!-- setup``: it runs, in its place, and the site
@@ -66,6 +68,15 @@ _SETUP = re.compile(r"^\s*<!--\s*setup\b")
 #: What a ``needs:`` marker may name: the servers and clusters a page's full run provides.
 SERVERS = {"s3": "s3_session_server", "gcs": "gcs_session_server", "azure": "azure_session_server"}
 CLUSTERS = {"dask", "ray"}
+#: ``needs:`` names of packages the dependency group ``test`` lacks (``integrations`` has them):
+#: a page's full run is skipped, with the reason, where one is not installed.
+MODULES = {
+    "torch": "torch",
+    "lightning": "lightning",
+    "transformers": "transformers",
+    "dask": "distributed",
+    "ray": "ray",
+}
 
 
 @dataclass(frozen=True)
@@ -182,13 +193,14 @@ def _needs(page: str) -> frozenset[str]:
 
 
 def _full_runs() -> list[Any]:
-    """The pages with blocks that need servers or clusters: all their blocks, marked."""
+    """The pages with blocks that need servers, clusters or packages: all their blocks, marked."""
     params = []
     for page in sorted(p for p in RUN if _needs(p)):
         needs = _needs(page)
-        unknown = needs - set(SERVERS) - CLUSTERS
+        unknown = needs - set(SERVERS) - set(MODULES)
         assert not unknown, f"{page}: unknown needs: {sorted(unknown)}"
-        marks = [pytest.mark.remote] + ([pytest.mark.slow] if needs & CLUSTERS else [])
+        marks = [pytest.mark.remote] if needs & set(SERVERS) else []
+        marks += [pytest.mark.slow] if needs & CLUSTERS else []
         params.append(pytest.param(page, marks=marks, id=page))
     return params
 
@@ -201,7 +213,11 @@ def test_page_runs(page: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("page", _full_runs())
 def test_page_runs_with_servers(page: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """All of the page's blocks run in order, cloud libraries pointed at the loopback servers."""
+    """All of the page's blocks run in order, with the servers, clusters and packages they need."""
+    for need in sorted(_needs(page) & set(MODULES)):
+        pytest.importorskip(
+            MODULES[need], reason=f"{page} needs {need} (dependency group integrations)"
+        )
     env: dict[str, str] = {}
     for need in sorted(_needs(page) & set(SERVERS)):
         env.update(request.getfixturevalue(SERVERS[need]).env)

@@ -1,8 +1,8 @@
 """Retention runs behind the saves: off the caller's path, in batches, settled by flush and close.
 
 After a commit, the snapshots beyond ``keep`` are deleted on an IO thread, at most one batch
-per 50 ms; saves that come faster share a batch. ``flush_sync``, ``close``, a load and the next
-listing wait for it, so what a caller can observe through the library is always ``keep``.
+per 50 ms; saves that come faster share a batch. ``flush_sync``, ``close``, exit and the next
+listing wait for it and leave exactly ``keep``; a load does not need to.
 """
 
 from __future__ import annotations
