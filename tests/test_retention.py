@@ -29,6 +29,26 @@ def manifests(url: str) -> list[str]:
     return sorted(n for n in store_files(url) if n.endswith(".json"))
 
 
+class Gate:
+    """Holds one storage call of a checkpoint's backend until ``answer`` is set.
+
+    ``entered`` is set once a call waits; ``calls`` holds each call's first argument.
+    """
+
+    def __init__(self, cp: Checkpoint, method: str = "delete_many") -> None:
+        backend: Any = cp._store.backend
+        self._real = getattr(backend, method)
+        self.entered, self.answer = threading.Event(), threading.Event()
+        self.calls: list[Any] = []
+        setattr(backend, method, self)
+
+    def __call__(self, *args: Any) -> None:
+        self.calls.append(args[0])
+        self.entered.set()
+        assert self.answer.wait(30)
+        self._real(*args)
+
+
 def test_flush_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
     """However fast the saves come, after flush_sync the store holds the newest ``keep``."""
     with Checkpoint(store_url, keep=3) as cp:
@@ -50,23 +70,14 @@ def test_close_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
 def test_a_hanging_delete_does_not_hold_up_saves(tmp_path: Path) -> None:
     """Saves return while retention's delete is blocked; once it answers, flush settles keep."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
-        real = backend.delete_many
-        entered, answer = threading.Event(), threading.Event()
-
-        def blocked(names: list[str]) -> None:
-            entered.set()
-            assert answer.wait(30)
-            real(names)
-
-        backend.delete_many = blocked
+        gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")  # its retention blocks on the delete of "one"
-        assert entered.wait(30)
+        assert gate.entered.wait(30)
         for n in range(5):  # none of these waits for that delete
             cp.save_sync(b"more %d" % n)
         assert len(manifests(str(tmp_path))) == 7
-        answer.set()
+        gate.answer.set()
         cp.flush_sync()
         assert manifests(str(tmp_path)) == [f"{6:020d}.json"]
 
@@ -74,26 +85,15 @@ def test_a_hanging_delete_does_not_hold_up_saves(tmp_path: Path) -> None:
 def test_saves_faster_than_deletes_share_a_batch(tmp_path: Path) -> None:
     """While one delete is in flight, the snapshots dropped meanwhile go in one later batch."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
-        real = backend.delete_many
-        batches: list[list[str]] = []
-        entered, answer = threading.Event(), threading.Event()
-
-        def gated(names: list[str]) -> None:
-            batches.append(names)
-            entered.set()
-            assert answer.wait(30)
-            real(names)
-
-        backend.delete_many = gated
+        gate = Gate(cp)
         cp.save_sync(b"0")
         cp.save_sync(b"1")
-        assert entered.wait(30)
+        assert gate.entered.wait(30)
         for n in range(2, 6):
             cp.save_sync(b"%d" % n)
-        answer.set()
+        gate.answer.set()
         cp.flush_sync()
-    assert batches == [[f"{0:020d}.json"], [f"{n:020d}.json" for n in range(1, 5)]]
+    assert gate.calls == [[f"{0:020d}.json"], [f"{n:020d}.json" for n in range(1, 5)]]
 
 
 def test_failed_retention_is_retried_by_the_next_save(
@@ -165,50 +165,32 @@ def test_retention_settles_at_interpreter_exit(tmp_path: Path) -> None:
 def test_a_child_forked_while_retention_runs_saves_and_settles(tmp_path: Path) -> None:
     """A fork taken while a delete is in flight: the child's saves neither hang nor leak."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
-        real = backend.delete_many
-        entered, answer = threading.Event(), threading.Event()
-
-        def gated(names: list[str]) -> None:
-            entered.set()
-            assert answer.wait(30)
-            real(names)
-
-        backend.delete_many = gated
+        gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")
-        assert entered.wait(30)
+        assert gate.entered.wait(30)
         pid = os.fork()
         if pid == 0:  # the child: its copy of the retention thread does not exist
             code = 1
             try:
                 signal.alarm(60)  # a hang fails the test instead of stalling it
-                answer.set()
+                gate.answer.set()
                 cp.save_sync(b"child")
                 cp.flush_sync()
                 code = 0 if manifests(str(tmp_path)) == [f"{2:020d}.json"] else 2
             finally:
                 os._exit(code)  # never back into pytest's own code
         _, status = os.waitpid(pid, 0)
-        answer.set()
+        gate.answer.set()
         assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_a_child_forked_during_a_background_save_does_not_hang_on_flush(tmp_path: Path) -> None:
     """The child of a fork taken mid background save flushes at once: the parent owns that save."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
-        real = backend.create_exclusive
-        entered, answer = threading.Event(), threading.Event()
-
-        def gated(name: str, data: bytes) -> None:
-            entered.set()
-            assert answer.wait(30)
-            real(name, data)
-
-        backend.create_exclusive = gated
+        gate = Gate(cp, "create_exclusive")
         cp.save_background(b"in flight")
-        assert entered.wait(30)
+        assert gate.entered.wait(30)
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -219,7 +201,7 @@ def test_a_child_forked_during_a_background_save_does_not_hang_on_flush(tmp_path
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
-        answer.set()
+        gate.answer.set()
         cp.flush_sync()
         assert os.waitstatus_to_exitcode(status) == 0
         assert (cp.load_sync() / "payload").read_bytes() == b"in flight"
@@ -256,20 +238,12 @@ def test_settle_gives_up_waiting_after_its_timeout(
 ) -> None:
     """A hung delete bounds how long settle waits; the retention finishes behind it later."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
-        real = backend.delete_many
-        answer = threading.Event()
-
-        def hung(names: list[str]) -> None:
-            assert answer.wait(30)
-            real(names)
-
-        backend.delete_many = hung
+        gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")
         cp._store.settle(timeout=0.05)
         assert "still runs after" in caplog.text
-        answer.set()
+        gate.answer.set()
         cp.flush_sync()
         assert manifests(str(tmp_path)) == [f"{1:020d}.json"]
 
