@@ -42,6 +42,8 @@ EXIT_3 = [sys.executable, "-c", "raise SystemExit(3)"]
 DEADLINE = 30.0
 #: Seconds the inner pytest gets to start the three servers.
 STARTUP = 180.0
+#: Seconds the inner pytest gets to end once signalled (its teardown stops the servers).
+TEARDOWN = 120.0
 
 
 class PidFd:
@@ -296,7 +298,12 @@ def test_no_server_outlives_its_pytest(tmp_path: Path, how: signal.Signals, work
             os.killpg(proc.pid, how)  # what a terminal does on Ctrl-C
         else:
             proc.send_signal(how)  # `kill` of the pytest process alone
-        proc.wait(timeout=DEADLINE)
+        try:
+            # Ctrl-C runs pytest's teardown, which stops the three servers one by one: on
+            # two cores busy with other tests that has taken over 30 s.
+            proc.wait(timeout=TEARDOWN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the inner pytest did not end:\n{log.read_text()[-4000:]}")
         wait_until_groups_empty(groups)
         for _, workdir in servers:
             assert not Path(workdir).exists()
