@@ -303,7 +303,11 @@ def test_no_server_outlives_its_pytest(tmp_path: Path, how: signal.Signals, work
             # two cores busy with other tests that has taken over 30 s.
             proc.wait(timeout=TEARDOWN)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the inner pytest did not end:\n{log.read_text()[-4000:]}")
+            # pytest's faulthandler prints every thread's stack on SIGABRT: where it hangs.
+            os.kill(proc.pid, signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=DEADLINE)
+            pytest.fail(f"the inner pytest did not end:\n{log.read_text()[-8000:]}")
         wait_until_groups_empty(groups)
         for _, workdir in servers:
             assert not Path(workdir).exists()
