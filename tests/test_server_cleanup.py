@@ -218,9 +218,14 @@ INNER_TEST = textwrap.dedent(
     """
     import json
     import os
+    import signal
     import socket
 
     import pytest
+
+    # Ctrl-C raises KeyboardInterrupt, as in a terminal, even when this pytest was started from
+    # a shell's background job: those ignore SIGINT, and Python then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from tests.servers import s3_server, s3_session_server
     from tests.servers_gcs_azure import (
