@@ -14,7 +14,10 @@ from resumable import Checkpoint, RetryPolicy, StorageError, resumable
 from resumable._codec import loads_state
 from resumable.testing import FaultyFileSystem
 
-FAST = RetryPolicy(attempts=15, wait=tenacity.wait_none(), timeout=30.0)
+# Many tries: a manifest's create is three calls, so at a fifth of calls failing a try fails
+# half the time, and retention draws from the same seeded faults on a thread of its own (the
+# sequence is not fixed): 30 tries make running out about 1e-9 per save.
+FAST = RetryPolicy(attempts=30, wait=tenacity.wait_none(), timeout=30.0)
 
 
 def save(cp: Checkpoint, mode: str, data: bytes) -> None:
@@ -61,7 +64,11 @@ def test_thousand_steps_with_a_fifth_of_storage_calls_failing(
 def test_flaky_store_checkpoint_round_trips() -> None:
     """Checkpoint saves and loads through a store that fails a third of its calls."""
     url = f"faulty:///flaky-{uuid.uuid4().hex}"
-    with Checkpoint(url, storage_options=faulty(fail_rate=0.33), retry=FAST) as cp:
+    # A manifest's create is three calls (open, write, close): at a third of calls failing, a
+    # try fails 70 % of the time. Retention draws from the same seeded faults on its own
+    # thread, so the sequence is not fixed: 40 tries make running out about 1e-6 per save.
+    patient = RetryPolicy(attempts=40, wait=tenacity.wait_none(), timeout=30.0)
+    with Checkpoint(url, storage_options=faulty(fail_rate=0.33), retry=patient) as cp:
         for i in range(30):
             cp.save_sync(str(i).encode() * 30_000)  # some inlined, most payload objects
         assert (cp.load_sync() / "payload").read_bytes() == b"29" * 30_000
