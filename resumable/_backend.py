@@ -422,9 +422,7 @@ class FsspecBackend:
             raise
 
     def _creates_atomically(self) -> bool:
-        protocols = self.fs.protocol
-        names = protocols if isinstance(protocols, tuple | list) else (protocols,)
-        return not _ATOMIC_CREATE.isdisjoint(names)
+        return not _ATOMIC_CREATE.isdisjoint(_protocols(self.fs))
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         path = self._path(name)

@@ -72,7 +72,12 @@ IO_IDLE = 8
 #: How long interpreter exit waits for a checkpoint's background save before giving up.
 EXIT_TIMEOUT = 120.0
 
-_CPU = ThreadPoolExecutor(max_workers=CPU_WORKERS, thread_name_prefix="resumable-cpu")
+
+def _new_cpu_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=CPU_WORKERS, thread_name_prefix="resumable-cpu")
+
+
+_CPU = _new_cpu_pool()
 
 
 def submit(fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -144,7 +149,7 @@ def _after_fork_in_child() -> None:
     # A forked child has none of its parent's threads, but both pools still believe their
     # idle workers exist and would hand them work forever: new pools, no workers yet.
     global _CPU
-    _CPU = ThreadPoolExecutor(max_workers=CPU_WORKERS, thread_name_prefix="resumable-cpu")
+    _CPU = _new_cpu_pool()
     _IO.forget_workers()
 
 
