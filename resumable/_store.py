@@ -212,6 +212,8 @@ def _problem(m: Manifest, seq: int) -> str | None:
         return f"has invalid size {m.size!r}"
     if not isinstance(m.digest, str) or len(m.digest) != 64 or not _HEX64.issuperset(m.digest):
         return f"has no valid {m.algorithm}"
+    if m.format < 1:
+        return f"has invalid format {m.format}"
     if m.format < 2 and m.algorithm != "sha256":
         return f"is format {m.format}, which predates {m.algorithm}"
     if m.compression not in ("gzip", "none"):

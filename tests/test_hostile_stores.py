@@ -228,6 +228,8 @@ CORPUS: dict[str, tuple[Callable[[Store], None], bool]] = {
     "manifest: a JSON array": (_manifest_bytes(b"[1, 2]"), False),
     "manifest: future format": (_field(format=3), False),
     "manifest: format 1 with a blake3": (_field(format=1), False),
+    "manifest: format 0": (_field(format=0), False),
+    "manifest: negative format": (_field(format=-3), False),
     "manifest: no format": (_drop_field("format"), False),
     "manifest: no digest": (_drop_field("blake3"), False),
     "manifest: two digests": (_field(sha256="a" * 64), False),
