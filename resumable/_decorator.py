@@ -22,14 +22,14 @@ from collections.abc import (
     Generator,
     Iterator,
 )
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeGuard, TypeVar, overload
 
 import tenacity
 import wrapt
 
-from ._checkpoint import Checkpoint
+from ._checkpoint import SIGNING_KEY_ENV, Checkpoint
 from ._codec import dumps_state, loads_state
 from ._context import TaskContext, enter_task, leave_task
 from ._engines import warn_if_unshared
@@ -163,6 +163,29 @@ class _Spec:
     def decorate(self, fn: Any) -> Any:
         """``fn`` decorated with these options (how a task pickled by value is rebuilt)."""
         return _make_decorator(self)(fn)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A task shipped by value (Dask, Ray, process pools) must not carry its signing key
+        # in clear through the scheduler and its logs: the worker resolves it from its own
+        # environment, as a Checkpoint does.
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        signed = options["signing_key"] is not None
+        options["signing_key"] = None
+        return _spec_on_worker, (options, signed)
+
+
+def _spec_on_worker(options: dict[str, Any], signed: bool) -> _Spec:
+    """A shipped task's options, with its signing key (if it had one) from this process."""
+    spec = _Spec(**options)
+    if not signed:
+        return spec
+    key = os.environ.get(SIGNING_KEY_ENV)
+    if not key:
+        raise ConfigurationError(
+            f"this task signs its snapshots, and its signing key does not travel with it: "
+            f"set ${SIGNING_KEY_ENV} on the worker that runs it (the same secret)"
+        )
+    return replace(spec, signing_key=key)
 
 
 def _positive_int(name: str, value: object, minimum: int) -> int:
