@@ -18,7 +18,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import blake3
 
-from ._threads import submit
+from ._threads import forked, submit
 
 __all__ = [
     "CHUNK_SIZE",
@@ -48,10 +48,16 @@ class _Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
+def _blake3() -> _Hasher:
+    # Large updates hash on all cores (BLAKE3 is a tree): a 1 MiB chunk in half the time on two.
+    # Not in a fork child: the parent's rayon pool may exist there only as bookkeeping, and an
+    # update handed to it never returns. Whether the parent started it is not knowable.
+    return blake3.blake3(max_threads=1 if forked() else blake3.blake3.AUTO)
+
+
 #: The payload digests a manifest may name, by the name it records.
 DIGESTS: dict[str, Callable[[], _Hasher]] = {
-    # Large updates hash on all cores (BLAKE3 is a tree): a 1 MiB chunk in half the time on two.
-    "blake3": lambda: blake3.blake3(max_threads=blake3.blake3.AUTO),
+    "blake3": _blake3,
     "sha256": hashlib.sha256,
 }
 #: The digest new snapshots record: blake3 is a cryptographic hash about three times as fast

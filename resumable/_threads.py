@@ -55,6 +55,7 @@ __all__ = [
     "IO_IDLE",
     "call_with_deadline",
     "close_at_exit",
+    "forked",
     "run_async",
     "run_on_io",
     "submit",
@@ -144,13 +145,26 @@ class _DaemonPool:
 
 _IO = _DaemonPool(max_idle=IO_IDLE)
 
+_forked = False
+
+
+def forked() -> bool:
+    """Whether this process is a fork child (of a fork made after this module was imported).
+
+    Native thread pools (rayon in BLAKE3, OpenMP, BLAS) that the parent started are gone in
+    the child, yet still believe their workers exist: work handed to them waits forever.
+    Code that could use one runs single-threaded here instead.
+    """
+    return _forked
+
 
 def _after_fork_in_child() -> None:
     # A forked child has none of its parent's threads, but both pools still believe their
     # idle workers exist and would hand them work forever: new pools, no workers yet.
-    global _CPU
+    global _CPU, _forked
     _CPU = _new_cpu_pool()
     _IO.forget_workers()
+    _forked = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
