@@ -118,7 +118,7 @@ def loads_state(data: bytes) -> Any:
     from ._statecodec import MAGIC, read_state  # the streamed format
 
     if data.startswith(MAGIC):
-        return read_state((data,))[0]
+        return read_state((data,), size=len(data))[0]
     try:
         return cloudpickle.loads(data)
     except Exception as exc:

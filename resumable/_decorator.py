@@ -683,7 +683,19 @@ class _Call:
             value: Any = folder
         else:
             # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
-            found = cp.read_newest_with(read_state, accept=self._accept, poison_after=poison_after)
+            # The store shows each manifest to ``accept`` just before it decodes that payload:
+            # its size bounds the lengths the payload's records may claim.
+            size: list[int | None] = [None]
+
+            def accept(m: Manifest) -> None:
+                self._accept(m)
+                size[0] = m.size
+
+            found = cp.read_newest_with(
+                lambda chunks: read_state(chunks, size=size[0]),
+                accept=accept,
+                poison_after=poison_after,
+            )
             assert self.spec.initial is not None
             m, (value, extras) = found if found is not None else (None, (None, {}))
             if m is None:

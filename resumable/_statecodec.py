@@ -215,6 +215,21 @@ def new_buffer(size: int) -> bytearray | mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
 
 
+class _Sink:
+    """``write``, remembering what it raised: a storage fault, which is no pickling error."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self.failure: BaseException | None = None
+
+    def __call__(self, chunk: Chunk) -> None:
+        try:
+            self._write(chunk)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+
 def _emit_buffer(write: Write, view: memoryview) -> None:
     write(_HEAD.pack(_BUFFER, view.nbytes))
     for start in range(0, view.nbytes, _PIECE):
@@ -227,15 +242,16 @@ def write_state(obj: object, write: Write, *, extras: dict[str, Any] | None = No
     The buffers handed to ``write`` are views of ``obj``'s memory: ``obj`` must not change
     until the bytes are written (``@resumable`` holds the task at its ``yield`` meanwhile).
     """
-    write(MAGIC)
-    out = _Out(write)
+    sink = _Sink(write)
+    sink(MAGIC)
+    out = _Out(sink)
 
     def on_buffer(buf: pickle.PickleBuffer) -> bool:
-        _emit_buffer(write, buf.raw())
+        _emit_buffer(sink, buf.raw())
         return False  # out of band
 
-    _dump(obj, out, on_buffer)
-    _finish(write, out, extras)
+    _dump(obj, out, on_buffer, sink)
+    _finish(sink, out, extras)
 
 
 class BufferPool:
@@ -389,12 +405,21 @@ def capture_state(
     return captured
 
 
-def _dump(obj: object, out: _Out, on_buffer: Callable[[pickle.PickleBuffer], bool]) -> None:
+def _dump(
+    obj: object,
+    out: _Out,
+    on_buffer: Callable[[pickle.PickleBuffer], bool],
+    sink: _Sink | None = None,
+) -> None:
     try:
         _Pickler(out, on_buffer).dump(obj)
     except StateError:
         raise
     except Exception as exc:
+        if sink is not None and sink.failure is not None:
+            # The pickler was fine; the store failed under it (an I/O error, spent tries),
+            # which the store retries or reports as a StorageError: pass it on unchanged.
+            raise
         raise _pickle_error(obj, exc) from exc
 
 
@@ -410,27 +435,58 @@ def _finish(write: Write, out: _Out, extras: dict[str, Any] | None) -> None:
     write(_HEAD.pack(_END, 0))
 
 
-class _Reader(io.RawIOBase):
-    """The unpickler's file: the bytes of ``P`` records; buffers met on the way are queued."""
+#: Without the payload's size, a buffer claiming more than this is not allocated at once but
+#: grows as its bytes arrive: a corrupt length must not cost gigabytes before it is found out.
+_GROW_ABOVE = 16 << 20
 
-    def __init__(self, chunks: Iterator[Chunk]) -> None:
+
+class _Reader(io.RawIOBase):
+    """The unpickler's file: the bytes of ``P`` records; buffers met on the way are queued.
+
+    With ``size`` (the whole payload's, from its manifest), a record that claims more bytes
+    than are left is refused before anything is allocated for it.
+    """
+
+    def __init__(self, chunks: Iterator[Chunk], size: int | None = None) -> None:
         super().__init__()
         self._chunks = chunks
+        self._size = size
         self._buf = memoryview(b"")
+        self._received = 0  # bytes taken from ``chunks`` so far
         self._left = 0  # bytes left in the current P record
         self.buffers: deque[bytearray | mmap.mmap] = deque()
         self.extras: dict[str, Any] = {}
         self.ended = False
+        #: What the chunk source raised (a digest mismatch, a storage error), if it did.
+        self.source_failure: BaseException | None = None
 
     def readable(self) -> bool:
         return True
 
     def _more(self) -> bool:
-        for chunk in self._chunks:
+        while True:
+            try:
+                chunk = next(self._chunks, None)
+            except BaseException as exc:
+                self.source_failure = exc
+                raise
+            if chunk is None:
+                return False
             if len(chunk):
                 self._buf = memoryview(chunk).cast("B")
+                self._received += len(self._buf)
                 return True
-        return False
+
+    def _claim(self, n: int, what: str) -> None:
+        """Refuse a record of ``n`` bytes that the rest of the payload cannot hold."""
+        if self._size is None:
+            return
+        left = self._size - (self._received - len(self._buf))
+        if n > left:
+            raise StateError(
+                f"the state payload is corrupt: a {what} record claims {n} bytes, but only "
+                f"{max(left, 0)} are left"
+            )
 
     def raw(self, n: int) -> bytes:
         """Exactly ``n`` bytes of the payload (fewer only at its end)."""
@@ -454,6 +510,17 @@ class _Reader(io.RawIOBase):
             self._buf = self._buf[take:]
             done += take
 
+    def _grown(self, n: int) -> bytearray:
+        """A buffer of ``n`` bytes grown as they arrive: a length not known to be possible."""
+        buf = bytearray()
+        while len(buf) < n:
+            if not self._buf and not self._more():
+                raise StateError("the state payload ends inside a buffer")
+            take = min(n - len(buf), len(self._buf))
+            buf += self._buf[:take]
+            self._buf = self._buf[take:]
+        return buf
+
     def next_record(self) -> bool:
         """Move to the next ``P`` record, taking in the others; False at the end."""
         while not self.ended:
@@ -462,13 +529,20 @@ class _Reader(io.RawIOBase):
                 raise StateError("the state payload ends without its end record")
             tag, n = _HEAD.unpack(head)
             if tag == _PICKLE:
+                self._claim(n, "pickle")
                 self._left = n
                 return True
             if tag == _BUFFER:
-                buf = new_buffer(n)
-                self._raw_into(memoryview(buf))
+                self._claim(n, "buffer")
+                buf: bytearray | mmap.mmap
+                if self._size is None and n > _GROW_ABOVE:
+                    buf = self._grown(n)
+                else:
+                    buf = new_buffer(n)
+                    self._raw_into(memoryview(buf))
                 self.buffers.append(buf)
             elif tag == _EXTRAS:
+                self._claim(n, "extras")
                 data = self.raw(n)
                 if len(data) < n:
                     raise StateError("the state payload ends inside its extras")
@@ -480,17 +554,21 @@ class _Reader(io.RawIOBase):
         return False
 
     def readinto(self, b: Any) -> int:
+        # Whole, across chunks and P records: the unpickler reads a large bytes object with
+        # one call and takes a short count for the end of the pickle (a truncated payload).
         view = memoryview(b).cast("B")
-        if self._left == 0 and not self.next_record():
-            return 0
-        take = min(len(view), self._left)
-        if not self._buf and not self._more():
-            raise StateError("the state payload ends inside its pickle")
-        take = min(take, len(self._buf))
-        view[:take] = self._buf[:take]
-        self._buf = self._buf[take:]
-        self._left -= take
-        return take
+        done = 0
+        while done < len(view):
+            if self._left == 0 and not self.next_record():
+                break
+            if not self._buf and not self._more():
+                raise StateError("the state payload ends inside its pickle")
+            take = min(len(view) - done, self._left, len(self._buf))
+            view[done : done + take] = self._buf[:take]
+            self._buf = self._buf[take:]
+            self._left -= take
+            done += take
+        return done
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -528,13 +606,17 @@ class _Reader(io.RawIOBase):
         yield from self._chunks
 
 
-def read_state(chunks: Iterable[Chunk]) -> tuple[Any, dict[str, Any]]:
+def read_state(chunks: Iterable[Chunk], size: int | None = None) -> tuple[Any, dict[str, Any]]:
     """The state and extras of a payload, read as it streams; old plain pickles too.
 
-    Reads ``chunks`` to their end (a store checks its digest there). Unpickling runs code:
-    only read payloads you trust (a signed store verifies before this is called).
+    Reads ``chunks`` to their end (a store checks its digest there). ``size``, the payload's
+    length as its manifest records it, bounds what a record may claim; without it, a large
+    buffer grows as its bytes arrive. What ``chunks`` raises (a digest mismatch, a storage
+    error) passes through as it is, so that a store can tell a corrupt payload from one
+    that cannot be unpickled. Unpickling runs code: only read payloads you trust (a signed
+    store verifies before this is called).
     """
-    reader = _Reader(iter(chunks))
+    reader = _Reader(iter(chunks), size)
     head = reader.raw(len(MAGIC))
     if head != MAGIC:  # written before this format: one cloudpickle of the state
         return _unpickle_bytes(head + b"".join(bytes(c) for c in reader.rest())), {}
@@ -548,6 +630,8 @@ def read_state(chunks: Iterable[Chunk]) -> tuple[Any, dict[str, Any]]:
     except StateError:
         raise
     except Exception as exc:
+        if reader.source_failure is not None:
+            raise  # the payload's source failed, not its unpickling
         raise _unpickle_error(exc) from exc
     if reader.next_record():
         raise StateError("the state payload holds pickle bytes after its end")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import sys
 import threading
 from collections.abc import Iterator
@@ -13,8 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resumable import Checkpoint, StateError, resumable
-from resumable._statecodec import MAGIC, BufferPool, capture_state, read_state, write_state
+from resumable import Checkpoint, CorruptCheckpointError, StateError, resumable
+from resumable._statecodec import (
+    _HEAD,
+    MAGIC,
+    BufferPool,
+    capture_state,
+    read_state,
+    write_state,
+)
 
 np = pytest.importorskip("numpy")
 hnp = pytest.importorskip("hypothesis.extra.numpy")
@@ -340,3 +348,127 @@ def test_an_interrupted_capture_waits_for_its_running_copies() -> None:
     thread.join(30)
     assert ended.is_set()
     assert isinstance(raised[0], KeyboardInterrupt)
+
+
+# -- reads that span chunks, records and lengths a payload cannot hold (issue 17) -----------
+
+
+def records(data: bytes) -> list[tuple[bytes, int, int]]:
+    """The records of a payload: (tag, offset of the length field, length)."""
+    found, at = [], len(MAGIC)
+    while at < len(data):
+        tag, n = _HEAD.unpack_from(data, at)
+        found.append((tag, at + 1, n))
+        at += _HEAD.size + n
+    return found
+
+
+@pytest.mark.parametrize("chunk", [1 << 16, 1 << 20, 999_983])
+@pytest.mark.parametrize("size", [1 << 20, (1 << 20) + 1, 3 << 20])
+def test_large_bytes_load_across_chunk_boundaries(size: int, chunk: int) -> None:
+    """A bytes/bytearray of 1 MiB or more loads from a payload streamed in chunks (one readinto)."""
+    state = {"b": bytes(range(256)) * (size // 256), "ba": bytearray(size), "n": 3}
+    got, _ = read_state(pieces(encode(state), chunk))
+    assert got == state
+    assert type(got["ba"]) is bytearray
+
+
+@pytest.mark.parametrize("count", [12, 20])
+def test_many_large_values_load(count: int) -> None:
+    """A dict of 300 KB bytes values (20 of them span two P records) loads in 1 MiB chunks."""
+    state = {i: bytes([i]) * 300_000 for i in range(count)}
+    data = encode(state)
+    assert sum(tag == b"P" for tag, _, _ in records(data)) == (1 if count == 12 else 2)
+    got, _ = read_state(pieces(data, 1 << 20))
+    assert got == state
+
+
+def test_arrays_beside_large_bytes_load() -> None:
+    """NumPy arrays beside a 2 MB bytes value load from 1 MiB chunks."""
+    state = {"a": np.arange(300_000), "raw": b"x" * 2_000_000, "b": np.ones((50, 50), order="F")}
+    got, _ = read_state(pieces(encode(state), 1 << 20))
+    assert same(state, got)
+
+
+def test_megabyte_bytes_state_resumes(tmp_path: Path) -> None:
+    """A task whose state is 1 MiB of bytes resumes from its snapshot (it could never load)."""
+    seen: list[int] = []
+
+    @resumable(state=b"", store=tmp_path, key="m", on_success="keep")
+    def f(state: bytes = b"") -> Iterator[bytes]:
+        seen.append(len(state))
+        yield b"\0" * (1 << 20)
+
+    f()
+    f()
+    assert seen == [0, 1 << 20]
+
+
+def test_errors_of_the_chunk_source_pass_through_unwrapped() -> None:
+    """An error raised by the chunk iterator (a storage or digest failure) is not a StateError."""
+    data = encode({"a": np.arange(100_000), "b": b"y" * 300_000})
+
+    def failing(exc: BaseException, after: int) -> Iterator[bytes]:
+        yield from pieces(data[:after], 4096)
+        raise exc
+
+    for after in (len(MAGIC), 600, 400_000, len(data) - 3):
+        with pytest.raises(CorruptCheckpointError, match="digest"):
+            read_state(failing(CorruptCheckpointError("digest"), after))
+        with pytest.raises(ConnectionResetError):
+            read_state(failing(ConnectionResetError("reset"), after))
+
+
+@pytest.mark.parametrize("tag", [b"B", b"P"])
+def test_a_record_longer_than_what_is_left_is_refused(tag: bytes) -> None:
+    """A record whose length exceeds the payload's remaining bytes is a StateError, with size."""
+    data = bytearray(encode({"a": np.arange(40_000), "t": "x" * 100}))
+    _, at, n = next(r for r in records(bytes(data)) if r[0] == tag)
+    struct.pack_into("<Q", data, at, n + 10_000_000)
+    with pytest.raises(StateError, match="claims"):
+        read_state(pieces(bytes(data), 1 << 16), size=len(data))
+
+
+_ALLOCATION_PROBE = """
+import resource, sys
+from resumable._statecodec import read_state
+data = sys.stdin.buffer.read()
+size = None if sys.argv[1] == "none" else len(data)
+# Room for what the process holds now plus 1 GiB: a 3 GiB buffer cannot be had.
+with open("/proc/self/statm") as f:
+    pages = int(f.read().split()[0])
+limit = pages * resource.getpagesize() + (1 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    read_state([data[i : i + 65536] for i in range(0, len(data), 65536)], size=size)
+except MemoryError as exc:
+    sys.exit(f"allocated for the claim: {exc!r}")
+except Exception as exc:
+    chain = [exc]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    if any(isinstance(e, (MemoryError, OSError)) for e in chain):
+        sys.exit(f"allocated for the claim: {chain!r}")
+    print(type(exc).__name__, exc)
+else:
+    sys.exit("a corrupt payload loaded")
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc")
+@pytest.mark.parametrize("known", ["size", "none"])
+def test_a_3_gib_claim_in_a_300_kb_payload_allocates_nothing_large(known: str) -> None:
+    """A buffer record claiming 3 GiB in a 300 KB payload fails without allocating 3 GiB."""
+    import subprocess
+
+    data = bytearray(encode({"a": np.arange(300_000 // 8)}))
+    _, at, _ = next(r for r in records(bytes(data)) if r[0] == b"B")
+    struct.pack_into("<Q", data, at, 3 << 30)
+    run = subprocess.run(
+        [sys.executable, "-c", _ALLOCATION_PROBE, known],
+        input=bytes(data),
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert run.stdout.startswith(b"StateError")
