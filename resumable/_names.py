@@ -5,23 +5,34 @@
     00000000000000000042.json                    manifest of snapshot 42: the commit marker
     00000000000000000042.1f0c9a7e3b2d4c5a.blob   its payload (absent when inlined)
     00000000000000000042.failed.5e1d0c2b9a8f7e6d a failure of the task from snapshot 42
-    .<name>.<random>.tmp                         an object being written (local disk)
+    .<name>.<stamp>.<random>.tmp                 an object being written (local disk), named
+                                                 with its maker (``_owner.stamp()``)
 
 Example:
     >>> manifest_name(42)
     '00000000000000000042.json'
     >>> parse(blob_name(42, "ab12cd34"))
     ObjectName(kind='blob', seq=42)
+    >>> from resumable._owner import me
+    >>> temp_maker(temp_name("00000000000000000042.json")) == me()
+    True
+
+Temp names written before they carried a stamp (``.<name>.<random>.tmp``) are still temp
+names, with no known maker.
 
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from ._owner import Owner, parse_stamp, stamp
 
 __all__ = [
     "ObjectName",
@@ -32,12 +43,14 @@ __all__ = [
     "mark_name",
     "parse",
     "seq_prefix",
+    "temp_maker",
     "temp_name",
 ]
 
 _MANIFEST = re.compile(r"^(\d{20})\.json$")
 _BLOB = re.compile(r"^(\d{20})\.[0-9a-f]{8,64}\.blob$")
 _MARK = re.compile(r"^(\d{20})\.failed\.[0-9a-f]{16}$")
+_TEMP_STAMPED = re.compile(r"^\..+\.([0-9a-f]{12}-\d+-\d+)\.[0-9a-f]{8}\.tmp$")
 
 ObjectKind = Literal["manifest", "blob", "mark"]
 
@@ -70,9 +83,27 @@ def mark_name(seq: int) -> str:
     return f"{seq:020d}.failed.{secrets.token_hex(8)}"
 
 
+@functools.lru_cache(maxsize=4)
+def _stamp_of(pid: int) -> str:
+    # Keyed by pid: a forked child is another maker. Cached because a stamp reads /proc,
+    # and every save names two temp files.
+    del pid
+    return stamp()
+
+
 def temp_name(name: str) -> str:
-    """A unique temp name for writing ``name``; hidden, and never one of the names above."""
-    return f".{name}.{secrets.token_hex(4)}.tmp"
+    """A unique temp name for writing ``name``; hidden, never one of the names above.
+
+    It carries the calling process's stamp, so that a temp file left by a killed save can be
+    told apart from one a live save is still writing (see :func:`temp_maker`).
+    """
+    return f".{name}.{_stamp_of(os.getpid())}.{secrets.token_hex(4)}.tmp"
+
+
+def temp_maker(name: str) -> Owner | None:
+    """The process that made temp name ``name``; None for an unstamped (older) or other name."""
+    found = _TEMP_STAMPED.match(name)
+    return None if found is None else parse_stamp(found.group(1))
 
 
 def is_temp(name: str) -> bool:
