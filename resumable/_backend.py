@@ -58,6 +58,8 @@ from ._stream import CHUNK_SIZE
 from ._threads import submit
 
 __all__ = [
+    "FOLDER_MODE",
+    "OBJECT_MODE",
     "Backend",
     "BlobWriter",
     "Entry",
@@ -215,6 +217,15 @@ def _make_folders(path: Path) -> None:
         _fsync_dir(folder.parent)  # the new folder's name must survive a crash too
 
 
+_FILE_TYPES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def _open_object(path: Path) -> int:
     """A descriptor of the regular file ``path``, opened for reading without ever blocking.
 
@@ -246,15 +257,6 @@ def _open_object(path: Path) -> int:
     os.close(fd)
     what = _FILE_TYPES.get(stat.S_IFMT(mode), "a special file")
     raise NotAnObjectError(errno.ENOENT, f"not a regular file ({what}): no object", str(path))
-
-
-_FILE_TYPES = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFDIR: "a folder",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -342,7 +344,8 @@ class LocalBackend:
         """
         if not self._swept:
             self._swept = True
-            self.remove_dead_temps()
+            with contextlib.suppress(OSError):  # housekeeping must not fail a save
+                self.remove_dead_temps()
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return os.open(path, flags, OBJECT_MODE)

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, resumable
+from resumable import Checkpoint, CorruptCheckpointError, RetryPolicy, resumable
 from resumable._backend import LocalBackend, NotAnObjectError
 from resumable._cli import main as cli
 
@@ -81,14 +81,20 @@ def loaded(cp: Checkpoint) -> bytes:
     return (folder / "payload").read_bytes()
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
-def test_fifo_payload_falls_back_to_the_previous_snapshot(tmp_path: Path, signed: bool) -> None:
+@pytest.mark.parametrize(
+    ("signed", "retry"),
+    [(False, None), (True, None), (False, RetryPolicy(timeout=30.0))],
+    ids=["unsigned", "signed", "with-deadlines"],
+)
+def test_fifo_payload_falls_back_to_the_previous_snapshot(
+    tmp_path: Path, signed: bool, retry: RetryPolicy | None
+) -> None:
     """A FIFO in place of the newest payload is a corrupt snapshot: the previous one loads."""
     store = tmp_path / "store"
     _, newest = two_snapshots(store, signed)
     newest.unlink()
     os.mkfifo(newest)
-    cp = Checkpoint(store, keep=5, signing_key=SECRET if signed else None)
+    cp = Checkpoint(store, keep=5, signing_key=SECRET if signed else None, retry=retry)
     assert finishes(lambda: loaded(cp), [newest]) == OLD
     assert stat.S_ISFIFO(newest.lstat().st_mode)  # refused, not removed: it is not ours
 
