@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +41,7 @@ from ._errors import (
     StorageError,
     UnsupportedDataError,
 )
-from ._names import is_temp, manifest_seqs, parse
+from ._names import is_temp, manifest_name, manifest_seqs, parse
 from ._pipe import PipelinedBackend
 from ._progress import ProgressArg, make_progress
 from ._retry import RetryingBackend, RetryPolicy, retry_call
@@ -50,6 +49,7 @@ from ._store import Kind, Manifest, SnapshotStore, names_of
 from ._stream import Chunk, Spool, discard
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
 from ._workspace import create as create_workspace
+from ._workspace import keep_until_exit, release
 
 __all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
 
@@ -225,9 +225,12 @@ class Checkpoint:
         self._bg = Background(self.uri)
         # The workspace is made when first needed (a load, or .path): saves need none.
         self._workspaces: list[Path] = []
-        # Garbage collection removes the workspace (a pending background job holds the
-        # Checkpoint, so none is pending then); at exit, close() flushes first.
-        self._cleanup = weakref.finalize(self, _remove_all, self._workspaces)
+        # Whether a load returned it: then it outlives this object (`Checkpoint(url).load_sync()`
+        # keeps no reference to it) until exit; else garbage collection removes it (a pending
+        # background job holds the Checkpoint, so none is pending then). At exit, close()
+        # flushes first.
+        self._handed_out = [False]
+        self._cleanup = weakref.finalize(self, _let_go, self._workspaces, self._handed_out)
         self._cleanup.atexit = False
         close_at_exit(self)
 
@@ -260,8 +263,11 @@ class Checkpoint:
         """Restore the newest valid snapshot and return the workspace folder.
 
         Bytes and files appear as ``<root>/payload``; a folder is extracted at ``<root>``.
-        Returns ``None`` when nothing was ever saved. A corrupt newest snapshot is skipped
-        with a warning; ``CorruptCheckpointError`` when none verifies.
+        The folder stays until :meth:`close` (or the ``with`` block's end), else until the
+        process exits, even if this ``Checkpoint`` is collected before: close checkpoints
+        that a long-running loop makes. Returns ``None`` when nothing was ever saved. A
+        corrupt newest snapshot is skipped with a warning; ``CorruptCheckpointError`` when
+        none verifies.
 
         Example:
             >>> import tempfile
@@ -277,6 +283,7 @@ class Checkpoint:
         if self.restore_into(root) is None:
             self._warn_if_foreign()
             return None
+        self._handed_out[0] = True
         return root
 
     async def load(self) -> Path | None:
@@ -382,9 +389,11 @@ class Checkpoint:
 
     def _newest_info(self) -> CheckpointInfo | None:
         for _ in range(3):  # a manifest pruned since the listing: newer ones exist, list again
-            for seq in manifest_seqs(names_of(self._store.backend.entries())):
+            entries = self._store.backend.entries()
+            sizes = {e.name: e.size for e in entries}
+            for seq in manifest_seqs(names_of(entries)):
                 try:
-                    m = self._store.manifest(seq)
+                    m = self._store.manifest(seq, sizes.get(manifest_name(seq)))
                 except FileNotFoundError:
                     break
                 except CorruptCheckpointError as exc:
@@ -472,6 +481,9 @@ class Checkpoint:
                     self._store.settle(EXIT_TIMEOUT)
         finally:
             self._bg.close()
+            if self._cleanup.alive:
+                for root in self._workspaces:
+                    release(root)
             self._cleanup()
 
     def __enter__(self) -> Self:
@@ -669,9 +681,17 @@ class Checkpoint:
             raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
 
 
-def _remove_all(folders: list[Path]) -> None:
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
+def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
+    """A Checkpoint closed or collected: its workspace goes, unless a load returned it.
+
+    The folder a load returned may be in use after its Checkpoint is collected, so only
+    ``close()`` (which releases it first) or the end of the process removes it.
+    """
+    if handed_out[0]:
+        keep_until_exit(workspaces)
+        return
+    for root in workspaces:
+        release(root)
 
 
 def _bytes_capture(frozen: bytes) -> Captured:

@@ -38,7 +38,7 @@ from ._inspect import (
 )
 from ._names import manifest_seqs
 from ._store import names_of
-from ._workspace import abandoned, remove_abandoned
+from ._workspace import leftovers, remove_abandoned
 
 __all__ = ["main"]
 
@@ -267,7 +267,8 @@ def _rm(args: argparse.Namespace) -> int:
             f"not removing task {args.key!r} ({_count(snapshots, 'snapshot')}) from {args.store}: "
             "this cannot be undone; add --yes to remove it"
         )
-    removed = remove_task(store, args.key)
+    removal = remove_task(store, args.key)
+    removed = removal.removed
     if args.json:
         _print_json(
             {
@@ -275,6 +276,7 @@ def _rm(args: argparse.Namespace) -> int:
                 "key": args.key,
                 "snapshots": snapshots,
                 "removed": [{"name": e.name, "size": e.size} for e in removed],
+                "cleared_record": removal.cleared,
             }
         )
     else:
@@ -283,6 +285,11 @@ def _rm(args: argparse.Namespace) -> int:
             f"removed task {args.key} from {args.store}: {_count(snapshots, 'snapshot')}, "
             f"{_count(len(removed), 'object')}, {size}"
         )
+        if removal.cleared is not None:
+            print(
+                f"left a signed 'cleared' record ({removal.cleared}): copies of the task's old "
+                "files never load again"
+            )
     return EXIT_OK
 
 
@@ -303,8 +310,10 @@ def _gc(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     now = time.time()
     report = collect_garbage(store, grace=args.grace, now=now, dry_run=args.dry_run)
-    # Workspaces of this machine's processes that were killed (they could not clean up).
-    workspaces = abandoned() if args.dry_run else remove_abandoned()
+    # Workspaces of this machine's processes that were killed (they could not clean up);
+    # marked ones that nothing here can judge (another host, boot or container) are listed.
+    found = leftovers()
+    workspaces = found.abandoned if args.dry_run else remove_abandoned()
 
     def age(g: Garbage) -> float | None:
         return None if g.mtime is None else now - g.mtime
@@ -336,6 +345,7 @@ def _gc(args: argparse.Namespace) -> int:
                     for g in report.kept
                 ],
                 "workspaces": [str(w) for w in workspaces],
+                "workspaces_kept": [str(w) for w in found.unprovable],
             }
         )
         return EXIT_OK
@@ -355,6 +365,11 @@ def _gc(args: argparse.Namespace) -> int:
         print(
             f"{verb} {_count(len(workspaces), 'workspace')} left in {workspaces[0].parent} "
             "by processes that are gone"
+        )
+    if found.unprovable:
+        print(
+            f"kept {_count(len(found.unprovable), 'workspace')} in {found.unprovable[0].parent} "
+            "whose owner cannot be proven gone (another host, boot or container)"
         )
     return EXIT_OK
 

@@ -21,12 +21,13 @@ from ._codec import Limits
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
 from ._names import is_temp, manifest_name, manifest_seqs, parse, seq_prefix
-from ._store import Manifest, SnapshotStore, names_of
+from ._store import Manifest, SnapshotStore, checkpoint_name, names_of
 
 __all__ = [
     "ROOT_KEY",
     "Garbage",
     "GcReport",
+    "Removal",
     "SnapshotInfo",
     "Status",
     "TaskFolder",
@@ -355,27 +356,91 @@ def clear_failures(store: Backend, key: str) -> int:
 # -- removal ------------------------------------------------------------------------------
 
 
-def remove_task(store: Backend, key: str) -> list[Entry]:
-    """Delete every snapshot, orphan payload and temp file of task ``key``; return what went.
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """What :func:`remove_task` deleted, and the signed "cleared" record it left, if any."""
 
-    Snapshots go through ``SnapshotStore.clear`` (oldest first, so that an interrupted removal
-    keeps the newest). Other files in the folder are not ours and stay. A key that passes
-    through a symbolic link is refused: nothing outside the store is ever removed.
+    removed: list[Entry]
+    cleared: str | None
+
+
+def remove_task(store: Backend, key: str) -> Removal:
+    """Delete every snapshot, orphan payload and temp file of task ``key``; say what went.
+
+    In a signed task a signed "cleared" record is committed above its snapshots first, as
+    ``on_success="clear"`` does, so that its old files copied back later are never loaded;
+    that needs the task's key (``$RESUMABLE_SIGNING_KEY``), and without it nothing is
+    removed. Unsigned snapshots go through ``SnapshotStore.clear`` (oldest first, so that an
+    interrupted removal keeps the newest). Other files in the folder are not ours and stay.
+    A key that passes through a symbolic link is refused: nothing outside the store is ever
+    removed.
     """
     backend = open_existing_task(store, key)
     if backend is None:
         raise ConfigurationError(
             f"no task folder {key!r} in {store.url} (a symbolic link is not followed)"
         )
-    before = [e for e in backend.entries() if _is_ours(e.name)]
-    SnapshotStore(backend, keep=1).clear()
-    for e in backend.entries():
-        if _is_ours(e.name):
+    entries = backend.entries()
+    before = [e for e in entries if _is_ours(e.name)]
+    signer = _cleared_signer(backend, key, entries)
+    seqs = manifest_seqs(names_of(entries))
+    cleared = None
+    if signer is not None and seqs:
+        # Written before anything is deleted: an interrupted removal still refuses old copies.
+        signer.mark_cleared(seqs[0] + 1)
+        cleared = manifest_name(seqs[0] + 1)
+    else:
+        SnapshotStore(backend, keep=1).clear()
+    for e in sorted(backend.entries(), key=lambda e: e.name):  # oldest first
+        if _is_ours(e.name) and e.name != cleared:
             backend.delete(e.name)
     remaining = {e.name for e in backend.entries()}
     if key != ROOT_KEY and not remaining:
         backend.remove_root_if_empty()  # harmless if left, but a tidy store is easier to read
-    return [e for e in before if e.name not in remaining]
+    return Removal([e for e in before if e.name not in remaining], cleared)
+
+
+def _cleared_signer(backend: Backend, key: str, entries: list[Entry]) -> SnapshotStore | None:
+    """A store that signs as task ``key``'s snapshots are signed; None if they are unsigned.
+
+    Its name is the one its newest signed manifest verifies under: the task key
+    (``@resumable``) or the folder's name (a bare ``Checkpoint``). ``ConfigurationError``
+    when ``$RESUMABLE_SIGNING_KEY`` is unset or verifies neither.
+    """
+    reader = SnapshotStore(backend, keep=1)
+    sizes = {e.name: e.size for e in entries}
+    signed = None
+    for seq in manifest_seqs(names_of(entries)):
+        try:
+            m = reader.manifest(seq, sizes.get(manifest_name(seq)))
+        except (OSError, CorruptCheckpointError):
+            continue
+        if "hmac" in m.extra:
+            signed = m
+            break
+    if signed is None:
+        return None
+    secret = os.environ.get(SIGNING_KEY_ENV)
+    why = (
+        "rm leaves a signed 'cleared' record above a signed task's snapshots, so that copies "
+        "of its old files never load again; nothing was removed"
+    )
+    if not secret:
+        raise ConfigurationError(
+            f"task {key!r} is signed: set {SIGNING_KEY_ENV} to its signing key ({why})"
+        )
+    names = dict.fromkeys([*([] if key == ROOT_KEY else [key]), checkpoint_name(backend.url)])
+    for name in names:
+        signer = SnapshotStore(backend, keep=1, signing_key=secret.encode(), name=name)
+        try:
+            signer.check_signature(signed)
+        except CorruptCheckpointError:
+            continue
+        return signer
+    raise ConfigurationError(
+        f"{SIGNING_KEY_ENV} does not verify the snapshots of task {key!r}: set it to the "
+        f"task's signing key ({why})"
+    )
 
 
 # -- garbage collection -------------------------------------------------------------------

@@ -23,8 +23,6 @@ import logging
 import math
 import os
 import secrets
-import shutil
-import stat
 import sys
 import tarfile
 import threading
@@ -35,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 
 from . import _version
 from ._backend import Backend, BlobWriter, Entry, iter_read
@@ -45,11 +43,12 @@ from ._names import blob_name, manifest_name, manifest_seqs, mark_name, parse
 from ._progress import Progress, transfer
 from ._stream import DIGESTS, NEW_DIGEST, Chunk, Digest, Spool
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_on_io
-from ._workspace import create as create_workspace
+from ._workspace import NEW, destination, discard, recover, stage, swap, sweep_beside
 
 __all__ = [
     "FORMAT",
     "INLINE_MAX",
+    "MANIFEST_MAX",
     "SIGNATURE",
     "Kind",
     "Manifest",
@@ -70,6 +69,12 @@ FORMAT = 2
 SIGNATURE = 3
 #: Payloads up to this size live inside the manifest: one object, one fsync.
 INLINE_MAX = 64 * 1024
+#: A manifest larger than this is corrupt, and is never read whole. The largest this library
+#: writes holds an INLINE_MAX payload in base64 (87,384 bytes) plus about 1 KB of fields:
+#: twelve times that leaves room for fields to come, and a planted 40 GiB file costs nothing.
+MANIFEST_MAX = 1 << 20
+#: A failure mark holds at most a signature (64 hex digits); a larger one is not ours.
+_MARK_MAX = 64
 #: How many fresh listings a load tries when other writers delete what it listed.
 _RELIST = 5
 #: Saves and loads at least this large log their size and rate.
@@ -238,6 +243,34 @@ def _missing_as_corrupt(chunks: Iterator[bytes], name: str) -> Iterator[bytes]:
         raise CorruptCheckpointError(f"payload {name} disappeared while it was read") from None
 
 
+class _Watched(Iterator[Chunk]):
+    """A payload's chunks, remembering the ``CorruptCheckpointError`` they ended with, if any."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self._chunks = chunks
+        self.corrupt: CorruptCheckpointError | None = None
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._chunks)
+        except CorruptCheckpointError as exc:
+            self.corrupt = exc
+            raise
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``stream``: fewer only at its end."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"not text: {type(value).__name__}")
@@ -256,22 +289,6 @@ def _finite(value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"not a finite time: {value!r}")
     return number
-
-
-def _swap(new: Path, folder: Path) -> None:
-    """Put the tree at ``new`` in place of ``folder``; the old tree is left at ``new``."""
-    if not folder.exists():
-        new.rename(folder)
-        return
-    new.chmod(stat.S_IMODE(folder.stat().st_mode))
-    old = new.with_name(new.name + ".old")  # unique: the new tree's name is
-    folder.rename(old)
-    try:
-        new.rename(folder)
-    except BaseException:
-        old.rename(folder)
-        raise
-    old.rename(new)  # the caller removes it
 
 
 def _rate(size: int, seconds: float) -> str:
@@ -421,6 +438,13 @@ class SnapshotStore:
         if self.signing_key is not None:
             m.extra["hmac_version"] = SIGNATURE
             m.extra["hmac"] = self._signature(m)
+
+    def check_signature(self, m: Manifest) -> None:
+        """Refuse (``SignatureError``) a manifest this store's key did not sign for its name.
+
+        Nothing to check without a signing key.
+        """
+        self._check_signature(m)
 
     def _check_signature(self, m: Manifest) -> None:
         if self.signing_key is None:
@@ -671,6 +695,9 @@ class SnapshotStore:
             if kind is None or kind.kind != "mark":
                 continue
             if self.signing_key is not None:
+                if e.size > _MARK_MAX:
+                    log.warning("ignoring failure mark %s: larger than any mark", e.name)
+                    continue
                 try:
                     found = self.backend.read(e.name)
                 except FileNotFoundError:
@@ -712,9 +739,26 @@ class SnapshotStore:
 
     # -- reading ------------------------------------------------------------------------
 
-    def manifest(self, seq: int) -> Manifest:
-        """The parsed manifest of snapshot ``seq``."""
-        return Manifest.from_json(self.backend.read(manifest_name(seq)), seq)
+    def manifest(self, seq: int, size: int | None = None) -> Manifest:
+        """The parsed manifest of snapshot ``seq``; ``size``: its size, if a listing told.
+
+        A manifest larger than ``MANIFEST_MAX`` is corrupt. With the listed size that costs
+        no read; without, at most ``MANIFEST_MAX + 1`` bytes are read.
+        """
+        name = manifest_name(seq)
+        too_large = CorruptCheckpointError(
+            f"manifest is larger than the {MANIFEST_MAX} bytes any manifest takes"
+        )
+        if size is not None and size > MANIFEST_MAX:
+            raise too_large
+        if size is None:
+            with self.backend.open_read(name) as stream:
+                data = _read_at_most(stream, MANIFEST_MAX + 1)
+        else:
+            data = self.backend.read(name)  # one request (it may have grown since listed)
+        if len(data) > MANIFEST_MAX:
+            raise too_large
+        return Manifest.from_json(data, seq)
 
     def payload(self, m: Manifest) -> Iterator[Chunk]:
         """The payload's bytes, checked against the manifest's size and digest on the way."""
@@ -760,30 +804,41 @@ class SnapshotStore:
         """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
 
         A folder snapshot is extracted at ``folder``; bytes and files become
-        ``folder/payload``. The snapshot is unpacked into a new folder beside ``folder`` and
-        verified there; only then does it replace ``folder`` (whatever that held is removed).
-        A snapshot that fails leaves ``folder`` as it was. In a signed store the payload is
-        verified (digest, hence signature) before a single byte is unpacked; elsewhere the
-        unpacking stops as soon as the archive exceeds what its manifest records.
+        ``folder/payload``. The snapshot is unpacked into a staging folder beside ``folder``
+        and verified there; only then does it replace ``folder`` (whatever that held is
+        removed). A snapshot that fails leaves ``folder`` as it was. In a signed store the
+        payload is verified (digest, hence signature) before a single byte is unpacked;
+        elsewhere the unpacking stops as soon as the archive exceeds what its manifest records.
+
+        A ``folder`` that is a symbolic link stays one: the folder it points to is restored.
+        A link to nothing or to a non-folder raises ``ConfigurationError`` before anything
+        is read. A swap that a killed process left halfway is put back first (see
+        ``_workspace``), and the stagings of gone processes beside the folder are removed
+        only once this restore has succeeded.
         """
+        target = destination(folder)
+        recover(target)
 
         def unpack(m: Manifest, chunks: Iterator[Chunk]) -> None:
-            staging = create_workspace(folder.parent, beside=folder.name)
+            staging = stage(target)
             try:
                 if self.signing_key is None:
-                    _unpack(m, chunks, staging, limits)
+                    _unpack(m, chunks, staging / NEW, limits)
                 else:
                     spool = Spool(chunks)  # read to its end: the digest is checked there
                     try:
-                        _unpack(m, iter(spool()), staging, limits)
+                        _unpack(m, iter(spool()), staging / NEW, limits)
                     finally:
                         spool.close()
-                _swap(staging, folder)
+                swap(staging, target)
             finally:
-                shutil.rmtree(staging, ignore_errors=True)  # the failed or replaced tree
+                discard(staging, target)  # the failed or the replaced tree
 
         found = self._load(unpack, accept, poison_after)
-        return None if found is None else found[0]
+        if found is None:
+            return None
+        sweep_beside(target)
+        return found[0]
 
     def read_newest(
         self,
@@ -817,12 +872,17 @@ class SnapshotStore:
                     return decode(iter(spool()))
                 finally:
                     spool.close()
+            watched = _Watched(chunks)
             try:
-                made = decode(chunks)
+                made = decode(watched)
             except CorruptCheckpointError:
                 raise
             except Exception:
-                for _ in chunks:  # a corrupt payload may be why it failed: then fall back
+                # A corrupt payload may be why it failed, however decode reported it: the
+                # payload's own verdict, met inside decode or at the end, wins.
+                if watched.corrupt is not None:
+                    raise watched.corrupt from None
+                for _ in chunks:
                     pass
                 raise
             for _ in chunks:  # the digest is checked at the end
@@ -883,6 +943,7 @@ class SnapshotStore:
     ) -> tuple[Manifest, T] | None:
         """Try the listed snapshots newest first; the first that verifies is consumed."""
         marks = self.failures(attempt.entries) if poison_after is not None else Counter[int]()
+        sizes = {e.name: e.size for e in attempt.entries}
         for seq in manifest_seqs(names_of(attempt.entries)):
             if poison_after is not None and marks[seq] >= poison_after:
                 attempt.refused.append(f"snapshot {seq}: poison ({marks[seq]} failures from it)")
@@ -895,7 +956,7 @@ class SnapshotStore:
                 )
                 continue
             try:
-                m = self.manifest(seq)
+                m = self.manifest(seq, sizes.get(manifest_name(seq)))
                 self._check_signature(m)
             except FileNotFoundError:
                 attempt.deleted(seq)

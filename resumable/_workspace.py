@@ -1,125 +1,375 @@
-"""Workspaces: the private temp folders ``Checkpoint.load`` restores into.
+"""Workspaces and restore stagings: the folders this library makes, their lifetime and clean-up.
 
-A workspace is named after the process that owns it, ``resumable-<pid>-<start>-<random>``
-in the temp folder, where ``<start>`` is the owner's start time (Linux; ``0`` where unknown),
-so that a process id reused by a later process is not mistaken for the owner. A process
-killed with SIGKILL cannot remove its workspaces; the first workspace a process creates in a
-folder, and ``resumable gc`` (in the temp folder), remove those whose owner is gone.
+A *workspace* is the private folder ``Checkpoint.load`` restores into. It is the ``root``
+subfolder of a folder ``resumable-<stamp>-<random>`` in the temp folder, which holds the
+owner marker (see ``_owner``) beside it: the user sees only ``root``, and a restore that
+replaces ``root`` keeps the marker. A workspace stays until :func:`release` (``Checkpoint``'s
+``close()``) or the end of the process that made it (an exit hook here removes those not
+released; a forked child leaves its parent's alone).
 
-A restore into a folder unpacks into a hidden workspace beside it,
-``.<folder name>.resumable-<pid>-<start>-<random>`` (and, for a moment during the swap, the
-same name plus ``.old``): the first restore of a process beside that folder removes those of
-processes that are gone.
+A *staging* folder is where a restore into a user's folder unpacks, beside that folder so
+that renames stay on one filesystem: ``.<name>.resumable-<stamp>-<random>``, marked, holding
+the new tree in ``new``. :func:`swap` moves the user's folder to ``old`` inside the staging,
+then ``new`` into its place, then the staging goes. A process killed between the two renames
+leaves the folder missing and its staging holding ``old``: :func:`recover` puts it back, and
+it runs before every restore, so a restore that then fails loses nothing.
+
+Clean-up deletes only folders that carry a regular marker file whose owner is provably gone
+(``_owner.gone``: this machine, boot and PID namespace, and the process is no more). Names
+prove nothing; a folder made elsewhere is never deleted (``resumable gc`` lists it). The first
+workspace a process makes in a temp folder, and ``resumable gc``, sweep that folder; stagings
+of gone owners beside a folder go once a restore into it has succeeded.
 
 Example:
-    >>> owner(Path("resumable-123-456-abcd1234"))
-    (123, 456)
-    >>> owner(Path(".data.resumable-123-456-abcd1234.old"))
-    (123, 456)
-    >>> owner(Path("something-else")) is None
-    True
+    >>> root = create()
+    >>> read_marker(root.parent) == me(), root.name
+    (True, 'root')
+    >>> release(root)
+    >>> root.parent.exists()
+    False
 
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["abandoned", "create", "owner", "remove_abandoned"]
+from ._errors import ConfigurationError
+from ._owner import gone, me, read_marker, stamp, write_marker
+
+__all__ = [
+    "NEW",
+    "OLD",
+    "ROOT",
+    "Leftovers",
+    "create",
+    "destination",
+    "discard",
+    "keep_until_exit",
+    "leftovers",
+    "recover",
+    "release",
+    "remove_abandoned",
+    "stage",
+    "swap",
+    "sweep_beside",
+]
 
 log = logging.getLogger("resumable")
 
-_NAME = re.compile(r"^(?:\..+\.)?resumable-(\d+)-(\d+)-[A-Za-z0-9_]+(?:\.old)?$")
+#: The folder of a workspace that its user sees (``Checkpoint.path``).
+ROOT = "root"
+#: In a staging folder: the restored tree, before it takes the user's folder's place.
+NEW = "new"
+#: In a staging folder: the user's folder, moved aside during the swap.
+OLD = "old"
+#: Beyond this many workspaces kept for collected Checkpoints, a warning says how to free them.
+_KEPT_WARNING = 100
+
+# Names tell where to look, never what to delete (the marker does).
+_WORKSPACE = re.compile(r"^resumable-[^./]+$")
+_STAGING = re.compile(r"^\.(.+)\.resumable-[^./]+$")
+
 _swept: set[str] = set()
 _lock = threading.Lock()
+#: Workspace folders (the marked parents) this process made and has not released.
+_mine: set[Path] = set()
+_kept = 0  # of them, how many belong to Checkpoints that were collected
+_hooked = False
 
 
-def _new_lock_in_child() -> None:
-    global _lock
+def _new_state_in_child() -> None:
+    global _lock, _kept
     _lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    # The parent's workspaces are the parent's: the child's exit must not remove them.
+    _mine.clear()
+    _kept = 0
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+os.register_at_fork(after_in_child=_new_state_in_child)
 
 
-def _start_time(pid: int) -> int:
-    """The start time of process ``pid`` in clock ticks since boot (Linux); 0 when unknown."""
+def _remove_mine_at_exit() -> None:
+    with _lock:
+        folders = list(_mine)
+        _mine.clear()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def create() -> Path:
+    """A new workspace of this process in the temp folder: its ``root`` folder (empty).
+
+    The first workspace of this process in a temp folder sweeps that folder first.
+    """
+    global _hooked
+    parent = tempfile.gettempdir()
+    with _lock:
+        first = parent not in _swept
+        _swept.add(parent)
+        if not _hooked:
+            # Registered after _threads' exit hook, so it runs before it; nothing that hook
+            # finishes reads a workspace (background saves hold frozen copies).
+            atexit.register(_remove_mine_at_exit)
+            _hooked = True
+    if first:
+        remove_abandoned(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f"resumable-{stamp()}-", dir=parent))
+    with _lock:
+        _mine.add(folder)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        write_marker(folder)
+        (folder / ROOT).mkdir(mode=0o700)
+    except BaseException:
+        release(folder / ROOT)
+        raise
+    return folder / ROOT
+
+
+def release(root: Path) -> None:
+    """Remove a workspace of this process now (``root`` as :func:`create` returned it)."""
+    folder = root.parent
+    with _lock:
+        if folder not in _mine:
+            return  # released already, or made by the parent of this forked process
+        _mine.discard(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def keep_until_exit(roots: list[Path]) -> None:
+    """Workspaces whose Checkpoint was collected: they stay until exit (a load returned them).
+
+    The folder a load returned may still be in use after its Checkpoint is gone
+    (``Checkpoint(url).load_sync()``); nothing can tell when it no longer is, so it stays
+    until ``close()`` or exit. A loop that makes many such Checkpoints piles them up: past
+    :data:`_KEPT_WARNING` a warning says to close them.
+    """
+    global _kept
+    with _lock:
+        before = _kept
+        _kept += sum(1 for root in roots if root.parent in _mine)
+        warn = before < _KEPT_WARNING <= _kept
+    if warn:
+        log.warning(
+            "%d workspaces of Checkpoints that were not closed are kept until this process "
+            "exits (the folders their loads returned may still be in use): close each "
+            "Checkpoint (`with Checkpoint(...) as cp:`) to remove its workspace sooner",
+            _kept,
+        )
+
+
+# -- restoring into a user's folder ------------------------------------------------------------
+
+
+def destination(folder: Path) -> Path:
+    """Where a restore into ``folder`` writes: ``folder``, or the folder its link points to.
+
+    A link stays a link: the restore replaces what it points to (staged beside that, on its
+    filesystem). A link to nothing or to a non-folder, and a non-folder, are refused.
+    """
+    try:
+        mode = folder.lstat().st_mode
+    except FileNotFoundError:
+        return folder
+    if stat.S_ISDIR(mode):
+        return folder
+    if not stat.S_ISLNK(mode):
+        raise ConfigurationError(
+            f"cannot restore into {str(folder)!r}: it exists and is not a folder"
+        )
+    real = Path(os.path.realpath(folder))
+    if not real.is_dir():
+        what = "a missing path" if not os.path.lexists(real) else "something that is not a folder"
+        raise ConfigurationError(
+            f"cannot restore into {str(folder)!r}: it is a symbolic link to {what} ({real}); "
+            "make it point to a folder, or remove the link"
+        )
+    return real
+
+
+def stage(target: Path) -> Path:
+    """A new, marked staging folder of this process beside ``target`` (the tree goes in NEW)."""
+    prefix = f".{target.name}.resumable-{stamp()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+    try:
+        write_marker(staging)
+        (staging / NEW).mkdir(mode=0o700)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def swap(staging: Path, target: Path) -> None:
+    """Put the tree in ``staging``'s NEW in place of ``target``; the old tree goes to OLD.
+
+    Between the two renames a kill leaves ``target`` missing and the user's tree in OLD,
+    which :func:`recover` puts back.
+    """
+    new = staging / NEW
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        os.rename(new, target)
+        return
+    new.chmod(stat.S_IMODE(mode))
+    old = staging / OLD
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+
+
+def discard(staging: Path, target: Path) -> None:
+    """Remove this process's staging after a restore, unless it holds the only user tree."""
+    if _holds_old(staging) and not os.path.lexists(target):
+        # The swap failed and so did putting the user's tree back: keep it for recover().
+        log.error(
+            "restoring into %s failed halfway; its content is kept in %s", target, staging / OLD
+        )
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _holds_old(staging: Path) -> bool:
+    try:
+        return stat.S_ISDIR((staging / OLD).lstat().st_mode)
     except OSError:
-        return 0
-    # Field 22; the command name (field 2) is in parentheses and may hold spaces.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return 0
-
-
-def owner(path: Path) -> tuple[int, int] | None:
-    """The owner's pid and start time of a workspace, from its name; None if not one."""
-    found = _NAME.match(path.name)
-    return None if found is None else (int(found.group(1)), int(found.group(2)))
-
-
-def _alive(pid: int, start: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # another user's process: alive, and not ours to judge
-    except OSError:
-        return True
-    return start == 0 or _start_time(pid) in (0, start)
 
 
-def abandoned(folder: str | None = None) -> list[Path]:
-    """Workspaces in ``folder`` (default: the temp folder) whose owner process is gone."""
-    root = Path(folder or tempfile.gettempdir())
+def _stagings(target: Path) -> list[Path]:
+    """The staging folders beside ``target`` that are marked as this library's."""
     try:
-        children = list(root.iterdir())
+        children = list(target.parent.iterdir())
     except OSError:
         return []
-    found = []
+    return sorted(
+        p
+        for p in children
+        if (found := _STAGING.match(p.name)) is not None
+        and found.group(1) == target.name
+        and _is_dir(p)
+    )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _abandoned(folder: Path) -> bool:
+    who = read_marker(folder)
+    return who is not None and gone(who)
+
+
+def _put_back(staging: Path, target: Path) -> bool:
+    """Put the user's tree an interrupted swap left in ``staging`` back at ``target``."""
+    if not _holds_old(staging) or os.path.lexists(target):
+        return False
+    try:
+        os.rename(staging / OLD, target)
+    except OSError as exc:
+        log.warning("cannot put %s back at %s yet: %r", staging / OLD, target, exc)
+        return False
+    log.warning("put %s back: a restore into it was killed halfway", target)
+    return True
+
+
+def recover(target: Path) -> None:
+    """Undo a swap into ``target`` that a process killed between its renames left halfway.
+
+    Only renames, never deletes: a restore runs this first, and whatever it then does
+    (succeed or fail) the user's tree is back in place.
+    """
+    for staging in _stagings(target):
+        if _abandoned(staging):
+            _put_back(staging, target)
+
+
+def sweep_beside(target: Path) -> None:
+    """After a restore into ``target`` succeeded: remove the stagings gone owners left there.
+
+    What such a staging still holds is superseded: a new tree that never took the folder's
+    place, or an old one that the restore just replaced anyway.
+    """
+    for staging in _stagings(target):
+        if _abandoned(staging) and not (_holds_old(staging) and not os.path.lexists(target)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# -- sweeping a temp folder --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """Marked folders in a temp folder: removable ones, and ones that cannot be judged."""
+
+    #: Their owner is provably gone: safe to remove.
+    abandoned: list[Path]
+    #: Made on another host, boot or PID namespace, or a staging holding the tree it replaced
+    #: while that folder exists: never removed here (listed by ``resumable gc``).
+    unprovable: list[Path]
+
+
+def leftovers(folder: str | None = None) -> Leftovers:
+    """The marked workspaces and stagings in ``folder`` (default: the temp folder)."""
+    root = Path(folder or tempfile.gettempdir())
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return Leftovers([], [])
+    found: list[Path] = []
+    kept: list[Path] = []
+    mine = me().machine
     for child in children:
-        who = owner(child)
-        if who is not None and not _alive(*who) and child.is_dir() and not child.is_symlink():
-            found.append(child)
-    return sorted(found)
+        staging = _STAGING.match(child.name)
+        if (staging is None and _WORKSPACE.match(child.name) is None) or not _is_dir(child):
+            continue
+        who = read_marker(child)
+        if who is None:
+            continue  # not provably ours: a user's folder that looks alike
+        if not gone(who):
+            if who.machine != mine:
+                kept.append(child)
+            continue
+        if staging is not None and _holds_old(child) and os.path.lexists(root / staging[1]):
+            kept.append(child)  # only a restore into that folder may tell it is superseded
+            continue
+        found.append(child)
+    return Leftovers(found, kept)
 
 
 def remove_abandoned(folder: str | None = None) -> list[Path]:
-    """Remove the workspaces whose owner process is gone; the ones removed."""
+    """Remove the workspaces and stagings in ``folder`` whose owner is gone; those removed.
+
+    A staging that holds a user's tree whose folder is missing puts it back first.
+    """
     removed = []
-    for path in abandoned(folder):
+    for path in leftovers(folder).abandoned:
+        staging = _STAGING.match(path.name)
+        if (
+            staging is not None
+            and _holds_old(path)
+            and not _put_back(path, path.parent / staging[1])
+        ):
+            continue
         shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
+        if not os.path.lexists(path):
             removed.append(path)
     if removed:
         log.info("removed %d workspace(s) left by processes that are gone", len(removed))
     return removed
-
-
-def create(folder: str | os.PathLike[str] | None = None, *, beside: str | None = None) -> Path:
-    """A new workspace owned by this process, in ``folder`` (default: the temp folder).
-
-    ``beside`` names the folder it is a hidden staging area for (``.<beside>.resumable-...``).
-    The first workspace of this process in ``folder`` sweeps the abandoned ones there first.
-    """
-    root = os.fspath(folder) if folder is not None else tempfile.gettempdir()
-    with _lock:
-        first = root not in _swept
-        _swept.add(root)
-    if first:
-        remove_abandoned(root)
-    pid = os.getpid()
-    hidden = f".{beside}." if beside is not None else ""
-    return Path(tempfile.mkdtemp(prefix=f"{hidden}resumable-{pid}-{_start_time(pid)}-", dir=root))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from resumable import Checkpoint, resumable
-from resumable._workspace import owner, remove_abandoned
+from resumable._owner import MARKER, machine, me, read_marker
+from resumable._workspace import remove_abandoned
 
 
 @pytest.fixture(name="tmp")
@@ -41,8 +42,8 @@ def test_saving_and_pickled_state_make_no_workspace(tmp: Path, tmp_path: Path) -
         assert list(tmp.iterdir()) == []
         root = cp.load_sync()
         assert root is not None
-        assert root.parent == tmp
-        assert owner(root) is not None
+        assert root.parent.parent == tmp
+        assert read_marker(root.parent) == me()
     assert list(tmp.iterdir()) == []
 
 
@@ -57,7 +58,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _killed_workspace(tmp_path: Path) -> Path:
-    """The workspace a SIGKILLed process left behind."""
+    """The workspace (its marked folder) a SIGKILLed process left behind."""
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(KILLED))
     proc = subprocess.run(
@@ -68,8 +69,8 @@ def _killed_workspace(tmp_path: Path) -> Path:
         timeout=60,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    left = Path(proc.stdout.strip())
-    assert left.is_dir()
+    left = Path(proc.stdout.strip()).parent
+    assert read_marker(left) is not None
     return left
 
 
@@ -109,7 +110,7 @@ def test_gc_removes_workspaces_of_killed_processes(tmp: Path, tmp_path: Path) ->
 
 
 def test_restore_beside_a_folder_removes_stagings_of_killed_processes(tmp_path: Path) -> None:
-    """A restore's hidden staging folders left by a killed process go; a live one's stay."""
+    """A restore's marked staging folders left by a dead process go; a live one's stay."""
     done = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
@@ -120,13 +121,16 @@ def test_restore_beside_a_folder_removes_stagings_of_killed_processes(tmp_path: 
     parent = tmp_path / "work"
     parent.mkdir()
     left = [
-        parent / f".data.resumable-{dead}-1-abcd1234",
-        parent / f".data.resumable-{dead}-1-e.old",
+        parent / f".data.resumable-{machine()}-{dead}-1-abcd1234",
+        parent / f".data.resumable-{machine()}-{dead}-1-efgh5678",
     ]
-    live = parent / f".data.resumable-{os.getpid()}-0-live0000"
-    for path in [*left, live]:
+    live = parent / f".data.resumable-{machine()}-{os.getpid()}-0-live0000"
+    for path, pid in [(left[0], dead), (left[1], dead), (live, os.getpid())]:
         path.mkdir()
-        (path / "big.bin").write_bytes(b"x" * 1000)
+        (path / "new").mkdir()
+        (path / "new" / "big.bin").write_bytes(b"x" * 1000)
+        marker = {"machine": machine(), "pid": pid, "start": 1 if pid == dead else me().start}
+        (path / MARKER).write_text(json.dumps(marker))
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("a")
