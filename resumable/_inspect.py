@@ -112,6 +112,15 @@ class TaskFolder:
         """Sequence numbers of its committed snapshots, newest first."""
         return manifest_seqs(names_of(self.entries))
 
+    def manifest_size(self, seq: int) -> int | None:
+        """The listed size of snapshot ``seq``'s manifest (a manifest too large is not read)."""
+        return _listed_size(self.entries, seq)
+
+
+def _listed_size(entries: list[Entry], seq: int) -> int | None:
+    name = manifest_name(seq)
+    return next((e.size for e in entries if e.name == name), None)
+
 
 def _join(prefix: str, name: str) -> str:
     return name if prefix == ROOT_KEY else f"{prefix}/{name}"
@@ -157,7 +166,7 @@ def summarize(folder: TaskFolder) -> TaskSummary:
     created = None
     for seq in seqs:
         try:
-            created = store.manifest(seq).created
+            created = store.manifest(seq, folder.manifest_size(seq)).created
             break
         except Exception:  # pruned meanwhile, or broken: `show` says which
             continue
@@ -286,15 +295,18 @@ def _load_one(store: SnapshotStore, seq: int) -> None:
         view.restore_into(restored, Limits())
 
 
-def verify_snapshot(store: SnapshotStore, seq: int, *, verify: bool = True) -> SnapshotInfo:
+def verify_snapshot(
+    store: SnapshotStore, seq: int, *, verify: bool = True, size: int | None = None
+) -> SnapshotInfo:
     """Parse snapshot ``seq``'s manifest and, if ``verify``, load it as a task would.
 
     The load runs every check a real load runs (signature when ``store`` has a signing key,
     size and digest, archive safety and format), into a temp folder that is then removed;
-    a snapshot is bad exactly when a load would refuse it.
+    a snapshot is bad exactly when a load would refuse it. ``size``: the manifest's listed
+    size, if known (a manifest too large is then not read at all).
     """
     try:
-        m = store.manifest(seq)
+        m = store.manifest(seq, size)
     except FileNotFoundError:
         return SnapshotInfo(seq, "gone", "deleted while checking")
     except OSError as exc:
@@ -340,7 +352,10 @@ def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[Snapsho
     entries = store.backend.entries()
     failures = store.failures(entries)
     return [
-        dataclasses.replace(verify_snapshot(store, seq, verify=verify), failures=failures[seq])
+        dataclasses.replace(
+            verify_snapshot(store, seq, verify=verify, size=_listed_size(entries, seq)),
+            failures=failures[seq],
+        )
         for seq in reversed(manifest_seqs(names_of(entries)))
     ]
 
@@ -473,7 +488,7 @@ def _referenced(folder: TaskFolder) -> tuple[set[str], set[int]]:
     unreadable: set[int] = set()
     for seq in folder.seqs:
         try:
-            m = store.manifest(seq)
+            m = store.manifest(seq, folder.manifest_size(seq))
         except FileNotFoundError:
             continue  # pruned since the listing, its payload with it
         except Exception:  # any malformed manifest: keep its payload, it may be the only copy
