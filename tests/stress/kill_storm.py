@@ -1,8 +1,9 @@
 """Kill storm on demand: ``python tests/stress/kill_storm.py --kills 1000 [--dir]``.
 
 Runs the storm of tests/test_kill_storm.py at any size and prints ``K kills, T torn`` (then how
-far the counter got, where the kills landed, the time taken and every problem). Exits 1 unless
-T is 0.
+far the counter got, where the kills landed, the sizes of the states loaded, the time taken and
+every problem). Pickled states range from 1 KiB to 8 MiB (bytes, and NumPy arrays when NumPy is
+installed); ``--small-states`` keeps them to 1-100 KiB of bytes. Exits 1 unless T is 0.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=1000, help="how many SIGKILLs (1000)")
     parser.add_argument("--dir", action="store_true", help="Dir state instead of pickled state")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random delays (1)")
+    parser.add_argument(
+        "--small-states",
+        action="store_true",
+        help="pickled states of 1-100 KiB of bytes, instead of up to 8 MiB with arrays",
+    )
     parser.add_argument(
         "--poison-after",
         type=int,
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             poison_after=args.poison_after,
             progress=progress,
+            big_states=not args.small_states,
         )
     for line in report.lines():
         print(line)

@@ -8,8 +8,10 @@ two-writers child). Both sides need only the standard library and ``resumable``,
 functions that derive the expected data from a counter and check it, so the child and the
 checker cannot drift apart.
 
-Every saved state checks itself: its payload is derived from its counter and carries a sha256
-over counter, tag and payload, so a torn, mixed or stale-but-renamed snapshot cannot pass.
+Every saved state checks itself: its payload (and, with NumPy, its array) is derived from its
+counter and it carries a sha256 over counter, tag and contents, so a torn, mixed or
+stale-but-renamed snapshot cannot pass, and what loads is exactly one committed state. The
+storm's states range from 1 KiB to 8 MiB (bytes, and NumPy arrays when NumPy is installed).
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ from resumable._errors import ResumableError
 
 __all__ = [
     "KEY",
+    "MAX_STATE",
     "StormReport",
     "Torn",
     "check_folder",
     "check_state",
+    "layout_for",
     "load_store",
     "make_state",
     "run_storm",
@@ -54,7 +58,16 @@ KEY = "storm"
 CHILD = Path(__file__).resolve()
 #: The file in a ``Dir`` state folder that lists the other files and their digests.
 FOLDER_MANIFEST = "MANIFEST.json"
-_STATE_KEYS = {"counter", "tag", "payload", "digest"}
+_STATE_KEYS = {"counter", "tag", "big", "payload", "digest"}
+#: The largest state of the storm (payload and array together).
+MAX_STATE = 8 << 20
+#: The dtypes of the storm's arrays.
+_DTYPES = ("uint8", "float32", "int64")
+
+try:
+    import numpy as np
+except ImportError:  # numpy is optional: the storm's states are then bytes only
+    np = None  # type: ignore[assignment]
 
 
 class Torn(Exception):
@@ -64,43 +77,109 @@ class Torn(Exception):
 # -- the self-checking state: derived from a counter, carrying its own digest -----------------
 
 
-def payload_for(counter: int, tag: str = "") -> bytes:
-    """The payload of state ``counter``: 1 KiB to 100 KiB of bytes derived from it.
+def layout_for(counter: int, tag: str = "", big: bool = False) -> tuple[int, int, str]:
+    """The sizes of state ``counter``: its payload's bytes, its array's bytes and dtype.
 
-    The pickled state is inlined in the manifest up to 64 KiB and stored as a separate payload
-    object above that, so consecutive snapshots exercise both commit paths.
+    Small states (``big=False``, the two-writers race) hold 1 KiB to 100 KiB of bytes, no
+    array: the pickled state is inlined in the manifest up to 64 KiB and stored as a separate
+    payload object above that, so consecutive snapshots exercise both commit paths. Big
+    states (the kill storm) range up to ``MAX_STATE``: half small like those, three in ten
+    from 100 KiB to 2 MiB (across the 1 MiB read chunk), one in five from 2 MiB to 8 MiB; with
+    NumPy installed, half of them hold part of that as an array (out-of-band buffers).
     """
-    rng = random.Random(f"state:{tag}:{counter}")
-    return rng.randbytes(rng.randrange(1024, 100 * 1024))
+    rng = random.Random(f"layout:{tag}:{counter}:{big}")
+    if not big:
+        return rng.randrange(1024, 100 * 1024), 0, "uint8"
+    pick = rng.random()
+    if pick < 0.5:
+        total = rng.randrange(1024, 100 * 1024)
+    elif pick < 0.8:
+        total = rng.randrange(100 * 1024, 2 << 20)
+    else:
+        total = rng.randrange(2 << 20, MAX_STATE + 1)
+    if np is None or rng.random() < 0.5:
+        return total, 0, "uint8"
+    dtype = rng.choice(_DTYPES)
+    itemsize = np.dtype(dtype).itemsize
+    array = rng.randrange(total // 2, total + 1) // itemsize * itemsize
+    return total - array, array, dtype
 
 
-def state_digest(counter: int, tag: str, payload: bytes) -> str:
-    """The sha256 a state records over its counter, its writer's tag and its payload."""
-    return hashlib.sha256(f"{counter}:{tag}:".encode() + payload).hexdigest()
+def payload_for(counter: int, tag: str = "", big: bool = False) -> bytes:
+    """The payload bytes of state ``counter`` (sized by :func:`layout_for`)."""
+    size = layout_for(counter, tag, big)[0]
+    return random.Random(f"state:{tag}:{counter}").randbytes(size)
 
 
-def make_state(counter: int, tag: str = "") -> dict[str, object]:
-    """State number ``counter`` of the writer ``tag``."""
-    payload = payload_for(counter, tag)
-    return {
+def array_for(counter: int, tag: str = "", big: bool = False) -> object | None:
+    """The array of state ``counter``, or None when it has none (or NumPy is missing)."""
+    _, nbytes, dtype = layout_for(counter, tag, big)
+    if not nbytes or np is None:
+        return None
+    data = random.Random(f"array:{tag}:{counter}").randbytes(nbytes)
+    return np.frombuffer(data, dtype=dtype).copy()
+
+
+def _array_bytes(array: object | None) -> bytes:
+    if array is None:
+        return b""
+    assert np is not None
+    assert isinstance(array, np.ndarray)
+    return f"{array.dtype}:{array.shape}:".encode() + array.tobytes()
+
+
+def state_digest(
+    counter: int, tag: str, payload: bytes, array: object | None = None, big: bool = False
+) -> str:
+    """The sha256 a state records over its counter, writer's tag, size class and contents."""
+    head = f"{counter}:{tag}:{int(big)}:".encode()
+    return hashlib.sha256(head + payload + b"|" + _array_bytes(array)).hexdigest()
+
+
+def make_state(counter: int, tag: str = "", big: bool = False) -> dict[str, object]:
+    """State number ``counter`` of the writer ``tag`` (``big``: up to 8 MiB, maybe an array)."""
+    payload = payload_for(counter, tag, big)
+    array = array_for(counter, tag, big)
+    state: dict[str, object] = {
         "counter": counter,
         "tag": tag,
+        "big": big,
         "payload": payload,
-        "digest": state_digest(counter, tag, payload),
+        "digest": state_digest(counter, tag, payload, array, big),
     }
+    if array is not None:
+        state["array"] = array
+    return state
+
+
+def state_size(state: dict[str, object]) -> int:
+    """The bytes a (checked) state holds: its payload and its array."""
+    payload, array = state["payload"], state.get("array")
+    assert isinstance(payload, bytes)
+    return len(payload) + len(_array_bytes(array))
 
 
 def check_state(state: object) -> int:
-    """The counter of a loaded state; ``Torn`` unless it is whole and self-consistent."""
-    if not isinstance(state, dict) or set(state) != _STATE_KEYS:
+    """The counter of a loaded state; ``Torn`` unless it is exactly the one derived from it."""
+    if not isinstance(state, dict) or set(state) - {"array"} != _STATE_KEYS:
         raise Torn(f"not a storm state: {type(state).__name__}")
-    counter, tag, payload, digest = (state[k] for k in ("counter", "tag", "payload", "digest"))
+    counter, tag, big, payload, digest = (
+        state[k] for k in ("counter", "tag", "big", "payload", "digest")
+    )
     if not (isinstance(counter, int) and isinstance(tag, str) and isinstance(payload, bytes)):
         raise Torn("state fields have the wrong types")
-    if state_digest(counter, tag, payload) != digest:
-        raise Torn(f"state {counter} of {tag!r}: digest does not match its payload")
-    if payload != payload_for(counter, tag):
+    if not isinstance(big, bool):
+        raise Torn("state fields have the wrong types")
+    array = state.get("array")
+    if array is not None and (np is None or not isinstance(array, np.ndarray)):
+        raise Torn(f"state {counter}: its array is a {type(array).__name__}")
+    if state_digest(counter, tag, payload, array, big) != digest:
+        raise Torn(f"state {counter} of {tag!r}: digest does not match its contents")
+    if payload != payload_for(counter, tag, big):
         raise Torn(f"state {counter} of {tag!r}: payload is not the one derived from it")
+    expected = array_for(counter, tag, big)
+    if _array_bytes(array) != _array_bytes(expected):
+        raise Torn(f"state {counter} of {tag!r}: array is not the one derived from it")
     return counter
 
 
@@ -189,12 +268,15 @@ def _warnings_of_resumable() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-def load_store(store: Path, *, dir_state: bool) -> tuple[int | None, list[str]]:
+def load_store(
+    store: Path, *, dir_state: bool, seen: list[tuple[int, bool]] | None = None
+) -> tuple[int | None, list[str]]:
     """Load the task's newest snapshot with a fresh ``Checkpoint`` and check it.
 
     Returns its counter (``None`` when nothing was committed yet) and the warnings the load
     logged: after a mere SIGKILL no snapshot may be refused, so a warning is a finding too.
-    Raises ``Torn`` when what loads is not whole and self-consistent.
+    Raises ``Torn`` when what loads is not exactly the state derived from its counter.
+    ``seen`` gets the loaded state's size and whether it holds an array (pickled state).
     """
     with _warnings_of_resumable() as warned, Checkpoint(store / KEY) as cp:
         try:
@@ -203,15 +285,21 @@ def load_store(store: Path, *, dir_state: bool) -> tuple[int | None, list[str]]:
                 return None, warned
             if dir_state:
                 return check_folder(root), warned
-            return check_state(loads_state((root / "payload").read_bytes())), warned
+            state = loads_state((root / "payload").read_bytes())
         except ResumableError as exc:
             raise Torn(f"load failed: {exc!r}") from None
+        counter = check_state(state)
+        if seen is not None:
+            seen.append((state_size(state), "array" in state))
+        return counter, warned
 
 
 # -- the phase a kill landed in, read from what it left behind --------------------------------
 
-_TMP_BLOB = re.compile(r"^\.\d{20}\.[0-9a-f]+\.blob\.[0-9a-f]+\.tmp$")
-_TMP_MANIFEST = re.compile(r"^\.\d{20}\.json\.[0-9a-f]+\.tmp$")
+#: A temp name: ``.<name>.<random>.tmp``, or with the maker's stamp before the random part.
+_TMP = r"(?:[0-9a-f]{12}-\d+-\d+\.)?[0-9a-f]+\.tmp$"
+_TMP_BLOB = re.compile(r"^\.\d{20}\.[0-9a-f]+\.blob\." + _TMP)
+_TMP_MANIFEST = re.compile(r"^\.\d{20}\.json\." + _TMP)
 _BLOB = re.compile(r"^(\d{20})\.[0-9a-f]+\.blob$")
 _MANIFEST = re.compile(r"^(\d{20})\.json$")
 
@@ -259,14 +347,28 @@ class StormReport:
     counter: int = 0
     phases: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    #: The size of each pickled state loaded after a kill, and whether it held an array.
+    loaded: list[tuple[int, bool]] = field(default_factory=list)
+    #: The largest pickled state a child acknowledged as saved (``saved N``), in bytes.
+    largest_saved: int = 0
 
     def lines(self) -> list[str]:
         """The report, the ``K kills, T torn`` line first."""
         phases = ", ".join(f"{name} {n}" for name, n in sorted(self.phases.items()))
+        sizes = [size for size, _ in self.loaded]
+        states = []
+        if sizes:  # pickled state
+            states = [
+                f"states loaded after kills: {len(sizes)}, {sum(s >= 1 << 20 for s in sizes)} "
+                f"of 1 MiB or more, largest {max(sizes) / 2**20:.1f} MiB, "
+                f"{sum(a for _, a in self.loaded)} with an array; largest saved "
+                f"{self.largest_saved / 2**20:.1f} MiB"
+            ]
         return [
             f"{self.kills} kills, {self.torn} torn",
             f"counter reached {self.counter}",
             f"kills by phase: {phases}",
+            *states,
             f"took {self.seconds:.1f} s",
             *self.problems,
         ]
@@ -321,6 +423,7 @@ def run_storm(
     seed: int,
     poison_after: int | None = 3,
     progress: Callable[[StormReport], None] | None = None,
+    big_states: bool = True,
 ) -> StormReport:
     """Kill the task ``kills`` times and check the store after each kill.
 
@@ -332,10 +435,13 @@ def run_storm(
     ``poison_after`` is passed to ``@resumable`` (3, its default). SIGKILLs that land between
     a restore and the next save must not count against a good snapshot: were they counted,
     the task would resume from an older snapshot, or from none.
+
+    ``big_states``: pickled states of random sizes up to ``MAX_STATE`` (8 MiB), some with
+    a NumPy array; otherwise 1 KiB to 100 KiB of bytes.
     """
     rng = random.Random(seed)
     store, folder = workdir / "store", workdir / "folder"
-    mode = "dir" if dir_state else "state"
+    mode = "dir" if dir_state else "big" if big_states else "state"
     report = StormReport()
     started = time.perf_counter()
     queue: deque[tuple[subprocess.Popen[str], int]] = deque()
@@ -364,12 +470,14 @@ def run_storm(
             problems = _check_start(first, report.counter, committed)
             if proc.returncode != -signal.SIGKILL:
                 problems.append(f"child exited by itself ({proc.returncode}): {err[-2000:]}")
-            acked = max(
-                [_start_counter(first, report.counter)]
-                + [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved ")]
-            )
+            saved = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved ")]
+            acked = max([_start_counter(first, report.counter), *saved])
+            if not dir_state:
+                report.largest_saved = max(
+                    [report.largest_saved] + [sum(layout_for(n, big=big_states)[:2]) for n in saved]
+                )
             try:
-                loaded, warned = load_store(store, dir_state=dir_state)
+                loaded, warned = load_store(store, dir_state=dir_state, seen=report.loaded)
             except Torn as exc:
                 problems.append(f"torn load: {exc}")
             else:
@@ -436,7 +544,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _state_task(store: str, keep: int, poison_after: int | None) -> Callable[[], None]:
+def _state_task(store: str, keep: int, poison_after: int | None, big: bool) -> Callable[[], None]:
     @resumable(
         state=None,
         store=store,
@@ -450,7 +558,7 @@ def _state_task(store: str, keep: int, poison_after: int | None) -> Callable[[],
         _say(f"started {counter}")
         while True:
             counter += 1
-            yield make_state(counter)
+            yield make_state(counter, big=big)
             _say(f"saved {counter}")
 
     return task
@@ -488,8 +596,8 @@ def _dir_task(store: str, keep: int, poison_after: int | None, folder: str) -> C
 
 def storm_child(mode: str, store: str, keep: int, poison_after: int | None, folder: str) -> int:
     """The storm's task: count up forever, saving a self-checking state on every yield."""
-    if mode == "state":
-        task = _state_task(store, keep, poison_after)
+    if mode in ("state", "big"):
+        task = _state_task(store, keep, poison_after, big=mode == "big")
     else:
         task = _dir_task(store, keep, poison_after, folder)
     if sys.stdin.readline() != "go\n":  # the previous child is dead; EOF: the parent is
@@ -542,6 +650,8 @@ def writer_child(tag: str, store: str, keep: int, yields: int) -> int:
 
 def main(argv: list[str]) -> int:
     """Child entry point: ``storm MODE STORE KEEP POISON_AFTER FOLDER``, or ``writer ...``.
+
+    MODE is ``big`` (pickled states up to 8 MiB), ``state`` (small ones) or ``dir``.
 
     ``writer TAG STORE KEEP YIELDS`` is the two-writers child.
     """
