@@ -72,7 +72,8 @@ ROOT = "root"
 NEW = "new"
 #: In a staging folder: the user's folder, moved aside during the swap.
 OLD = "old"
-#: Beyond this many workspaces kept for collected Checkpoints, a warning says how to free them.
+#: Each time this many more workspaces are kept for collected Checkpoints, a warning says how
+#: to free them.
 _KEPT_WARNING = 100
 
 # Names tell where to look, never what to delete (the marker does).
@@ -150,14 +151,14 @@ def keep_until_exit(roots: list[Path]) -> None:
 
     The folder a load returned may still be in use after its Checkpoint is gone
     (``Checkpoint(url).load_sync()``); nothing can tell when it no longer is, so it stays
-    until ``close()`` or exit. A loop that makes many such Checkpoints piles them up: past
-    :data:`_KEPT_WARNING` a warning says to close them.
+    until ``close()`` or exit. A loop that makes many such Checkpoints piles them up: each
+    time their number passes a multiple of :data:`_KEPT_WARNING`, a warning says to close them.
     """
     global _kept
     with _lock:
         before = _kept
         _kept += sum(1 for root in roots if root.parent in _mine)
-        warn = before < _KEPT_WARNING <= _kept
+        warn = before // _KEPT_WARNING < _kept // _KEPT_WARNING
     if warn:
         log.warning(
             "%d workspaces of Checkpoints that were not closed are kept until this process "

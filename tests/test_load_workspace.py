@@ -83,3 +83,18 @@ def test_loaded_folder_is_removed_at_exit(tmp: Path, tmp_path: Path, how: str) -
     assert alive == "alive"
     assert Path(root).is_relative_to(tmp)
     assert list(tmp.iterdir()) == []
+
+
+def test_many_unclosed_loads_warn_once(
+    tmp: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every 100 loaded folders of collected Checkpoints, one warning says to close them."""
+    with Checkpoint(tmp_path / "store") as cp:
+        cp.save_sync(b"x")
+    roots = []
+    for _ in range(100):  # from any count before, it passes exactly one multiple of 100
+        roots.append(Checkpoint(tmp_path / "store").load_sync())
+        gc.collect()
+    warned = [r for r in caplog.records if "were not closed" in r.getMessage()]
+    assert len(warned) == 1
+    assert all(root is not None and root.is_dir() for root in roots)
