@@ -581,9 +581,12 @@ class Checkpoint:
     ) -> Manifest | None:
         """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
 
-        ``accept`` sees each candidate's manifest first and may refuse it by raising; with
-        ``poison_after``, a snapshot from which the task failed that many times is skipped.
-        Does not wait for background saves (``load_sync`` does).
+        A ``folder`` that is a symbolic link stays one: the folder it points to is restored
+        (a link to nothing or to a file is a ``ConfigurationError``). ``folder`` changes only
+        once a snapshot verified, and a restore that a killed process left halfway is put
+        back first. ``accept`` sees each candidate's manifest first and may refuse it by
+        raising; with ``poison_after``, a snapshot from which the task failed that many times
+        is skipped. Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
         return self._poison_tolerant(

@@ -8,9 +8,11 @@ library.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +212,27 @@ def test_kill_after_the_second_rename_leaves_the_restored_folder(tmp_path: Path)
         assert cp.restore_into(folder) is not None
     assert (folder / "snap.txt").read_text() == "a newer snapshot"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["killed_swap.py", "store", "work"]
+
+
+def test_symlinked_dir_on_another_filesystem_is_restored_there(tmp_path: Path) -> None:
+    """A link to a folder on another filesystem: the restore stages there, the link stays."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem (/dev/shm)")
+    real = Path(tempfile.mkdtemp(dir=shm)) / "outputs"
+    try:
+        real.mkdir()
+        (real / "stale.txt").write_text("stale")
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a.txt").write_text("snapshot")
+        link = tmp_path / "outputs"
+        link.symlink_to(real)
+        with Checkpoint(tmp_path / "store") as cp:
+            cp.save_sync(src)
+            assert cp.restore_into(link) is not None
+        assert link.is_symlink()
+        assert sorted(p.name for p in real.iterdir()) == ["a.txt"]
+        assert sorted(p.name for p in real.parent.iterdir()) == ["outputs"]
+    finally:
+        shutil.rmtree(real.parent)
