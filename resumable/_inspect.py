@@ -407,8 +407,8 @@ def remove_task(store: Backend, key: str) -> Removal:
     else:
         SnapshotStore(backend, keep=1).clear()
     for e in sorted(backend.entries(), key=lambda e: e.name):  # oldest first
-        if _is_ours(e.name) and e.name != cleared:
-            backend.delete(e.name)
+        if (parse(e.name) is not None or is_temp(e.name)) and e.name != cleared:
+            backend.delete(e.name)  # failure marks too: clear() removes them when unsigned
     remaining = {e.name for e in backend.entries()}
     if key != ROOT_KEY and not remaining:
         backend.remove_root_if_empty()  # harmless if left, but a tidy store is easier to read

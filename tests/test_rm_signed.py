@@ -94,3 +94,16 @@ def test_rm_of_a_signed_task_without_its_key_is_refused(tmp_path: Path, secret: 
     assert done.returncode == 2
     assert "RESUMABLE_SIGNING_KEY" in done.stderr
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_rm_of_a_signed_task_leaves_only_the_record(tmp_path: Path) -> None:
+    """After rm of a signed task its folder holds one manifest, the record: no payload, no mark."""
+    folder = tmp_path / "store" / "job"
+    with Checkpoint(folder, signing_key=SECRET) as cp:
+        cp.save_sync(os.urandom(200_000))  # a payload object of its own
+        cp.save_sync(b"two")
+        cp.mark_failed(1)
+    done = _rm(tmp_path / "store", "job", SECRET)
+    assert done.returncode == 0, done.stderr
+    assert "cleared" in done.stdout
+    assert [p.name for p in folder.iterdir()] == ["00000000000000000002.json"]
