@@ -350,16 +350,17 @@ class CheckpointMachine(RuleBasedStateMachine):
         assert listed <= {s.seq for s in self.model.snaps}, "a snapshot the model never made"
         self.model.present = listed
 
-    def task(self, *, background: bool = False) -> Any:
-        """A generator task with injected state: records what it got, yields what it is sent."""
+    def task(self, *, background: bool = False, store: str | None = None, **options: Any) -> Any:
+        """A generator task with injected state: returns what it got, yields what it is sent."""
 
         @resumable(
             state=INITIAL,
-            store=self.store.root,
+            store=store or self.store.root,
             key=KEY,
             keep=self.keep,
             on_success="keep",
             background=background,
+            **options,
         )
         def run(new: Any, state: Any = INITIAL) -> Any:
             got = state
@@ -525,6 +526,43 @@ class CheckpointMachine(RuleBasedStateMachine):
         else:
             self.model.commit(kind, data, self.keep)
         self.reconcile()
+
+    @rule(
+        via=st.sampled_from(["checkpoint", "task"]),
+        fail_rate=st.sampled_from([0.2, 0.5, 1.0]),
+        attempts=st.integers(1, 4),
+        seed=st.integers(0, 2**16),
+    )
+    def faulty_load(self, via: str, fail_rate: float, attempts: int, seed: int) -> None:
+        """A load through a failing store says StorageError, or returns what the model says.
+
+        A transient read error is never taken for a corrupt snapshot: no fallback to an older
+        one, no CorruptCheckpointError.
+        """
+        url, options = self.store.faulty(fail_rate, seed)
+        policy = RetryPolicy(attempts=attempts, wait=_NO_WAIT, timeout=30.0)
+        try:
+            if via == "checkpoint":
+                expected = self.model.checkpoint_load()
+                with Checkpoint(f"{url}/{KEY}", storage_options=options, retry=policy) as cp:
+                    kind, root = outcome(cp.load_sync)
+                    if root is None:
+                        assert expected == ("none", None)
+                    elif expected[0] == "error":
+                        assert (kind, root) == expected
+                    else:
+                        self.check_payload(kind, (root / "payload").read_bytes(), expected)
+                return
+            expected = self.model.task_load()
+            task = self.task(store=url, storage_options=options, storage_retry=policy)
+            kind, got = outcome(lambda: task(None))
+        except StorageError:
+            return  # failed cleanly
+        if expected[0] == "error":
+            assert (kind, got) == expected
+        else:
+            assert kind == "ok", (kind, got, expected[0])
+            assert same(got, expected[1])
 
     @precondition(lambda self: any(not s.corrupt for s in self.model.held()))
     @rule(position=st.integers(0, 2**31))
