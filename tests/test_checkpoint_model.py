@@ -88,8 +88,8 @@ def same(a: object, b: object) -> bool:
 
 @st.composite
 def sizes(draw: st.DrawFn) -> int:
-    """A payload size: mostly small, sometimes (one in eight) at a 64 KiB or 1 MiB boundary."""
-    if draw(st.integers(0, 7)) == 0:
+    """A payload size: mostly small, sometimes (one in five) at a 64 KiB or 1 MiB boundary."""
+    if draw(st.integers(0, 4)) == 0:
         return draw(st.sampled_from(BOUNDARY_SIZES))
     return draw(st.integers(0, 3000))
 
