@@ -672,6 +672,9 @@ class Checkpoint:
             self._store.clear()
             if newest is not None and self._store.signing_key is not None:
                 self._store.mark_cleared(newest + 1)
+            # Temp files of killed saves (of provably gone writers) go too, and the task's
+            # folder with them when nothing is left in it.
+            self._store.remove_folder_if_empty()
 
         self._retried(clear, f"clearing {self.uri}")
 

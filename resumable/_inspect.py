@@ -20,7 +20,8 @@ from ._checkpoint import SIGNING_KEY_ENV
 from ._codec import Limits
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
-from ._names import is_temp, manifest_name, manifest_seqs, parse, seq_prefix
+from ._names import is_temp, manifest_name, manifest_seqs, parse, seq_prefix, temp_maker
+from ._owner import gone, machine
 from ._store import Manifest, SnapshotStore, checkpoint_name, names_of
 
 __all__ = [
@@ -530,9 +531,17 @@ def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) 
     def old(g: Garbage) -> bool:
         return grace <= 0 or (g.mtime is not None and now - g.mtime > grace)
 
+    def removable(g: Garbage) -> bool:
+        # A temp file names its writer: on this machine whether it still runs is known, so
+        # a live save's file is never removed and a dead one's need not age first.
+        maker = temp_maker(g.name) if g.reason == "temp file" else None
+        if maker is not None and maker.machine == machine():
+            return gone(maker)
+        return old(g)
+
     for folder in find_task_folders(store):
         for g in find_garbage(folder):
-            if not old(g):
+            if not removable(g):
                 kept.append(g)
                 continue
             if not dry_run:

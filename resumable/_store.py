@@ -668,6 +668,10 @@ class SnapshotStore:
         self.backend.delete_many(orphans)
         self._forget()  # the next commit starts over at 0, as on an empty store
 
+    def remove_folder_if_empty(self) -> None:
+        """Remove the task's folder once nothing of it is left (a tidy store after a clear)."""
+        self.backend.remove_root_if_empty()
+
     # -- poison snapshots ---------------------------------------------------------------
 
     def mark_failed(self, seq: int) -> None:
