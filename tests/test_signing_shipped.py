@@ -47,7 +47,7 @@ def test_worker_resolves_the_key_from_its_environment(
 
 
 def test_worker_without_the_key_is_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A shipped signed task on a worker without the key fails with a clear error, unsigned never."""
+    """A shipped signed task on a worker without the key fails clearly, never runs unsigned."""
     task = make_signed_task(str(tmp_path / "store"), SECRET)
     data = cloudpickle.dumps(task)
     monkeypatch.delenv("RESUMABLE_SIGNING_KEY", raising=False)
