@@ -481,11 +481,12 @@ class _Reader(io.RawIOBase):
         """Refuse a record of ``n`` bytes that the rest of the payload cannot hold."""
         if self._size is None:
             return
-        left = self._size - (self._received - len(self._buf))
+        # Every record is followed at least by the end record's head.
+        left = self._size - (self._received - len(self._buf)) - _HEAD.size
         if n > left:
             raise StateError(
-                f"the state payload is corrupt: a {what} record claims {n} bytes, but only "
-                f"{max(left, 0)} are left"
+                f"the state payload is corrupt: a {what} record claims {n} bytes, more than "
+                f"the {max(left, 0)} its payload has left for it"
             )
 
     def raw(self, n: int) -> bytes:
@@ -548,6 +549,8 @@ class _Reader(io.RawIOBase):
                     raise StateError("the state payload ends inside its extras")
                 self.extras = pickle.loads(data)
             elif tag == _END:
+                if n:
+                    raise StateError(f"the state payload's end record has a length ({n})")
                 self.ended = True
             else:
                 raise StateError(f"the state payload has an unknown record {tag!r}")
@@ -570,19 +573,11 @@ class _Reader(io.RawIOBase):
             done += take
         return done
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             return self.readall()
         out = bytearray(size)
-        view = memoryview(out)
-        done = 0
-        while done < size:
-            n = self.readinto(view[done:])
-            if not n:
-                break
-            done += n
-        del view
-        return bytes(out[:done]) if done < size else bytes(out)
+        return bytes(out[: self.readinto(out)])  # readinto is short only at the end
 
     def readline(self, size: int | None = -1) -> bytes:
         line = bytearray()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 import sys
 import threading
@@ -429,6 +430,13 @@ def test_a_record_longer_than_what_is_left_is_refused(tag: bytes) -> None:
         read_state(pieces(bytes(data), 1 << 16), size=len(data))
 
 
+def same_imports() -> dict[str, str]:
+    """An environment in which a child process imports the ``resumable`` under test."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
 _ALLOCATION_PROBE = """
 import resource, sys
 from resumable._statecodec import read_state
@@ -469,6 +477,60 @@ def test_a_3_gib_claim_in_a_300_kb_payload_allocates_nothing_large(known: str) -
         input=bytes(data),
         capture_output=True,
         timeout=120,
+        env=same_imports(),
     )
     assert run.returncode == 0, run.stderr.decode()[-2000:]
     assert run.stdout.startswith(b"StateError")
+
+
+def test_a_payload_one_byte_shorter_than_its_records_is_refused() -> None:
+    """Lengths are checked exactly: the true size loads, one byte less is refused up front."""
+    data = encode({"a": np.arange(1000), "b": b"z" * 70_000, "s": "text"})
+    got, _ = read_state(pieces(data, 4096), size=len(data))
+    assert got["b"] == b"z" * 70_000
+    with pytest.raises(StateError, match="claims"):
+        read_state(pieces(data, 4096), size=len(data) - 1)
+
+
+def test_an_end_record_with_a_length_is_refused() -> None:
+    """The end record has length 0; any other length is a corrupt payload."""
+    data = bytearray(encode([1, 2]))
+    struct.pack_into("<Q", data, len(data) - 8, 1)
+    with pytest.raises(StateError, match="end record"):
+        read_state([bytes(data)])
+
+
+def test_old_plain_pickles_load_from_many_chunks() -> None:
+    """A plain cloudpickle payload streamed in small chunks loads whole."""
+    state = {"old": list(range(1000)), "b": b"q" * 5000}
+    assert read_state(pieces(cloudpickle.dumps(state), 7)) == (state, {})
+
+
+def test_a_pickle_that_cannot_be_unpickled_is_a_state_error_naming_why() -> None:
+    """A payload naming a class that no longer exists raises StateError with the cause."""
+    raw = pickle.dumps(_Gone(), protocol=5).replace(b"test_statecodec", b"no_such_module_")
+    payload = MAGIC + _HEAD.pack(b"P", len(raw)) + raw + _HEAD.pack(b"E", 0)
+    with pytest.raises(StateError, match=r"cannot unpickle.*no_such_module_.*resumable rm"):
+        read_state(pieces(payload, 5), size=len(payload))
+
+
+class _Gone:
+    """A class whose pickle is made to name a module that does not exist."""
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["size", "no size"])
+def test_a_buffer_above_the_growth_threshold_loads(known: bool) -> None:
+    """An array of more than 16 MiB loads, grown as it arrives when the size is unknown."""
+    a = np.arange((17 << 20) // 8, dtype=np.int64)
+    data = encode({"a": a, "n": 1})
+    got, _ = read_state(pieces(data, 1 << 20), size=len(data) if known else None)
+    assert np.array_equal(got["a"], a)
+    got["a"][0] = -1  # writable
+
+
+def test_pickle_and_extras_errors_name_the_type() -> None:
+    """An unpicklable state or extras raises StateError naming the type and the cause."""
+    with pytest.raises(StateError, match=r"cannot pickle the task state \(dict\): .*lock"):
+        encode({"lock": threading.Lock()})
+    with pytest.raises(StateError, match=r"cannot pickle the task state \(dict\): .*lock"):
+        encode([1], extras={"rng": threading.Lock()})

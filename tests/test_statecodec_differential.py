@@ -58,6 +58,7 @@ def same(a: Any, b: Any) -> bool:
             and a.shape == b.shape
             and a.stride() == b.stride()
             and a.requires_grad == b.requires_grad
+            and getattr(a, "__dict__", {}) == getattr(b, "__dict__", {})
             and _tensor_bytes(a) == _tensor_bytes(b)
         )
     if isinstance(a, dict):
@@ -68,10 +69,11 @@ def same(a: Any, b: Any) -> bool:
 
 
 def _tensor_bytes(t: Any) -> bytes:
-    """A tensor's elements as bytes, in logical order."""
+    """A tensor's elements as bytes, in logical order (lazy conjugates and negations applied)."""
     import torch
 
-    return bytes(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+    flat = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1)
+    return bytes(flat.view(torch.uint8).numpy())
 
 
 def _torch() -> Any:
@@ -309,13 +311,28 @@ def tensors(draw: st.DrawFn) -> Any:
         base = torch.empty(shape, dtype=dtype)
     if dtype == torch.bool:
         base = base.clone().view(torch.uint8).remainder(2).bool()
-    kind = draw(st.sampled_from(["plain", "view", "transposed", "parameter", "big"]))
+    kind = draw(
+        st.sampled_from(
+            ["plain", "view", "transposed", "parameter", "big", "attribute", "grad", "conj", "neg"]
+        )
+    )
+    floating = dtype.is_floating_point
+    if kind == "attribute":
+        base = base.clone()
+        base.note = draw(st.text(max_size=3))  # torch's own pickling keeps it
+        return base
+    if kind == "grad" and floating:
+        return base.clone().requires_grad_()
+    if kind == "conj":
+        return torch.complex(base.float(), base.float()).conj()  # a lazy conjugate view
+    if kind == "neg" and floating:
+        return torch._neg_view(base)  # a lazy negation view
+    if kind == "parameter" and floating:
+        return torch.nn.Parameter(base.clone(), requires_grad=draw(st.booleans()))
     if kind == "view" and base.ndim and base.shape[0] > 1:
         return {"base": base, "view": base[1:]}
     if kind == "transposed":
         return base.t() if base.ndim == 2 else base
-    if kind == "parameter" and dtype.is_floating_point:
-        return torch.nn.Parameter(base.clone())
     if kind == "big":
         size = draw(st.sampled_from([n for n in BOUNDARIES if n % 4 == 0]))
         return torch.frombuffer(bytearray(filled(size, 7)), dtype=torch.float32)
@@ -337,6 +354,33 @@ def test_large_bytes_at_a_chunk_boundary_needs_a_whole_readinto() -> None:
     data = payload(obj, "write")
     got, _ = read_state(split(data, list(range(MiB, len(data), MiB))))
     assert got == obj
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    obj=st.one_of(containers, st.binary(max_size=5000)),
+    protocol=st.integers(0, 5),
+    data=st.data(),
+)
+def test_a_pickle_cut_into_records_anywhere_loads(
+    obj: Any, protocol: int, data: st.DataObject
+) -> None:
+    """Any pickle (protocols 0-5) in P records cut at any points, in any chunks, loads.
+
+    Our writer cuts where the pickler writes, so a read never spans two records there; the
+    format allows any cut, and a reader must not care.
+    """
+    raw = pickle.dumps(obj, protocol=protocol)
+    points = sorted(set(data.draw(st.lists(st.integers(1, max(len(raw) - 1, 1)), max_size=8))))
+    payload = bytearray(MAGIC)
+    last = 0
+    for point in [*points, len(raw)]:
+        payload += _HEAD.pack(b"P", point - last) + raw[last:point]
+        last = point
+    payload += _HEAD.pack(b"E", 0)
+    at = data.draw(cuts(bytes(payload)), label="cuts")
+    got, _ = read_state(split(bytes(payload), at), size=len(payload))
+    assert same(pickle.loads(raw), got)
 
 
 # -- the folder codec against tarfile ---------------------------------------------------------
