@@ -1,185 +1,75 @@
-"""Object-level I/O under one prefix: the only module that talks to fsspec or to the disk store.
+"""Opening a store's backend: the only module that talks to fsspec.
 
-A backend knows nothing of snapshots. It lists names under its root, reads and writes whole
-objects, streams large ones, and creates an object exclusively where the storage can. Two
-implementations: local disk (``os`` calls, so that we control fsync, rename and ``O_EXCL``) and
-any other fsspec filesystem.
-
-The local backend keeps a store private and safe to read whoever else can write to it:
-
-- objects are created 0600 and the folders it makes 0700 (like ``tempfile``): a task's state
-  often holds secrets. Folders that exist already keep their mode.
-- it reads regular files only. An object's name that is a FIFO, a device, a socket, a folder or
-  a symbolic link is refused at once with :class:`NotAnObjectError` (a ``FileNotFoundError``:
-  to the store it is no object of ours, so that snapshot is corrupt and the previous one
-  loads). A FIFO would otherwise block the reader forever, and a link could point anywhere.
-  The store's own folder may be a link: only the last part of an object's path is checked.
-- a temp file carries its maker's stamp (see ``_names.temp_name``), so the temp files of saves
-  killed mid-way can be removed once their maker is provably gone
-  (:meth:`LocalBackend.remove_dead_temps`): by the first write of a backend to its folder, and
-  before :meth:`LocalBackend.remove_root_if_empty`.
-
-Example:
-    >>> import tempfile
-    >>> backend = LocalBackend(Path(tempfile.mkdtemp()) / "store")
-    >>> backend.create_exclusive("a.json", b"{}")
-    >>> backend.read("a.json"), oct(os.stat(backend.root / "a.json").st_mode & 0o777)
-    (b'{}', '0o600')
-    >>> os.mkfifo(backend.root / "b.json")
-    >>> try:
-    ...     backend.read("b.json")  # at once: a FIFO is no object
-    ... except FileNotFoundError as exc:
-    ...     print(exc.strerror)
-    not a regular file (a FIFO): no object
-
+:func:`open_backend` gives the disk backend (``_local``) for a local path (one rule,
+:func:`is_local`) and :class:`FsspecBackend` for any other fsspec URL: one PUT per object,
+an exclusive create where the storage has one. The protocols and the base of wrappers are
+``_objects``, re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
-import stat
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ._errors import ConfigurationError
-from ._names import is_temp, temp_maker, temp_name
-from ._owner import gone, machine
+from ._local import FOLDER_MODE, OBJECT_MODE, LocalBackend, NotAnObjectError, TempSweep
+from ._objects import (
+    AdminBackend,
+    Backend,
+    BlobWriter,
+    Entry,
+    ForwardingBackend,
+    Upload,
+    iter_read,
+)
 from ._stream import CHUNK_SIZE
-from ._threads import submit
 
 __all__ = [
     "FOLDER_MODE",
     "OBJECT_MODE",
+    "AdminBackend",
     "Backend",
     "BlobWriter",
     "Entry",
+    "ForwardingBackend",
+    "FsspecBackend",
     "LocalBackend",
     "NotAnObjectError",
     "TempSweep",
     "Upload",
+    "is_local",
     "iter_read",
     "open_backend",
 ]
 
-log = logging.getLogger("resumable")
 
-#: Mode of every object of a local store, and of every folder the local backend makes.
-OBJECT_MODE = 0o600
-FOLDER_MODE = 0o700
+def is_local(url: str | os.PathLike[str]) -> bool:
+    """Whether ``url`` names a folder on this machine's disk: the one rule for "a local store".
 
+    A path, ``file://`` or ``local://`` (fsspec's protocols of its local filesystem); a
+    chained URL (``simplecache::...``) is not.
 
-class NotAnObjectError(FileNotFoundError):
-    """A name in a local store that is not a regular file (a FIFO, a link, a device, a folder).
+    Example:
+        >>> is_local("/data/store"), is_local("file:///data"), is_local("s3://bucket/runs")
+        (True, True, False)
 
-    A ``FileNotFoundError``: no object of ours has that name, so a snapshot that needs it is
-    corrupt, exactly as when the object is missing.
     """
+    text = os.fspath(url)
+    protocol, _ = fsspec.core.split_protocol(text)
+    return "::" not in text and protocol in (None, "file", "local")
 
 
-@dataclass(frozen=True, slots=True)
-class TempSweep:
-    """What :meth:`LocalBackend.remove_dead_temps` did with the temp files of its folder."""
-
-    #: Temp files whose maker was provably gone, now removed.
-    removed: list[str]
-    #: Temp files left alone: a live save's, or of a maker that cannot be judged (named
-    #: before temp names carried a stamp, or made on another host, boot or container).
-    kept: list[str]
-    #: Of ``kept``, those whose maker cannot be judged here: only ``resumable gc`` (after its
-    #: grace period) or their own machine removes them.
-    unknown: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One object directly under the backend's root."""
-
-    name: str
-    size: int
-    mtime: float | None
-
-
-class BlobWriter(Protocol):
-    """A large object being written; invisible under its final name until ``commit``."""
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data``."""
-
-    def commit(self) -> None:
-        """Make the object durable under its final name."""
-
-    def abort(self) -> None:
-        """Throw away what was written."""
-
-
-class Backend(Protocol):
-    """Object-level I/O under one prefix."""
-
-    url: str
-    exclusive: bool
-
-    def entries(self) -> list[Entry]:
-        """The objects directly under the root; empty when the root does not exist."""
-
-    def read(self, name: str) -> bytes:
-        """A whole (small) object."""
-
-    def open_read(self, name: str) -> BinaryIO:
-        """A stream over an object."""
-
-    def writer(self, name: str) -> BlobWriter:
-        """A writer for a new object."""
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        """Write a small object durably; ``FileExistsError`` when it exists already."""
-
-    def delete(self, name: str) -> None:
-        """Remove an object; a missing one is not an error."""
-
-    def delete_many(self, names: list[str]) -> None:
-        """Remove objects, in one request where the store can; missing ones are not errors."""
-
-    def list_children(self) -> list[str]:
-        """Names of the folders directly under the root."""
-
-    def child(self, name: str) -> Backend:
-        """The backend of the folder ``name`` directly under the root."""
-
-    def exists(self) -> bool:
-        """Whether the root exists (an object store's top level always does)."""
-
-    def remove_root_if_empty(self) -> None:
-        """Remove the root folder when it holds nothing (object stores have no folders)."""
-
-    def unfinished_uploads(self) -> list[Upload]:
-        """Multipart uploads started under the root and never completed (S3 only)."""
-
-    def abort_upload(self, upload: Upload) -> None:
-        """Abort an upload found by :meth:`unfinished_uploads`, freeing its parts."""
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    """An unfinished multipart upload under a backend's root (a writer died mid-upload)."""
-
-    #: The object's path relative to the root, e.g. ``task/00000000000000000007.<token>.blob``.
-    name: str
-    upload_id: str
-    initiated: float | None
-
-
-def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> Backend:
-    """The backend for ``uri``: local paths and ``file://`` get the disk backend."""
+def open_backend(
+    uri: str | os.PathLike[str], storage_options: dict[str, Any] | None
+) -> AdminBackend:
+    """The backend for ``uri``: local paths (see :func:`is_local`) get the disk backend."""
     text = os.fspath(uri)
     if not text:
         raise ConfigurationError("checkpoint URI is empty: pass a folder path or an fsspec URL")
@@ -190,291 +80,9 @@ def open_backend(uri: str | os.PathLike[str], storage_options: dict[str, Any] | 
             f"cannot open store {text!r}: {exc}. Check the URL's protocol and install the "
             "fsspec backend for it (s3fs for s3://, gcsfs for gs://, adlfs for az://)."
         ) from exc
-    if isinstance(fs, LocalFileSystem):
+    if is_local(text):
         return LocalBackend(Path(path))
     return FsspecBackend(fs, path.rstrip("/"), text)
-
-
-def _make_folders(path: Path) -> None:
-    """Make ``path`` and its missing parents, each new one 0700; existing ones keep their mode.
-
-    ``Path.mkdir(parents=True)`` would make the parents with the umask's mode (often 0755).
-    """
-    missing = []
-    folder = path
-    while not folder.is_dir():  # follows links: a store reached through a link is fine
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, FOLDER_MODE)
-        except FileExistsError:
-            if not folder.is_dir():
-                raise
-            continue  # another writer made it just now
-        _fsync_dir(folder.parent)  # the new folder's name must survive a crash too
-
-
-_FILE_TYPES = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFDIR: "a folder",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
-
-
-def _open_object(path: Path) -> int:
-    """A descriptor of the regular file ``path``, opened for reading without ever blocking.
-
-    ``O_NONBLOCK`` makes opening a FIFO return at once (instead of waiting for a writer),
-    ``O_NOFOLLOW`` refuses a link at the object's own name; ``fstat`` then refuses anything
-    but a regular file. The descriptor is made blocking again for the reads.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and path.is_symlink():
-            raise NotAnObjectError(
-                errno.ENOENT, "not a regular file (a symbolic link): no object", str(path)
-            ) from None
-        if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
-            raise NotAnObjectError(
-                errno.ENOENT, "not a regular file: no object", str(path)
-            ) from None
-        raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            os.set_blocking(fd, True)
-            return fd
-    except BaseException:
-        os.close(fd)
-        raise
-    os.close(fd)
-    what = _FILE_TYPES.get(stat.S_IFMT(mode), "a special file")
-    raise NotAnObjectError(errno.ENOENT, f"not a regular file ({what}): no object", str(path))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _LocalWriter:
-    """Writes to a temp name in the destination folder; commit = fsync, rename, fsync folder.
-
-    While a large object is written, ``fdatasync`` runs on a worker every few MiB, so the
-    disk's writeback overlaps the copying and hashing instead of all landing on the final
-    fsync.
-    """
-
-    _SYNC_EVERY = 16 << 20
-
-    def __init__(self, root: Path, name: str, open_new: Callable[[Path], int]) -> None:
-        self._root = root
-        self._final = root / name
-        self._tmp = root / temp_name(name)
-        self._fd: int | None = open_new(self._tmp)
-        self._unsynced = 0
-        self._syncing: Future[None] | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self._fd is not None, "write after commit or abort"
-        _write_all(self._fd, data)
-        self._unsynced += len(data)
-        if self._unsynced >= self._SYNC_EVERY and (self._syncing is None or self._syncing.done()):
-            self._unsynced = 0
-            self._syncing = submit(os.fdatasync, self._fd)
-
-    def _settle(self) -> None:
-        if self._syncing is not None:
-            self._syncing.result()
-            self._syncing = None
-
-    def commit(self) -> None:
-        assert self._fd is not None, "commit after commit or abort"
-        fd, self._fd = self._fd, None
-        try:
-            self._settle()
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(self._tmp, self._final)
-        _fsync_dir(self._root)
-
-    def abort(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                self._settle()
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            self._tmp.unlink()
-
-
-class LocalBackend:
-    """Local disk: temp names in the destination folder, fsync, rename, fsync the folder."""
-
-    exclusive = True
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.url = str(root)
-        self._swept = False
-
-    def _open_new(self, path: Path) -> int:
-        """``O_EXCL``-create ``path`` (0600) in the root; the root is made on first use only.
-
-        No existence check before: a save in an existing folder costs no extra system call.
-        The first write of this backend removes the temp files of killed saves first (one
-        listing per backend), so that they never pile up in a folder that is saved to again.
-        """
-        if not self._swept:
-            self._swept = True
-            with contextlib.suppress(OSError):  # housekeeping must not fail a save
-                self.remove_dead_temps()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            return os.open(path, flags, OBJECT_MODE)
-        except FileNotFoundError:
-            _make_folders(self.root)
-            return os.open(path, flags, OBJECT_MODE)
-
-    def entries(self) -> list[Entry]:
-        try:
-            with os.scandir(self.root) as it:
-                found = list(it)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        out = []
-        for e in found:
-            try:
-                if not e.is_file(follow_symlinks=False):
-                    continue
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:  # deleted by another writer while we listed
-                continue
-            out.append(Entry(e.name, st.st_size, st.st_mtime))
-        return out
-
-    def list_children(self) -> list[str]:
-        try:
-            with os.scandir(self.root) as it:
-                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-
-    def read(self, name: str) -> bytes:
-        with open(_open_object(self.root / name), "rb", buffering=0) as f:
-            return f.read()
-
-    def open_read(self, name: str) -> BinaryIO:
-        return open(_open_object(self.root / name), "rb", buffering=0)
-
-    def writer(self, name: str) -> BlobWriter:
-        return _LocalWriter(self.root, name, self._open_new)
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        tmp = self.root / temp_name(name)
-        fd = self._open_new(tmp)
-        try:
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            # link() never replaces an existing name: the atomic "create if absent" that
-            # rename() lacks. Filesystems without hard links fall back to exists + rename.
-            try:
-                os.link(tmp, self.root / name)
-            except FileExistsError:
-                raise
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                if (self.root / name).exists():
-                    raise FileExistsError(errno.EEXIST, "exists", str(self.root / name)) from exc
-                os.rename(tmp, self.root / name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        _fsync_dir(self.root)
-
-    def delete(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / name).unlink()
-
-    def delete_many(self, names: list[str]) -> None:
-        for name in names:
-            self.delete(name)
-
-    def child(self, name: str) -> Backend:
-        return LocalBackend(self.root / name)
-
-    def exists(self) -> bool:
-        return self.root.is_dir()
-
-    def remove_dead_temps(self) -> TempSweep:
-        """Remove the temp files in the root whose maker provably no longer runs.
-
-        A save killed mid-way leaves its temp file, which nothing will ever rename. Only a
-        temp file whose stamp names a process of this machine (host, boot, PID namespace)
-        that is gone is removed; a live save's, another machine's and an unstamped one stay.
-        """
-        removed: list[str] = []
-        kept: list[str] = []
-        unknown: list[str] = []
-        here = machine()
-        for e in self.entries():
-            if not is_temp(e.name):
-                continue
-            maker = temp_maker(e.name)
-            if maker is not None and gone(maker):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.root / e.name).unlink()
-                removed.append(e.name)
-                continue
-            kept.append(e.name)
-            if maker is None or maker.machine != here:
-                unknown.append(e.name)
-        return TempSweep(removed, kept, unknown)
-
-    def remove_root_if_empty(self) -> None:
-        """Remove the root folder once it holds nothing but temp files of gone makers."""
-        with contextlib.suppress(OSError):
-            sweep = self.remove_dead_temps()
-            if sweep.unknown:
-                log.warning(
-                    "%s keeps %d temp file(s) whose writer cannot be proven gone (written "
-                    "before temp names named their writer, or by another machine): %s. "
-                    "`resumable gc` removes them after its grace period.",
-                    self.url,
-                    len(sweep.unknown),
-                    ", ".join(sweep.unknown),
-                )
-        # It may still hold nested keys' folders, a live save's temp file, or a new save may
-        # have reused it: then the rmdir fails and the folder stays, as it should.
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
-
-    def unfinished_uploads(self) -> list[Upload]:
-        return []  # a local write is one file: a killed writer leaves only a temp file
-
-    def abort_upload(self, upload: Upload) -> None:
-        raise FileNotFoundError(f"no upload {upload.name} on a local disk")
 
 
 class _FsspecWriter:
@@ -525,7 +133,7 @@ def _protocols(fs: Any) -> tuple[str, ...]:
 class FsspecBackend:
     """Any fsspec filesystem: one PUT per object, exclusive create where supported."""
 
-    exclusive = True
+    local = False
 
     def __init__(self, fs: Any, root: str, url: str) -> None:
         self.fs = fs
@@ -644,7 +252,7 @@ class FsspecBackend:
         for name in names:
             self.delete(name)
 
-    def child(self, name: str) -> Backend:
+    def child(self, name: str) -> AdminBackend:
         root = f"{self.root}/{name}" if self.root else name
         return FsspecBackend(self.fs, root, f"{self.url.rstrip('/')}/{name}")
 
@@ -707,9 +315,3 @@ class FsspecBackend:
                 return True
             current = current.__cause__ or current.__context__
         return False
-
-
-def iter_read(stream: BinaryIO, size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """Read ``stream`` in chunks of ``size`` until its end (the caller closes it)."""
-    while chunk := stream.read(size):
-        yield chunk

@@ -6,134 +6,68 @@ compression.
 
 Besides the user's ``save`` / ``load``, a ``Checkpoint`` offers the layer ``@resumable`` is
 built on: :meth:`Checkpoint.capture` and :meth:`Checkpoint.commit` (a snapshot made at one
-moment and written later), :meth:`Checkpoint.restore_into` and :meth:`Checkpoint.read_newest`
-(restore without the workspace), and the failure marks of poison snapshots.
+moment and written later: a :class:`Captured`, committed as a :class:`Manifest`),
+:meth:`Checkpoint.restore_into` and :meth:`Checkpoint.read_newest_with` (restore without the
+workspace), and the failure marks of poison snapshots.
+
+It opens its URL's storage (``_stack``: the signing key, the backend with retries and
+pipelining) under a ``SnapshotStore``; the types its methods name are in ``_snapshot``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from ._backend import LocalBackend, open_backend
+from . import _forks
 from ._background import Background
-from ._codec import (
-    Compression,
-    Limits,
-    TarFacts,
-    check_source,
-    gzip_members,
-    iter_file,
-    iter_tar,
-)
+from ._codec import Compression, Limits
 from ._errors import (
     ConfigurationError,
     CorruptCheckpointError,
     ResumableError,
     StorageError,
-    UnsupportedDataError,
 )
-from ._names import is_temp, manifest_name, manifest_seqs, parse
-from ._pipe import PipelinedBackend
+from ._manifest import Kind, Manifest
 from ._progress import ProgressArg, make_progress
-from ._retry import RetryingBackend, RetryPolicy, retry_call
-from ._store import Kind, Manifest, SnapshotStore, names_of
-from ._stream import Chunk, Spool, discard
+from ._retry import RetryPolicy, retry_call
+from ._snapshot import Captured, CheckpointInfo, SaveData, capture
+from ._stack import SIGNING_KEY_ENV, check_keep, open_stack, resolve_signing_key
+from ._store import SnapshotStore
+from ._stream import Chunk
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
 from ._workspace import create as create_workspace
 from ._workspace import keep_until_exit, release
 
-__all__ = ["SIGNING_KEY_ENV", "Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
+__all__ = [
+    "SIGNING_KEY_ENV",
+    "Captured",
+    "Checkpoint",
+    "CheckpointInfo",
+    "Kind",
+    "Manifest",
+    "SaveData",
+    "check_keep",
+    "resolve_signing_key",
+]
 
 log = logging.getLogger("resumable")
 
 T = TypeVar("T")
 
-#: The environment variable that holds the default signing key.
-SIGNING_KEY_ENV = "RESUMABLE_SIGNING_KEY"
-
-#: Hands a payload's chunks, in order, to the ``write`` function it is given.
-Producer = Callable[[Callable[[Chunk], None]], None]
-#: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
-Source = Callable[[], Iterable[Chunk] | Producer]
-
-#: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
-SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
 
 #: Locations already warned about holding objects but no snapshot (one warning each).
 _warned_foreign: set[str] = set()
 _warned_lock = threading.Lock()
 #: How many of the objects found there the warning names.
 _NAMES_SHOWN = 5
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class CheckpointInfo:
-    """The newest committed snapshot of a checkpoint, as its manifest records it.
-
-    Returned by :meth:`Checkpoint.info_sync` / ``await info()``, which read one listing and
-    one manifest and restore nothing (flyte's ``prev_exists()``, with the metadata).
-
-    Example:
-        >>> import tempfile
-        >>> with Checkpoint(tempfile.mkdtemp()) as cp:
-        ...     cp.save_sync(b"step 3")
-        ...     info = cp.info_sync()
-        >>> info.seq, info.kind, info.size
-        (0, 'bytes', 6)
-
-    """
-
-    #: The snapshot's sequence number: 0 for the first save, one more for each save after.
-    seq: int
-    #: What was saved: ``"bytes"``, a ``"file"``, a ``"dir"`` (folder) or pickled ``"state"``.
-    kind: Literal["bytes", "file", "dir", "state"]
-    #: The stored payload's size in bytes (a folder's compressed archive).
-    size: int
-    #: When it was committed, in seconds since the epoch (``time.time()``).
-    created: float
-    #: The attempt of the ``@resumable`` call that saved it (0 for a plain save).
-    attempt: int
-    #: Whether its manifest carries a signature (``info`` does not verify it: a load does).
-    signed: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Captured:
-    """A snapshot's kind and a source of its bytes, made by :meth:`Checkpoint.capture`.
-
-    ``source()`` produces the bytes again on every call (a save that meets a transient
-    storage error starts over); :meth:`release` frees what the capture holds (a temp copy).
-
-    Example:
-        >>> snap = Captured.state(b"pickled")
-        >>> snap.kind, b"".join(snap.source())
-        ('state', b'pickled')
-
-    """
-
-    kind: Kind
-    source: Source
-    #: Manifest fields that describe the bytes, known once ``source()`` has been read to its
-    #: end (a folder's tar size and member count).
-    facts: Callable[[], dict[str, Any]] | None = None
-
-    @classmethod
-    def state(cls, pickled: bytes) -> Captured:
-        """A pickled-state snapshot (what ``@resumable`` writes for a ``yield``)."""
-        return cls("state", lambda: (pickled,))
-
-    def release(self) -> None:
-        """Free the temp copy a frozen capture holds; the snapshot cannot be written after."""
-        discard(self.source)
 
 
 class Checkpoint:
@@ -192,27 +126,19 @@ class Checkpoint:
         retry: RetryPolicy | None = None,
         name: str | None = None,
     ) -> None:
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise ConfigurationError(f"keep must be a whole number >= 1, got {keep!r}")
+        check_keep(keep)
         if compression not in ("gzip", "none"):
             raise ConfigurationError(f"compression must be 'gzip' or 'none', got {compression!r}")
         self.uri = os.fspath(uri)
         self.keep = keep
         self.compression: Compression = compression
         self.limits = limits or Limits()
-        key = signing_key if signing_key is not None else os.environ.get(SIGNING_KEY_ENV)
-        if isinstance(key, str):
-            key = key.encode()
-        if key is not None and not key:
-            raise ConfigurationError("signing_key is empty: pass a secret, or None")
+        key = resolve_signing_key(signing_key)
         self.retry = retry or RetryPolicy()
-        backend = open_backend(uri, storage_options)
-        if retry is not None or not isinstance(backend, LocalBackend):
-            # Per-call retries and deadlines cost a thread hop per call: worth it for
-            # networks, not for a local disk unless asked for (NFS mounts can hang).
-            backend = RetryingBackend(backend, self.retry)
-        if not isinstance(backend, LocalBackend):
-            backend = PipelinedBackend(backend)  # uploads and downloads overlap our work
+        backend = open_stack(uri, storage_options, retry=retry, policy=self.retry)
+        # The folder's own housekeeping (removing it once empty, listing its sub-folders)
+        # goes to the backend; snapshots go through the store.
+        self._folder = backend
         self._store = SnapshotStore(
             backend,
             keep=keep,
@@ -220,8 +146,8 @@ class Checkpoint:
             progress=make_progress(progress),
             name=name,
         )
-        self._lock_pid = os.getpid()
-        self._lock_of_pid = threading.RLock()
+        self._lock = threading.RLock()
+        _forks.track(self)
         self._bg = Background(self.uri)
         # The workspace is made when first needed (a load, or .path): saves need none.
         self._workspaces: list[Path] = []
@@ -234,16 +160,12 @@ class Checkpoint:
         self._cleanup.atexit = False
         close_at_exit(self)
 
-    def _lock(self) -> threading.RLock:
-        """The lock that serializes this checkpoint's operations.
+    def _after_fork(self) -> None:
+        """A child forked while another thread held the lock gets a new one.
 
-        A child forked while another thread held it gets a new one: that thread does not
-        exist in the child, and would hold the lock forever.
+        That thread does not exist in the child, and would hold the lock forever.
         """
-        if self._lock_pid != os.getpid():
-            self._lock_pid = os.getpid()
-            self._lock_of_pid = threading.RLock()
-        return self._lock_of_pid
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.uri!r})"
@@ -251,7 +173,7 @@ class Checkpoint:
     @property
     def path(self) -> Path:
         """The private workspace folder that ``load`` restores into (made on first use)."""
-        with self._lock():
+        with self._lock:
             if not self._workspaces:
                 self._check_open()
                 self._workspaces.append(create_workspace())
@@ -305,15 +227,13 @@ class Checkpoint:
         """
         if self.uri in _warned_foreign:
             return
-        backend = self._store.backend
         try:
-            names = names_of(backend.entries())
-            folders = backend.list_children()
+            found = self._store.foreign_objects()
+            folders = self._folder.list_children()
         except OSError:
             return  # a warning is not worth a storage error
-        if manifest_seqs(names):
+        if found is None:
             return  # snapshots exist (cleared, for one): not a foreign location
-        found = sorted(n for n in names if parse(n) is None and not is_temp(n))
         found += [f"{folder}/" for folder in folders]
         if not found:
             return
@@ -388,30 +308,17 @@ class Checkpoint:
         return await run_async(self.exists_sync)
 
     def _newest_info(self) -> CheckpointInfo | None:
-        for _ in range(3):  # a manifest pruned since the listing: newer ones exist, list again
-            entries = self._store.backend.entries()
-            sizes = {e.name: e.size for e in entries}
-            for seq in manifest_seqs(names_of(entries)):
-                try:
-                    m = self._store.manifest(seq, sizes.get(manifest_name(seq)))
-                except FileNotFoundError:
-                    break
-                except CorruptCheckpointError as exc:
-                    log.debug("%s: manifest %d is unreadable (%s)", self.uri, seq, exc)
-                    continue
-                if m.kind == "cleared":
-                    return None  # the task was cleared: nothing older counts
-                return CheckpointInfo(
-                    seq=m.seq,
-                    kind=m.kind,
-                    size=m.size,
-                    created=m.created,
-                    attempt=m.attempt,
-                    signed="hmac" in m.extra,
-                )
-            else:
-                return None
-        return None
+        m = self._store.newest_manifest()
+        if m is None:
+            return None
+        return CheckpointInfo(
+            seq=m.seq,
+            kind=m.kind,  # type: ignore[arg-type]  # never "cleared": newest_manifest says None
+            size=m.size,
+            created=m.created,
+            attempt=m.attempt,
+            signed="hmac" in m.extra,
+        )
 
     # -- save ---------------------------------------------------------------------------
 
@@ -463,7 +370,7 @@ class Checkpoint:
         retention is logged and tried again by the next save.
         """
         self._bg.flush()
-        with self._lock():
+        with self._lock:
             self._store.settle()
 
     async def flush(self) -> None:
@@ -477,7 +384,7 @@ class Checkpoint:
         try:
             if self._cleanup.alive:
                 self._bg.flush(EXIT_TIMEOUT)
-                with self._lock():
+                with self._lock:
                     self._store.settle(EXIT_TIMEOUT)
         finally:
             self._bg.close()
@@ -512,29 +419,7 @@ class Checkpoint:
             'bytes'
 
         """
-        if isinstance(data, bytes | bytearray | memoryview):
-            # Copied now: the caller may reuse its buffer as soon as save() returns.
-            return _bytes_capture(bytes(data))
-        if isinstance(data, str | os.PathLike):
-            path = Path(data)
-            if check_source(path) == "file":
-                if frozen:
-                    return Captured("file", Spool.of_file(path))
-                return Captured("file", lambda: iter_file(path))
-            gzip = self.compression == "gzip"
-            counted = [TarFacts()]  # of the latest stream: a retried save streams anew
-
-            def tar() -> Iterable[Chunk]:
-                counted[0] = TarFacts()
-                raw = iter_tar(path, facts=counted[0])
-                return gzip_members(raw) if gzip else raw
-
-            return Captured("dir", Spool(tar()) if frozen else tar, lambda: counted[0].fields())
-        raise UnsupportedDataError(
-            f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
-            f"{type(data).__name__}. To save a Python object, pickle it first or use "
-            "@resumable(state=...)."
-        )
+        return capture(data, compression=self.compression, frozen=frozen)
 
     def commit(self, captured: Captured, *, attempt: int = 0) -> Manifest:
         """Write a captured snapshot and commit it, retrying it whole on transient errors.
@@ -553,7 +438,7 @@ class Checkpoint:
             )
 
         what = f"saving a snapshot to {self.uri}"
-        with self._lock(), _storage_errors(what):
+        with self._lock, _storage_errors(what):
             return retry_call(commit, self.retry, what)
 
     def commit_in_background(self, captured: Captured, *, attempt: int = 0) -> None:
@@ -592,21 +477,6 @@ class Checkpoint:
         return self._poison_tolerant(
             lambda after: self._store.restore_into(folder, self.limits, accept, after),
             poison_after,
-        )
-
-    def read_newest(
-        self,
-        *,
-        accept: Callable[[Manifest], None] | None = None,
-        poison_after: int | None = None,
-    ) -> tuple[Manifest, bytes] | None:
-        """The newest valid snapshot's manifest and payload bytes, verified, in memory.
-
-        Like :meth:`restore_into`, without writing anything: for small payloads such as
-        pickled state.
-        """
-        return self._poison_tolerant(
-            lambda after: self._store.read_newest(accept, after), poison_after
         )
 
     def read_newest_with(
@@ -674,12 +544,12 @@ class Checkpoint:
                 self._store.mark_cleared(newest + 1)
             # Temp files of killed saves (of provably gone writers) go too, and the task's
             # folder with them when nothing is left in it.
-            self._store.remove_folder_if_empty()
+            self._folder.remove_root_if_empty()
 
         self._retried(clear, f"clearing {self.uri}")
 
     def _retried(self, fn: Callable[[], T], what: str) -> T:
-        with self._lock(), _storage_errors(what):
+        with self._lock, _storage_errors(what):
             return retry_call(fn, self.retry, what)
 
     def _check_open(self) -> None:
@@ -698,10 +568,6 @@ def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
         return
     for root in workspaces:
         release(root)
-
-
-def _bytes_capture(frozen: bytes) -> Captured:
-    return Captured("bytes", lambda: (frozen,))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _version
@@ -24,21 +25,20 @@ from ._inspect import (
     ROOT_KEY,
     Garbage,
     SnapshotInfo,
-    TaskFolder,
     clear_failures,
     collect_garbage,
+    collect_workspaces,
     find_task_folders,
-    open_existing_task,
     open_store,
     open_task,
     remove_task,
+    snapshot_count,
     snapshot_infos,
     summarize,
+    task_entries,
+    task_folder,
     task_store,
 )
-from ._names import manifest_seqs
-from ._store import names_of
-from ._workspace import leftovers, remove_abandoned
 
 __all__ = ["main"]
 
@@ -200,26 +200,25 @@ def _show(args: argparse.Namespace) -> int:
             }
         )
     else:
-        rows = [
-            [
-                str(i.seq),
-                i.kind or "?",
-                _size(i.size),
-                _utc(i.created) or "-",
-                "-" if i.attempt is None else str(i.attempt),
-                str(i.failures),
-                _status_text(i),
-            ]
-            for i in infos
-        ]
-        headers = ["SEQ", "KIND", "SIZE", "CREATED (UTC)", "ATTEMPT", "FAILURES", "VERIFIED"]
-        print(_table(headers, rows, right={0, 2, 4, 5}))
-        if any(i.failures for i in infos):
-            print(
-                f"FAILURES: failures of the task recorded against a snapshot (poison_after); "
-                f"`resumable clear-marks {args.store} {args.key}` forgets them"
-            )
+        _print_snapshots(args.store, args.key, infos)
     return EXIT_BAD if any(i.status == "bad" for i in infos) else EXIT_OK
+
+
+def _snapshot_row(i: SnapshotInfo) -> list[str]:
+    attempt = "-" if i.attempt is None else str(i.attempt)
+    created = _utc(i.created) or "-"
+    return [str(i.seq), i.kind or "?", _size(i.size), created, attempt, str(i.failures)]
+
+
+def _print_snapshots(store: str, key: str, infos: list[SnapshotInfo]) -> None:
+    rows = [[*_snapshot_row(i), _status_text(i)] for i in infos]
+    headers = ["SEQ", "KIND", "SIZE", "CREATED (UTC)", "ATTEMPT", "FAILURES", "VERIFIED"]
+    print(_table(headers, rows, right={0, 2, 4, 5}))
+    if any(i.failures for i in infos):
+        print(
+            f"FAILURES: failures of the task recorded against a snapshot (poison_after); "
+            f"`resumable clear-marks {store} {key}` forgets them"
+        )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -227,8 +226,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.key is None:
         folders = [f for f in find_task_folders(store) if f.seqs]
     else:
-        backend = open_task(store, args.key)
-        folders = [TaskFolder(args.key, backend, backend.entries())]
+        folders = [task_folder(store, args.key)]
         if not folders[0].seqs:
             raise _no_snapshots(args.store, args.key)
     results = [
@@ -247,19 +245,24 @@ def _verify(args: argparse.Namespace) -> int:
             }
         )
     else:
-        for key, info in bad:
-            print(f"BAD  {key}  snapshot {info.seq}: {info.problem}")
-        verdict = f"{len(bad)} bad" if bad else "all verify"
-        checked_text = f"{_count(checked, 'snapshot')} of {_count(len(folders), 'task')}"
-        print(f"checked {checked_text} in {args.store}: {verdict}")
+        _print_verdict(args.store, bad, checked, len(folders))
     return EXIT_BAD if bad else EXIT_OK
+
+
+def _print_verdict(
+    store: str, bad: list[tuple[str, SnapshotInfo]], checked: int, tasks: int
+) -> None:
+    for key, info in bad:
+        print(f"BAD  {key}  snapshot {info.seq}: {info.problem}")
+    verdict = f"{len(bad)} bad" if bad else "all verify"
+    checked_text = f"{_count(checked, 'snapshot')} of {_count(tasks, 'task')}"
+    print(f"checked {checked_text} in {store}: {verdict}")
 
 
 def _rm(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    backend = open_existing_task(store, args.key)
-    entries = [] if backend is None else backend.entries()
-    snapshots = len(manifest_seqs(names_of(entries)))
+    entries = task_entries(store, args.key)
+    snapshots = snapshot_count(entries)
     if not entries:
         raise _UsageError(f"no task {args.key!r} in {args.store}: nothing to remove")
     if not args.yes:
@@ -295,8 +298,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _clear_marks(args: argparse.Namespace) -> int:
     store = open_store(args.store)
-    backend = open_existing_task(store, args.key)
-    if backend is None or not backend.entries():
+    if not task_entries(store, args.key):
         raise _no_snapshots(args.store, args.key)
     count = clear_failures(store, args.key)
     if args.json:
@@ -312,11 +314,11 @@ def _gc(args: argparse.Namespace) -> int:
     report = collect_garbage(store, grace=args.grace, now=now, dry_run=args.dry_run)
     # Workspaces of this machine's processes that were killed (they could not clean up);
     # marked ones that nothing here can judge (another host, boot or container) are listed.
-    found = leftovers()
-    workspaces = found.abandoned if args.dry_run else remove_abandoned()
+    workspaces = collect_workspaces(dry_run=args.dry_run)
 
-    def age(g: Garbage) -> float | None:
-        return None if g.mtime is None else now - g.mtime
+    def doc(g: Garbage) -> dict[str, Any]:
+        age = None if g.mtime is None else now - g.mtime
+        return {"key": g.key, "name": g.name, "reason": g.reason, "size": g.size, "age": age}
 
     if args.json:
         _print_json(
@@ -324,34 +326,18 @@ def _gc(args: argparse.Namespace) -> int:
                 "store": args.store,
                 "grace": args.grace,
                 "dry_run": args.dry_run,
-                "removed": [
-                    {
-                        "key": g.key,
-                        "name": g.name,
-                        "reason": g.reason,
-                        "size": g.size,
-                        "age": age(g),
-                    }
-                    for g in report.removed
-                ],
-                "kept": [
-                    {
-                        "key": g.key,
-                        "name": g.name,
-                        "reason": g.reason,
-                        "size": g.size,
-                        "age": age(g),
-                    }
-                    for g in report.kept
-                ],
-                "workspaces": [str(w) for w in workspaces],
-                "workspaces_kept": [str(w) for w in found.unprovable],
+                "removed": [doc(g) for g in report.removed],
+                "kept": [doc(g) for g in report.kept],
+                "workspaces": [str(w) for w in workspaces.removed],
+                "workspaces_kept": [str(w) for w in workspaces.unprovable],
             }
         )
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     if report.removed:
-        rows = [[g.key, g.name, g.reason, _size(g.size), _age(age(g))] for g in report.removed]
+        rows = [
+            [g.key, g.name, g.reason, _size(g.size), _age(doc(g)["age"])] for g in report.removed
+        ]
         print(_table(["KEY", "NAME", "REASON", "SIZE", "AGE"], rows, right={3, 4}))
     size = _size(sum(g.size for g in report.removed))
     summary = f"{verb} {_count(len(report.removed), 'object')} ({size}) from {args.store}"
@@ -361,17 +347,21 @@ def _gc(args: argparse.Namespace) -> int:
             f"({args.grace:g} s) or of unknown age"
         )
     print(summary)
-    if workspaces:
+    _print_workspaces(verb, workspaces.removed, workspaces.unprovable)
+    return EXIT_OK
+
+
+def _print_workspaces(verb: str, removed: list[Path], unprovable: list[Path]) -> None:
+    if removed:
         print(
-            f"{verb} {_count(len(workspaces), 'workspace')} left in {workspaces[0].parent} "
+            f"{verb} {_count(len(removed), 'workspace')} left in {removed[0].parent} "
             "by processes that are gone"
         )
-    if found.unprovable:
+    if unprovable:
         print(
-            f"kept {_count(len(found.unprovable), 'workspace')} in {found.unprovable[0].parent} "
+            f"kept {_count(len(unprovable), 'workspace')} in {unprovable[0].parent} "
             "whose owner cannot be proven gone (another host, boot or container)"
         )
-    return EXIT_OK
 
 
 # -- parsing ------------------------------------------------------------------------------

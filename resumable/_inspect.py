@@ -1,28 +1,30 @@
 """Read-only views and housekeeping of a store, for the ``resumable`` command.
 
 A store holds one folder per task key; each task folder holds that task's snapshots (see
-``docs/storage-format.md``). Everything here is plain functions over a :class:`Backend` or a
-:class:`SnapshotStore` that return dataclasses; ``_cli`` only parses arguments and prints.
+``docs/storage-format.md``). Everything here is plain functions over an
+:class:`~resumable._backend.AdminBackend` or a :class:`~resumable._store.SnapshotStore` that
+return dataclasses; ``_cli`` only parses arguments and prints. Snapshots are verified by the
+store itself (``SnapshotStore.verify``), with the signing key a ``Checkpoint`` would use
+(``resolve_signing_key``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NoReturn
+from typing import Any, Literal
 
-from ._backend import Backend, BlobWriter, Entry, Upload, open_backend
-from ._checkpoint import SIGNING_KEY_ENV
-from ._codec import Limits
+from ._backend import AdminBackend, Entry, open_backend
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
-from ._names import is_temp, manifest_name, manifest_seqs, parse, seq_prefix, temp_maker
+from ._manifest import Manifest, checkpoint_name
+from ._names import is_temp, manifest_name, manifest_seqs, parse, temp_maker
 from ._owner import gone, machine
-from ._store import Manifest, SnapshotStore, checkpoint_name, names_of
+from ._stack import SIGNING_KEY_ENV, resolve_signing_key
+from ._store import SnapshotStore, names_of
+from ._workspace import leftovers, remove_abandoned
 
 __all__ = [
     "ROOT_KEY",
@@ -33,16 +35,22 @@ __all__ = [
     "Status",
     "TaskFolder",
     "TaskSummary",
+    "Workspaces",
     "clear_failures",
     "collect_garbage",
+    "collect_workspaces",
     "find_garbage",
     "find_task_folders",
+    "list_folders",
     "open_existing_task",
     "open_store",
     "open_task",
     "remove_task",
+    "snapshot_count",
     "snapshot_infos",
     "summarize",
+    "task_entries",
+    "task_folder",
     "task_store",
     "verify_snapshot",
 ]
@@ -59,7 +67,7 @@ def _is_ours(name: str) -> bool:
 # -- opening ------------------------------------------------------------------------------
 
 
-def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> AdminBackend:
     """The backend of the store at ``url``; ``ConfigurationError`` if it is not a folder.
 
     A store that does not exist is an error rather than an empty listing: a mistyped path
@@ -75,7 +83,7 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> Backe
 MAX_DEPTH = 32
 
 
-def open_task(store: Backend, key: str) -> Backend:
+def open_task(store: AdminBackend, key: str) -> AdminBackend:
     """The backend of task ``key`` of ``store`` (``ROOT_KEY`` is the store's own folder)."""
     backend = store
     for part in key_parts(key):
@@ -83,7 +91,7 @@ def open_task(store: Backend, key: str) -> Backend:
     return backend
 
 
-def open_existing_task(store: Backend, key: str) -> Backend | None:
+def open_existing_task(store: AdminBackend, key: str) -> AdminBackend | None:
     """Like :func:`open_task`, for a key whose every folder exists and is no link; else None.
 
     A folder that is a symbolic link (perhaps to somewhere outside the store) is not
@@ -97,6 +105,22 @@ def open_existing_task(store: Backend, key: str) -> Backend | None:
     return backend
 
 
+def list_folders(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Names of the folders directly under ``url``; none when it does not exist."""
+    return open_backend(url, storage_options).list_children()
+
+
+def task_entries(store: AdminBackend, key: str) -> list[Entry]:
+    """The objects of task ``key``'s folder; none when it does not exist (or is a link)."""
+    backend = open_existing_task(store, key)
+    return [] if backend is None else backend.entries()
+
+
+def snapshot_count(entries: list[Entry]) -> int:
+    """How many committed snapshots a folder's objects hold."""
+    return len(manifest_seqs(names_of(entries)))
+
+
 # -- listing ------------------------------------------------------------------------------
 
 
@@ -105,7 +129,7 @@ class TaskFolder:
     """A folder of the store holding snapshot objects, listed once."""
 
     key: str
-    backend: Backend
+    backend: AdminBackend
     entries: list[Entry]
 
     @property
@@ -118,6 +142,12 @@ class TaskFolder:
         return _listed_size(self.entries, seq)
 
 
+def task_folder(store: AdminBackend, key: str) -> TaskFolder:
+    """Task ``key``'s folder, listed once (it may hold nothing)."""
+    backend = open_task(store, key)
+    return TaskFolder(key, backend, backend.entries())
+
+
 def _listed_size(entries: list[Entry], seq: int) -> int | None:
     name = manifest_name(seq)
     return next((e.size for e in entries if e.name == name), None)
@@ -127,7 +157,7 @@ def _join(prefix: str, name: str) -> str:
     return name if prefix == ROOT_KEY else f"{prefix}/{name}"
 
 
-def find_task_folders(store: Backend) -> list[TaskFolder]:
+def find_task_folders(store: AdminBackend) -> list[TaskFolder]:
     """Folders holding snapshot objects (manifests, payloads or temp files), sorted by key.
 
     Every folder of the store, at any depth (``proj/exp/run1``, and ``a/b`` under a task
@@ -135,7 +165,7 @@ def find_task_folders(store: Backend) -> list[TaskFolder]:
     """
     found: list[TaskFolder] = []
 
-    def visit(key: str, backend: Backend, depth: int) -> None:
+    def visit(key: str, backend: AdminBackend, depth: int) -> None:
         entries = backend.entries()
         if any(_is_ours(e.name) for e in entries):
             found.append(TaskFolder(key, backend, entries))
@@ -220,62 +250,6 @@ def _gone(store: SnapshotStore, seq: int) -> bool:
     return manifest_name(seq) not in {e.name for e in store.backend.entries()}
 
 
-class _OneSnapshot:
-    """A read-only view of a task folder that lists only the objects of one snapshot.
-
-    A store over it loads that snapshot or refuses it, exactly as a load of the task would
-    (signature, digest, archive checks), without ever falling back to another one.
-    """
-
-    def __init__(self, backend: Backend, seq: int) -> None:
-        self.backend = backend
-        self.prefix = seq_prefix(seq)
-        self.url = backend.url
-        self.exclusive = backend.exclusive
-
-    def entries(self) -> list[Entry]:
-        return [e for e in self.backend.entries() if e.name.startswith(self.prefix)]
-
-    def read(self, name: str) -> bytes:
-        return self.backend.read(name)
-
-    def open_read(self, name: str) -> BinaryIO:
-        return self.backend.open_read(name)
-
-    def _refuse(self) -> NoReturn:
-        raise PermissionError(f"{self.url}: verification never writes to the store")
-
-    def writer(self, name: str) -> BlobWriter:
-        self._refuse()
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        self._refuse()
-
-    def delete(self, name: str) -> None:
-        self._refuse()
-
-    def delete_many(self, names: list[str]) -> None:
-        self._refuse()
-
-    def list_children(self) -> list[str]:
-        return []
-
-    def child(self, name: str) -> Backend:
-        self._refuse()
-
-    def exists(self) -> bool:
-        return self.backend.exists()
-
-    def remove_root_if_empty(self) -> None:
-        self._refuse()
-
-    def unfinished_uploads(self) -> list[Upload]:
-        return []
-
-    def abort_upload(self, upload: Upload) -> None:
-        self._refuse()
-
-
 def _load_problem(exc: CorruptCheckpointError, seq: int) -> str:
     """The reason a load gave for refusing snapshot ``seq``, without the advice around it."""
     text = str(exc)
@@ -283,17 +257,6 @@ def _load_problem(exc: CorruptCheckpointError, seq: int) -> str:
     if head in text:
         text = text.split(head, 1)[1]
     return text.split(". Inspect it with `resumable show`", 1)[0]
-
-
-def _load_one(store: SnapshotStore, seq: int) -> None:
-    """Load snapshot ``seq`` as a task would, into a temp folder that is then removed."""
-    view = SnapshotStore(
-        _OneSnapshot(store.backend, seq), keep=1, signing_key=store.signing_key, name=store.name
-    )
-    with tempfile.TemporaryDirectory(prefix="resumable-verify-") as scratch:
-        restored = Path(scratch) / "restored"
-        restored.mkdir()
-        view.restore_into(restored, Limits())
 
 
 def verify_snapshot(
@@ -317,7 +280,7 @@ def verify_snapshot(
     if not verify:
         return _info(seq, m, "unchecked")
     try:
-        _load_one(store, seq)
+        store.verify(seq)
     except CorruptCheckpointError as exc:
         if _gone(store, seq):
             return _info(seq, m, "gone", "deleted while checking")
@@ -328,7 +291,7 @@ def verify_snapshot(
     return _info(seq, m, "ok")
 
 
-def task_store(backend: Backend, key: str = ROOT_KEY) -> SnapshotStore:
+def task_store(backend: AdminBackend, key: str = ROOT_KEY) -> SnapshotStore:
     """A read-side store over task ``key``'s folder, checked as a load of that task would be.
 
     The signing key comes from ``$RESUMABLE_SIGNING_KEY``, as for a ``Checkpoint``, and the
@@ -336,12 +299,8 @@ def task_store(backend: Backend, key: str = ROOT_KEY) -> SnapshotStore:
     ``Checkpoint`` default). A signed store's unsigned, wrongly signed or copied snapshots are
     then reported as bad, as a load refuses them.
     """
-    secret = os.environ.get(SIGNING_KEY_ENV)
     return SnapshotStore(
-        backend,
-        keep=1,
-        signing_key=secret.encode() if secret else None,
-        name=None if key == ROOT_KEY else key,
+        backend, keep=1, signing_key=resolve_signing_key(), name=None if key == ROOT_KEY else key
     )
 
 
@@ -361,7 +320,7 @@ def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[Snapsho
     ]
 
 
-def clear_failures(store: Backend, key: str) -> int:
+def clear_failures(store: AdminBackend, key: str) -> int:
     """Remove the failure marks of task ``key`` (signed or not); how many there were."""
     backend = open_task(store, key)
     marks = [n for n in names_of(backend.entries()) if (found := parse(n)) and found.kind == "mark"]
@@ -380,7 +339,7 @@ class Removal:
     cleared: str | None
 
 
-def remove_task(store: Backend, key: str) -> Removal:
+def remove_task(store: AdminBackend, key: str) -> Removal:
     """Delete every snapshot, orphan payload and temp file of task ``key``; say what went.
 
     In a signed task a signed "cleared" record is committed above its snapshots first, as
@@ -398,15 +357,7 @@ def remove_task(store: Backend, key: str) -> Removal:
         )
     entries = backend.entries()
     before = [e for e in entries if _is_ours(e.name)]
-    signer = _cleared_signer(backend, key, entries)
-    seqs = manifest_seqs(names_of(entries))
-    cleared = None
-    if signer is not None and seqs:
-        # Written before anything is deleted: an interrupted removal still refuses old copies.
-        signer.mark_cleared(seqs[0] + 1)
-        cleared = manifest_name(seqs[0] + 1)
-    else:
-        SnapshotStore(backend, keep=1).clear()
+    cleared = _clear(backend, key, entries)
     for e in sorted(backend.entries(), key=lambda e: e.name):  # oldest first
         if (parse(e.name) is not None or is_temp(e.name)) and e.name != cleared:
             backend.delete(e.name)  # failure marks too: clear() removes them when unsigned
@@ -416,38 +367,54 @@ def remove_task(store: Backend, key: str) -> Removal:
     return Removal([e for e in before if e.name not in remaining], cleared)
 
 
-def _cleared_signer(backend: Backend, key: str, entries: list[Entry]) -> SnapshotStore | None:
-    """A store that signs as task ``key``'s snapshots are signed; None if they are unsigned.
+def _clear(backend: AdminBackend, key: str, entries: list[Entry]) -> str | None:
+    """Clear task ``key``'s snapshots; the signed "cleared" record left above them, if any."""
+    signer = _cleared_signer(backend, key, entries)
+    seqs = manifest_seqs(names_of(entries))
+    if signer is None or not seqs:
+        SnapshotStore(backend, keep=1).clear()
+        return None
+    # Written before anything is deleted: an interrupted removal still refuses old copies.
+    signer.mark_cleared(seqs[0] + 1)
+    return manifest_name(seqs[0] + 1)
 
-    Its name is the one its newest signed manifest verifies under: the task key
-    (``@resumable``) or the folder's name (a bare ``Checkpoint``). ``ConfigurationError``
-    when ``$RESUMABLE_SIGNING_KEY`` is unset or verifies neither.
-    """
+
+def _newest_signed(backend: AdminBackend, entries: list[Entry]) -> Manifest | None:
+    """The newest readable manifest among ``entries`` if it is signed; else None."""
     reader = SnapshotStore(backend, keep=1)
     sizes = {e.name: e.size for e in entries}
-    signed = None
     for seq in manifest_seqs(names_of(entries)):
         try:
             m = reader.manifest(seq, sizes.get(manifest_name(seq)))
         except (OSError, CorruptCheckpointError):
             continue
         if "hmac" in m.extra:
-            signed = m
-            break
+            return m
+    return None
+
+
+def _cleared_signer(backend: AdminBackend, key: str, entries: list[Entry]) -> SnapshotStore | None:
+    """A store that signs as task ``key``'s snapshots are signed; None if they are unsigned.
+
+    Its name is the one its newest signed manifest verifies under: the task key
+    (``@resumable``) or the folder's name (a bare ``Checkpoint``). ``ConfigurationError``
+    when ``$RESUMABLE_SIGNING_KEY`` is unset or verifies neither.
+    """
+    signed = _newest_signed(backend, entries)
     if signed is None:
         return None
-    secret = os.environ.get(SIGNING_KEY_ENV)
+    secret = resolve_signing_key()
     why = (
         "rm leaves a signed 'cleared' record above a signed task's snapshots, so that copies "
         "of its old files never load again; nothing was removed"
     )
-    if not secret:
+    if secret is None:
         raise ConfigurationError(
             f"task {key!r} is signed: set {SIGNING_KEY_ENV} to its signing key ({why})"
         )
     names = dict.fromkeys([*([] if key == ROOT_KEY else [key]), checkpoint_name(backend.url)])
     for name in names:
-        signer = SnapshotStore(backend, keep=1, signing_key=secret.encode(), name=name)
+        signer = SnapshotStore(backend, keep=1, signing_key=secret, name=name)
         try:
             signer.check_signature(signed)
         except CorruptCheckpointError:
@@ -519,7 +486,7 @@ def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
             yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
 
 
-def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) -> GcReport:
+def collect_garbage(store: AdminBackend, *, grace: float, now: float, dry_run: bool) -> GcReport:
     """Remove, in every task folder, garbage last modified more than ``grace`` seconds ago.
 
     The grace period protects saves in progress: their payload and temp files exist before
@@ -557,3 +524,19 @@ def collect_garbage(store: Backend, *, grace: float, now: float, dry_run: bool) 
             store.abort_upload(upload)
         removed.append(g)
     return GcReport(removed, kept)
+
+
+@dataclass(frozen=True, slots=True)
+class Workspaces:
+    """Workspace folders of this machine's processes that were killed (they could not clean up)."""
+
+    #: Removed (or, in a dry run, to remove): their owner is provably gone.
+    removed: list[Path]
+    #: Kept: marked by an owner nothing here can judge (another host, boot or container).
+    unprovable: list[Path]
+
+
+def collect_workspaces(*, dry_run: bool) -> Workspaces:
+    """Remove (unless ``dry_run``) the workspaces that killed processes of this machine left."""
+    found = leftovers()
+    return Workspaces(found.abandoned if dry_run else remove_abandoned(), found.unprovable)

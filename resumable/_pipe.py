@@ -5,8 +5,7 @@ fetches a range inside ``read()``: the thread that packs, compresses and hashes 
 waits for the network each time. ``PipelinedBackend`` moves those calls to one IO thread
 (``_threads``) per transfer with a bounded queue between them, so a save takes about
 max(produce, upload) instead of their sum, and a load max(download, verify + extract).
-Memory stays bounded by
-the queue.
+Memory stays bounded by the queue. Every other call passes through (``ForwardingBackend``).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import queue
 import threading
 from typing import Any, BinaryIO
 
-from ._backend import Backend, BlobWriter, Entry, Upload
+from ._backend import BlobWriter, ForwardingBackend
 from ._stream import CHUNK_SIZE, Chunk
 from ._threads import run_on_io
 
@@ -122,25 +121,8 @@ class _DownloadAhead:
         self.close()
 
 
-class PipelinedBackend:
-    """A backend whose large transfers overlap with the caller's work."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.url = backend.url
-        self.exclusive = backend.exclusive
-
-    def entries(self) -> list[Entry]:
-        """The objects directly under the root."""
-        return self.backend.entries()
-
-    def list_children(self) -> list[str]:
-        """Names of the folders directly under the root."""
-        return self.backend.list_children()
-
-    def read(self, name: str) -> bytes:
-        """A whole (small) object."""
-        return self.backend.read(name)
+class PipelinedBackend(ForwardingBackend):
+    """A backend whose large transfers overlap with the caller's work; other calls pass through."""
 
     def open_read(self, name: str) -> BinaryIO:
         """A stream over an object, fetched ahead of the reader."""
@@ -149,35 +131,3 @@ class PipelinedBackend:
     def writer(self, name: str) -> BlobWriter:
         """A writer for a new object, uploading behind the writer."""
         return _UploadBehind(self.backend.writer(name))
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        """Write a small object durably; ``FileExistsError`` when it exists already."""
-        self.backend.create_exclusive(name, data)
-
-    def delete(self, name: str) -> None:
-        """Remove an object; a missing one is not an error."""
-        self.backend.delete(name)
-
-    def delete_many(self, names: list[str]) -> None:
-        """Remove objects in one request where the store can."""
-        self.backend.delete_many(names)
-
-    def exists(self) -> bool:
-        """Whether the root exists."""
-        return self.backend.exists()
-
-    def child(self, name: str) -> Backend:
-        """The backend of the folder ``name`` under the root, pipelined too."""
-        return PipelinedBackend(self.backend.child(name))
-
-    def remove_root_if_empty(self) -> None:
-        """Remove the root folder when nothing is left in it."""
-        self.backend.remove_root_if_empty()
-
-    def unfinished_uploads(self) -> list[Upload]:
-        """Multipart uploads under the root that were never completed."""
-        return self.backend.unfinished_uploads()
-
-    def abort_upload(self, upload: Upload) -> None:
-        """Abort one of :meth:`unfinished_uploads`."""
-        self.backend.abort_upload(upload)

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 from tenacity import RetryCallState, Retrying, retry_if_exception
 from tenacity.wait import WaitBaseT, wait_exponential, wait_random
 
-from ._backend import Backend, BlobWriter, Entry, Upload
+from ._backend import AdminBackend, Backend, BlobWriter, ForwardingBackend
 from ._errors import ConfigurationError, DeadlineExceeded, ResumableError, StorageError
 from ._threads import call_with_deadline, run_on_io, wait_with_deadline
 
@@ -301,7 +301,7 @@ def _holds(backend: Backend, name: str, data: bytes) -> bool:
         return False  # removed again since: it was not ours to keep
 
 
-class RetryingBackend:
+class RetryingBackend(ForwardingBackend):
     """A backend whose calls have a deadline and are retried on transient errors.
 
     Answers (an object exists, is missing, ...) pass through at once. After the last try a
@@ -320,72 +320,36 @@ class RetryingBackend:
 
     """
 
-    def __init__(self, backend: Backend, policy: RetryPolicy | None = None) -> None:
-        self.backend = backend
+    def __init__(self, backend: AdminBackend, policy: RetryPolicy | None = None) -> None:
+        super().__init__(backend)
         self.policy = policy or RetryPolicy()
-        self.url = backend.url
-        self.exclusive = backend.exclusive
 
     def __repr__(self) -> str:
         return f"RetryingBackend({self.backend!r}, {self.policy!r})"
+
+    def wrap(self, inner: AdminBackend) -> AdminBackend:
+        """``inner`` with the same policy (a child folder's backend)."""
+        return RetryingBackend(inner, self.policy)
 
     def _retried(self, exc: BaseException) -> bool:
         # A call that hung is worth another try; the operation is not restarted for it.
         return self.policy.is_transient(exc) or isinstance(exc, DeadlineExceeded)
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()`` with a deadline per try, retried on transient errors within the budget."""
         timeout = self.policy.timeout
         return _retrying(
             lambda: call_with_deadline(fn, timeout, what), self.policy, what, self._retried
         )
 
-    def _target(self, name: str | None = None) -> str:
-        return self.url if name is None else f"{self.url.rstrip('/')}/{name}"
-
-    def _what(self, call: str, name: str | None = None) -> str:
-        return f"{call} {self._target(name)}"
-
-    def entries(self) -> list[Entry]:
-        """The objects directly under the root."""
-        return self._call(self.backend.entries, self._what("listing"))
-
-    def list_children(self) -> list[str]:
-        """Names of the folders directly under the root."""
-        return self._call(self.backend.list_children, self._what("listing folders of"))
-
-    def exists(self) -> bool:
-        """Whether the root exists."""
-        return self._call(self.backend.exists, self._what("looking for"))
-
-    def child(self, name: str) -> Backend:
-        """The backend of the folder ``name`` under the root, with the same policy."""
-        return RetryingBackend(self.backend.child(name), self.policy)
-
-    def remove_root_if_empty(self) -> None:
-        """Remove the root folder when nothing is left in it."""
-        self._call(self.backend.remove_root_if_empty, self._what("removing"))
-
-    def unfinished_uploads(self) -> list[Upload]:
-        """Multipart uploads under the root that were never completed."""
-        return self._call(self.backend.unfinished_uploads, self._what("listing uploads of"))
-
-    def abort_upload(self, upload: Upload) -> None:
-        """Abort one of :meth:`unfinished_uploads`."""
-        self._call(lambda: self.backend.abort_upload(upload), self._what("aborting", upload.name))
-
-    def read(self, name: str) -> bytes:
-        """A whole (small) object."""
-        return self._call(lambda: self.backend.read(name), self._what("reading", name))
-
     def open_read(self, name: str) -> BinaryIO:
         """A stream over an object: opening is retried, each read has a deadline."""
-        stream = self._call(lambda: self.backend.open_read(name), self._what("opening", name))
-        return cast(BinaryIO, _DeadlineReader(stream, self.policy.timeout, self._target(name)))
+        stream = super().open_read(name)
+        return cast(BinaryIO, _DeadlineReader(stream, self.policy.timeout, self.target(name)))
 
     def writer(self, name: str) -> BlobWriter:
         """A writer for a new object: opening is retried, each write and commit has a deadline."""
-        inner = self._call(lambda: self.backend.writer(name), self._what("opening", name))
-        return _DeadlineWriter(inner, self.policy.timeout, self._target(name))
+        return _DeadlineWriter(super().writer(name), self.policy.timeout, self.target(name))
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         """Create a small object once; ``FileExistsError`` when another writer made it.
@@ -408,7 +372,7 @@ class RetryingBackend:
                 failed_before = True
                 raise
 
-        what = self._what("creating", name)
+        what = self.what("creating", name)
         timeout = self.policy.timeout
 
         def with_deadline() -> None:
@@ -420,12 +384,3 @@ class RetryingBackend:
                 raise
 
         _retrying(with_deadline, self.policy, what, self._retried)
-
-    def delete(self, name: str) -> None:
-        """Remove an object; a missing one is not an error."""
-        self._call(lambda: self.backend.delete(name), self._what("deleting", name))
-
-    def delete_many(self, names: list[str]) -> None:
-        """Remove objects in one request where the store can; missing ones are not errors."""
-        if names:
-            self._call(lambda: self.backend.delete_many(names), self._what("deleting in", None))

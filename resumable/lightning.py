@@ -40,9 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from ._checkpoint import Checkpoint
+from ._inspect import list_folders
 
 __all__ = ["ResumableCheckpointIO"]
 
@@ -195,10 +194,7 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
             ['last.ckpt']
 
         """
-        fs, root = fsspec.core.url_to_fs(self.uri, **(self.storage_options or {}))
-        if not fs.exists(root):
-            return []
-        names = sorted(Path(entry).name for entry in fs.ls(root, detail=False))
+        names = list_folders(self.uri, self.storage_options)
         return [name for name in names if self._checkpoint(name).newest_seq() is not None]
 
     def restore_last(

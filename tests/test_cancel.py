@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from resumable import Checkpoint, ctx, resumable
-from resumable._checkpoint import Captured
-from resumable._store import Manifest
+from resumable._checkpoint import Captured, Manifest
 
 DEADLINE = 30.0
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-import resumable._checkpoint as checkpoint_module
-from resumable import Checkpoint
+import resumable._snapshot as snapshot_module
+from resumable import Checkpoint, testing
 from resumable._checkpoint import Captured
 
 from .conftest import IO, store_files
@@ -48,7 +48,7 @@ def test_file_that_vanishes_mid_save_keeps_previous(store_url: str, io: IO, tmp_
     victim.write_bytes(os.urandom(3 << 20))
     with Checkpoint(store_url) as cp:
         io.save(cp, b"good")
-        real_iter_tar = checkpoint_module.iter_tar
+        real_iter_tar = snapshot_module.iter_tar
 
         def shrinking(root: Path, *args: Any, **kwargs: Any) -> Iterator[bytearray]:
             for i, chunk in enumerate(real_iter_tar(root, *args, **kwargs)):
@@ -56,12 +56,12 @@ def test_file_that_vanishes_mid_save_keeps_previous(store_url: str, io: IO, tmp_
                     victim.write_bytes(b"short")
                 yield chunk
 
-        checkpoint_module.iter_tar = shrinking  # type: ignore[assignment]
+        snapshot_module.iter_tar = shrinking  # type: ignore[assignment]
         try:
             with pytest.raises(Exception, match="shrank"):
                 io.save(cp, src)
         finally:
-            checkpoint_module.iter_tar = real_iter_tar
+            snapshot_module.iter_tar = real_iter_tar
         assert (io.load(cp) / "payload").read_bytes() == b"good"
         assert not [n for n in store_files(store_url) if n.endswith(".blob")]
 
@@ -144,7 +144,7 @@ def test_retention_runs_after_commit_manifest_before_payload(
     events: list[str] = []
     with Checkpoint(store_url, keep=1) as cp:
         cp.commit(Captured("bytes", lambda: [os.urandom(100_000)]))
-        backend = cp._store.backend
+        backend = testing.backend(cp)
         real_delete, real_create = backend.delete_many, backend.create_exclusive
         monkeypatch.setattr(
             backend,
@@ -187,7 +187,7 @@ def test_two_threads_never_interleave(store_url: str) -> None:
         assert not errors
         manifests = [n for n in store_files(store_url) if n.endswith(".json")]
         assert len(manifests) == 20
-        store = cp._store
+        store = testing.store(cp)
         for seq in range(20):
             assert b"".join(store.payload(store.manifest(seq))) in payloads.values()
 
@@ -199,7 +199,7 @@ def test_async_save_and_load_do_not_block_the_loop(
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(2 << 20))
     loop_ran = threading.Event()
-    real_iter_file = checkpoint_module.iter_file
+    real_iter_file = snapshot_module.iter_file
 
     def gated(path: Path) -> Iterator[bytes]:
         # Only a loop that is free can set the event: a blocked loop deadlocks (timeout).
@@ -207,7 +207,7 @@ def test_async_save_and_load_do_not_block_the_loop(
             raise AssertionError("the event loop was blocked during save()")
         yield from real_iter_file(path)
 
-    monkeypatch.setattr(checkpoint_module, "iter_file", gated)
+    monkeypatch.setattr(snapshot_module, "iter_file", gated)
 
     async def main() -> bytes:
         cp = Checkpoint(store_url)

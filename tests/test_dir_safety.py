@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-import resumable._store as store_module
+import resumable._restore as restore_module
 from resumable import Checkpoint, ConfigurationError, CorruptCheckpointError, Dir, resumable
 
 from .conftest import read_object, store_files, write_object
@@ -136,13 +136,13 @@ def test_failing_restore_midway_leaves_the_folder_untouched(
     with Checkpoint(f"{store}/t") as cp:
         cp.save_sync(folder)
     (folder / "a.txt").write_text("newer, not saved")
-    unpack = store_module._unpack
+    unpack = restore_module.unpack
 
     def full_disk(*args: Any, **kwargs: Any) -> None:
         unpack(*args, **kwargs)  # the tree is written...
         raise OSError(errno.ENOSPC, "No space left on device")  # ...and then the disk fills
 
-    monkeypatch.setattr(store_module, "_unpack", full_disk)
+    monkeypatch.setattr(restore_module, "unpack", full_disk)
 
     @resumable(state=Dir(folder), store=store, key="t")
     def task(state: Path) -> None:

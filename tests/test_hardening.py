@@ -24,6 +24,7 @@ from resumable import (
     StorageError,
     ctx,
     resumable,
+    testing,
 )
 from resumable._checkpoint import Captured
 from resumable._codec import loads_state
@@ -307,8 +308,8 @@ def test_retention_failure_never_fails_a_committed_save(
         def refuse(name: object) -> None:
             raise PermissionError(13, "DeleteObject denied", str(name))
 
-        monkeypatch.setattr(cp._store.backend, "delete", refuse)
-        monkeypatch.setattr(cp._store.backend, "delete_many", refuse)
+        monkeypatch.setattr(testing.backend(cp), "delete", refuse)
+        monkeypatch.setattr(testing.backend(cp), "delete_many", refuse)
         with caplog.at_level(logging.WARNING, logger="resumable"):
             cp.save_sync(b"two")
         assert (cp.load_sync() / "payload").read_bytes() == b"two"
@@ -326,7 +327,7 @@ def test_storage_answer_is_a_storage_error_and_not_retried(
     @resumable(state=0, store=store_url, key="full", retries=3, wait=0)
     def task(state: int = 0) -> Any:
         attempts.append(ctx().attempt_number())
-        store = ctx().checkpoint._store
+        store = testing.store(ctx().checkpoint)
 
         def full(name: str, data: bytes) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")

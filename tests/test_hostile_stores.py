@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, Limits
+from resumable import Checkpoint, CorruptCheckpointError, Limits, testing
 from resumable._checkpoint import Captured
 
 from .conftest import IO, delete_object, read_object, store_files, write_object
@@ -59,7 +59,7 @@ class Store:
         self.cp.save_sync(os.urandom(200_000))
 
     def dir_snapshot(self, data: bytes, compression: str = "none") -> None:
-        self.cp._store.commit("dir", [data], compression=compression)
+        testing.store(self.cp).commit("dir", [data], compression=compression)
 
 
 def tar_of(*members: tuple[str, bytes, str]) -> bytes:
@@ -336,7 +336,7 @@ def test_alone_raises(
     monkeypatch.chdir(tmp_path)
     store = Store(store_url, signed)
     damage(store)
-    store.cp._store.backend.delete("00000000000000000000.json")
+    testing.backend(store.cp).delete("00000000000000000000.json")
     with pytest.raises(CorruptCheckpointError, match="no valid snapshot"):
         store.cp.load_sync()
     assert list(store.cp.path.iterdir()) == []

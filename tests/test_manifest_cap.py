@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from resumable import Checkpoint
-from resumable._store import INLINE_MAX, MANIFEST_MAX
+from resumable._manifest import MANIFEST_MAX
+from resumable._store import INLINE_MAX
 
 NEWEST = "00000000000000000001.json"
 HUGE = 40 << 30  # 40 GiB, sparse: no disk space, but read whole it would not fit in memory
@@ -48,7 +49,7 @@ def test_oversized_manifest_is_corrupt_and_falls_back(tmp_path: Path) -> None:
     doc = (tmp_path / NEWEST).read_bytes()
     (tmp_path / NEWEST).write_bytes(doc + b" " * MANIFEST_MAX)
     with Checkpoint(tmp_path) as cp:
-        found = cp.read_newest()
+        found = cp.read_newest_with(b"".join)
         assert found is not None
         assert found[1] == b"older"
         info = cp.info_sync()
@@ -60,7 +61,7 @@ LOAD = """
 import sys
 from resumable import Checkpoint
 with Checkpoint(sys.argv[1]) as cp:
-    print(cp.read_newest()[1].decode())
+    print(cp.read_newest_with(b"".join)[1].decode())
 """
 
 

@@ -7,7 +7,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from resumable import Checkpoint, latest_checkpoint
+from resumable import Checkpoint, latest_checkpoint, testing
 
 from .conftest import IO
 
@@ -95,7 +95,7 @@ def test_duplicate_members_last_one_wins(tmp_path: Path) -> None:
             info.size = len(data)
             tar.addfile(info, stdio.BytesIO(data))
     with Checkpoint(tmp_path / "store") as cp:
-        cp._store.commit("dir", [buf.getvalue()], compression="none")
+        testing.store(cp).commit("dir", [buf.getvalue()], compression="none")
         root = cp.load_sync()
         assert root is not None
         assert (root / "same.txt").read_bytes() == b"last"

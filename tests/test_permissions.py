@@ -42,7 +42,7 @@ def test_snapshot_objects_are_0600(tmp_path: Path, umask: int) -> None:
     cp = Checkpoint(store)
     cp.save_sync(secret)
     cp.save_sync(b"small: inlined in its manifest")
-    cp._store.mark_failed(1)
+    cp.mark_failed(1)
     names = sorted(p.name for p in store.iterdir())
     assert any(n.endswith(".blob") for n in names)
     assert any(n.endswith(".json") for n in names)

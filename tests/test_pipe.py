@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from resumable import testing
 from resumable._backend import open_backend
 from resumable._pipe import PipelinedBackend
 
@@ -107,5 +108,5 @@ def test_remote_checkpoints_are_pipelined() -> None:
     from resumable import Checkpoint
 
     with Checkpoint("memory://pipe-check") as cp:
-        assert isinstance(cp._store.backend, PipelinedBackend)
+        assert isinstance(testing.backend(cp), PipelinedBackend)
     assert not isinstance(open_backend("memory://x", None), PipelinedBackend)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fsspec.callbacks import Callback, TqdmCallback
 
-from resumable import Checkpoint, ConfigurationError
+from resumable import Checkpoint, ConfigurationError, testing
 
 from .conftest import IO
 
@@ -105,7 +105,7 @@ def test_failed_transfer_still_closes(store_url: str) -> None:
 
     with Checkpoint(store_url, progress=recorder) as cp:
         with pytest.raises(RuntimeError, match="source broke"):
-            cp._store.commit("bytes", failing())
+            testing.store(cp).commit("bytes", failing())
         cp.save_sync(b"ok")
     failed, saved = _transfers(recorder.events)
     assert failed[-1] == (None, 10)

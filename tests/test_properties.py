@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import Checkpoint
-from resumable._store import Manifest
+from resumable._manifest import Manifest
 
 names = st.text(
     alphabet=st.characters(min_codepoint=48, max_codepoint=122, categories=["L", "Nd"]),

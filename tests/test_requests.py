@@ -36,7 +36,7 @@ def test_memory_save_is_one_write_and_load_one_list_one_read() -> None:
             cp.flush_sync()
             assert calls == {"pipe_file": 1, "rm_file": 1}  # one write, one delete
         calls.clear()
-        found = cp.read_newest()
+        found = cp.read_newest_with(b"".join)
         assert found is not None
         assert found[1] == b"steady 2"
         assert calls == {"ls": 1, "cat_file": 1}
@@ -72,7 +72,7 @@ def test_memory_refused_create_lists_then_raises() -> None:
             cp.save_sync(b"mine again")
         assert calls == {"pipe_file": 1, "ls": 1}
         cp.save_sync(b"after the conflict")  # the listing told it the newest number
-        found = other.read_newest()
+        found = other.read_newest_with(b"".join)
         assert found is not None
         assert found[1] == b"after the conflict"
 
@@ -88,7 +88,7 @@ def test_local_save_is_one_create_and_load_one_list_one_read(tmp_path: object) -
         cp.flush_sync()
         assert calls == {"create_exclusive": 1, "delete_many": 1}
         calls.clear()
-        assert cp.read_newest() is not None
+        assert cp.read_newest_with(b"".join) is not None
         assert calls == {"entries": 1, "read": 1}
 
 
@@ -111,7 +111,7 @@ def test_s3_save_is_one_request_and_load_two(s3_server: SeaweedS3) -> None:
             cp.flush_sync()
             assert calls == {"PutObject": 1, "DeleteObject": 1}
         calls.clear()
-        found = cp.read_newest()
+        found = cp.read_newest_with(b"".join)
         assert found is not None
         assert found[1] == b"steady 2"
         assert calls == {"ListObjectsV2": 1, "GetObject": 1}

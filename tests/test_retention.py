@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, resumable
+from resumable import Checkpoint, resumable, testing
 from resumable._backend import open_backend
 
 from .conftest import IO, store_files
@@ -36,7 +36,7 @@ class Gate:
     """
 
     def __init__(self, cp: Checkpoint, method: str = "delete_many") -> None:
-        backend: Any = cp._store.backend
+        backend: Any = testing.backend(cp)
         self._real = getattr(backend, method)
         self.entered, self.answer = threading.Event(), threading.Event()
         self.calls: list[Any] = []
@@ -101,7 +101,7 @@ def test_failed_retention_is_retried_by_the_next_save(
 ) -> None:
     """A delete that fails is logged; the next save's retention deletes what it left."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
+        backend: Any = testing.backend(cp)
         real = backend.delete_many
         refused = [True]
 
@@ -212,7 +212,7 @@ def test_retention_survives_a_base_exception_from_a_delete(
 ) -> None:
     """A delete raising CancelledError is logged, flush does not raise, the next save retires."""
     with Checkpoint(tmp_path, keep=1) as cp:
-        backend: Any = cp._store.backend
+        backend: Any = testing.backend(cp)
         real = backend.delete_many
         raised = []
 
@@ -241,7 +241,7 @@ def test_settle_gives_up_waiting_after_its_timeout(
         gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")
-        cp._store.settle(timeout=0.05)
+        testing.store(cp).settle(timeout=0.05)
         assert "still runs after" in caplog.text
         gate.answer.set()
         cp.flush_sync()

@@ -78,7 +78,7 @@ def test_rm_of_a_signed_checkpoint_refuses_its_old_files_copied_back(tmp_path: P
     with Checkpoint(folder, signing_key=SECRET) as cp:
         assert cp.load_sync() is None
         cp.save_sync(b"three")  # a new snapshot supersedes the record
-        found = cp.read_newest()
+        found = cp.read_newest_with(b"".join)
     assert found is not None
     assert found[1] == b"three"
 

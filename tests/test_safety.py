@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, Limits
+from resumable import Checkpoint, CorruptCheckpointError, Limits, testing
 
 from .conftest import IO
 
@@ -115,7 +115,7 @@ def test_hostile_archive_refused_falls_back(
     """A hostile folder snapshot is refused: the previous snapshot is loaded instead."""
     with Checkpoint(store_url) as cp:
         io.save(cp, b"previous")
-        cp._store.commit("dir", [tar_bytes(*members)], compression="none")
+        testing.store(cp).commit("dir", [tar_bytes(*members)], compression="none")
         root = io.load(cp)
         assert sorted(p.name for p in root.iterdir()) == ["payload"]
         assert (root / "payload").read_bytes() == b"previous"
@@ -128,7 +128,7 @@ def test_hostile_archive_alone_raises(
 ) -> None:
     """A hostile snapshot with nothing to fall back to raises, naming the refusal."""
     with Checkpoint(store_url) as cp:
-        cp._store.commit("dir", [tar_bytes(*members)], compression="none")
+        testing.store(cp).commit("dir", [tar_bytes(*members)], compression="none")
         with pytest.raises(CorruptCheckpointError, match="snapshot 0"):
             io.load(cp)
         assert list(cp.path.iterdir()) == []
@@ -139,7 +139,7 @@ def test_entry_count_bomb_is_stopped(store_url: str, io: IO) -> None:
     """An archive with more entries than Limits.max_entries is refused."""
     many = [member(f"f{i}", data=b"") for i in range(50)]
     with Checkpoint(store_url, limits=Limits(max_entries=20)) as cp:
-        cp._store.commit("dir", [tar_bytes(*many)], compression="none")
+        testing.store(cp).commit("dir", [tar_bytes(*many)], compression="none")
         with pytest.raises(CorruptCheckpointError, match="max_entries"):
             io.load(cp)
         assert list(cp.path.iterdir()) == []
@@ -151,7 +151,7 @@ def test_declared_size_bomb_is_stopped_before_writing(store_url: str, io: IO) ->
     info.size = 1 << 41
     header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     with Checkpoint(store_url) as cp:
-        cp._store.commit("dir", [header + bytes(4096)], compression="none")
+        testing.store(cp).commit("dir", [header + bytes(4096)], compression="none")
         with pytest.raises(CorruptCheckpointError, match="max_bytes"):
             io.load(cp)
         assert list(cp.path.iterdir()) == []

@@ -110,7 +110,7 @@ def test_unsigned_marks_do_not_roll_a_signed_task_back(store_url: str, io: IO) -
         io.save(cp, b"old")
         io.save(cp, b"newest")
         plant_marks(store_url, 1, 3)
-        found = cp.read_newest(poison_after=3)
+        found = cp.read_newest_with(b"".join, poison_after=3)
         assert found is not None
         assert found[1] == b"newest"
 
@@ -122,7 +122,7 @@ def test_signed_marks_still_count(store_url: str, io: IO) -> None:
         io.save(cp, b"newest")
         for _ in range(3):
             cp.mark_failed(1)
-        found = cp.read_newest(poison_after=3)
+        found = cp.read_newest_with(b"".join, poison_after=3)
         assert found is not None
         assert found[1] == b"old"
 
@@ -133,7 +133,7 @@ def test_unsigned_store_marks_unchanged(store_url: str, io: IO) -> None:
         io.save(cp, b"old")
         io.save(cp, b"newest")
         plant_marks(store_url, 1, 3)
-        found = cp.read_newest(poison_after=3)
+        found = cp.read_newest_with(b"".join, poison_after=3)
         assert found is not None
         assert found[1] == b"old"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from resumable import Checkpoint, RetryPolicy, StorageError, resumable
+from resumable import Checkpoint, RetryPolicy, StorageError, resumable, testing
 from resumable._codec import loads_state
 from resumable.testing import FaultyFileSystem
 
@@ -79,7 +79,7 @@ def test_hung_store_times_out_with_storage_error() -> None:
     url = f"faulty:///hung-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=1, wait=tenacity.wait_none(), timeout=0.2)
     cp = Checkpoint(url, storage_options=faulty(hang_rate=1.0, hang_seconds=30), retry=policy)
-    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
+    fs = testing.filesystem(cp)
     assert isinstance(fs, FaultyFileSystem)
     try:
         with pytest.raises(StorageError, match=r"did not answer within 0\.2 s"):
@@ -128,7 +128,7 @@ def test_attempts_mean_attempts_never_squared(mode: str, payload: bytes) -> None
     url = f"faulty:///down-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
     cp = Checkpoint(url, storage_options=faulty(fail_rate=1.0), retry=policy)
-    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
+    fs = testing.filesystem(cp)
     assert isinstance(fs, FaultyFileSystem)
     try:
         with pytest.raises(StorageError) as raised:
@@ -149,7 +149,7 @@ def test_a_restarted_save_shares_the_tries_of_its_calls(mode: str) -> None:
     policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
     # Fail every upload write, and nothing else: each restart lists again, then fails to write.
     cp = Checkpoint(url, storage_options=faulty(), retry=policy)
-    fs = cp._store.backend.backend.backend.fs  # type: ignore[attr-defined]
+    fs = testing.filesystem(cp)
     real_enter = fs.enter_call
 
     def failing_writes(method: str, path: str) -> None:

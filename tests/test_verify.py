@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, ResumableError
+from resumable import Checkpoint, CorruptCheckpointError, ResumableError, testing
 
 from .conftest import IO, delete_object, read_object, store_files, write_object
 
@@ -171,7 +171,7 @@ def test_load_relists_when_another_writer_pruned_what_it_listed(
     with Checkpoint(store_url, keep=2) as reader, Checkpoint(store_url, keep=2) as writer:
         io.save(writer, b"one")
         io.save(writer, b"two")
-        backend = reader._store.backend
+        backend = testing.backend(reader)
         stale = backend.entries()
         io.save(writer, b"three")
         io.save(writer, b"four")

@@ -70,16 +70,16 @@ def test_signed_store_refuses_a_swapped_payload_before_extracting(
     store_url: str, io: IO, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A signed manifest whose payload was swapped is refused before anything is extracted."""
-    import resumable._store as store_module
+    import resumable._restore as restore_module
 
     extracted: list[Path] = []
-    real = store_module.extract_tar
+    real = restore_module.extract_tar
 
     def spy(chunks: Any, dest: Path, *args: Any) -> None:
         extracted.append(dest)
         real(chunks, dest, *args)
 
-    monkeypatch.setattr(store_module, "extract_tar", spy)
+    monkeypatch.setattr(restore_module, "extract_tar", spy)
     with Checkpoint(store_url, signing_key=SECRET) as cp:
         io.save(cp, b"previous")
         io.save(cp, folder(tmp_path))

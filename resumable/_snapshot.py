@@ -1,0 +1,133 @@
+"""What a snapshot is to a ``Checkpoint``'s user: one to write, and the newest one written.
+
+- :class:`Captured`: a snapshot's kind and a source of its bytes, made by :func:`capture`
+  (``Checkpoint.capture``) from what ``save`` accepts (:data:`SaveData`) and written by
+  ``Checkpoint.commit``;
+- :class:`CheckpointInfo`: the newest committed snapshot's metadata (``Checkpoint.info``);
+- :class:`~resumable._manifest.Manifest`: the commit record ``commit`` and ``restore_into``
+  return, re-exported here.
+
+These are the types the public methods of ``Checkpoint`` name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+from ._codec import Compression, TarFacts, check_source, gzip_members, iter_file, iter_tar
+from ._errors import UnsupportedDataError
+from ._manifest import Kind, Manifest
+from ._store import Producer
+from ._stream import Chunk, Spool, discard
+
+__all__ = ["Captured", "CheckpointInfo", "Kind", "Manifest", "SaveData", "Source", "capture"]
+
+#: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
+Source = Callable[[], Iterable[Chunk] | Producer]
+
+#: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
+SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """The newest committed snapshot of a checkpoint, as its manifest records it.
+
+    Returned by :meth:`Checkpoint.info_sync` / ``await info()``, which read one listing and
+    one manifest and restore nothing (flyte's ``prev_exists()``, with the metadata).
+
+    Example:
+        >>> import tempfile
+        >>> from resumable import Checkpoint
+        >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+        ...     cp.save_sync(b"step 3")
+        ...     info = cp.info_sync()
+        >>> info.seq, info.kind, info.size
+        (0, 'bytes', 6)
+
+    """
+
+    #: The snapshot's sequence number: 0 for the first save, one more for each save after.
+    seq: int
+    #: What was saved: ``"bytes"``, a ``"file"``, a ``"dir"`` (folder) or pickled ``"state"``.
+    kind: Literal["bytes", "file", "dir", "state"]
+    #: The stored payload's size in bytes (a folder's compressed archive).
+    size: int
+    #: When it was committed, in seconds since the epoch (``time.time()``).
+    created: float
+    #: The attempt of the ``@resumable`` call that saved it (0 for a plain save).
+    attempt: int
+    #: Whether its manifest carries a signature (``info`` does not verify it: a load does).
+    signed: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Captured:
+    """A snapshot's kind and a source of its bytes, made by :meth:`Checkpoint.capture`.
+
+    ``source()`` produces the bytes again on every call (a save that meets a transient
+    storage error starts over); :meth:`release` frees what the capture holds (a temp copy).
+
+    Example:
+        >>> snap = Captured("state", lambda: (b"pickled",))
+        >>> snap.kind, b"".join(snap.source())
+        ('state', b'pickled')
+
+    """
+
+    #: What the snapshot holds: ``"bytes"``, a ``"file"``, a ``"dir"`` or pickled ``"state"``.
+    kind: Kind
+    #: Produces the snapshot's chunks (or a producer of them) again on every call.
+    source: Source
+    #: Manifest fields that describe the bytes, known once ``source()`` has been read to its
+    #: end (a folder's tar size and member count).
+    facts: Callable[[], dict[str, Any]] | None = None
+
+    def release(self) -> None:
+        """Free the temp copy a frozen capture holds; the snapshot cannot be written after."""
+        discard(self.source)
+
+
+def capture(data: SaveData, *, compression: Compression = "gzip", frozen: bool = False) -> Captured:
+    """What kind of snapshot ``data`` makes, and a source of its bytes (``Checkpoint.capture``).
+
+    Bytes are copied at once. A file or folder is read when the snapshot is written,
+    unless ``frozen``: then it is copied now (to a temp file). A folder is archived with
+    ``compression``.
+
+    Example:
+        >>> capture(b"abc").kind
+        'bytes'
+
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        # Copied now: the caller may reuse its buffer as soon as save() returns.
+        return _bytes_capture(bytes(data))
+    if isinstance(data, str | os.PathLike):
+        path = Path(data)
+        if check_source(path) == "file":
+            if frozen:
+                return Captured("file", Spool.of_file(path))
+            return Captured("file", lambda: iter_file(path))
+        gzip = compression == "gzip"
+        counted = [TarFacts()]  # of the latest stream: a retried save streams anew
+
+        def tar() -> Iterable[Chunk]:
+            counted[0] = TarFacts()
+            raw = iter_tar(path, facts=counted[0])
+            return gzip_members(raw) if gzip else raw
+
+        return Captured("dir", Spool(tar()) if frozen else tar, lambda: counted[0].fields())
+    raise UnsupportedDataError(
+        f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
+        f"{type(data).__name__}. To save a Python object, pickle it first or use "
+        "@resumable(state=...)."
+    )
+
+
+def _bytes_capture(frozen: bytes) -> Captured:
+    return Captured("bytes", lambda: (frozen,))
