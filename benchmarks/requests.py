@@ -51,8 +51,8 @@ import fsspec  # noqa: E402
 import fsspec.asyn  # noqa: E402
 
 from resumable import Checkpoint, resumable  # noqa: E402
-from resumable import _checkpoint as checkpoint_module  # noqa: E402
-from resumable._backend import Backend, FsspecBackend, LocalBackend, open_backend  # noqa: E402
+from resumable import _stack as stack_module  # noqa: E402
+from resumable._backend import AdminBackend, FsspecBackend, LocalBackend, open_backend  # noqa: E402
 
 __all__ = ["Calls", "CountingFS", "CountingLocal", "count_http", "counted_checkpoint"]
 
@@ -163,7 +163,9 @@ def counted_checkpoint(
     """A Checkpoint on ``url`` whose storage calls (or, with ``http``, S3 requests) are counted."""
     found: list[Calls] = []
 
-    def opening(uri: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> Backend:
+    def opening(
+        uri: str | os.PathLike[str], storage_options: dict[str, Any] | None
+    ) -> AdminBackend:
         backend = open_backend(uri, storage_options)
         if isinstance(backend, LocalBackend):
             local = CountingLocal(backend.root)
@@ -177,7 +179,7 @@ def counted_checkpoint(
         found.append(fs.calls)
         return FsspecBackend(fs, backend.root, backend.url)
 
-    with mock.patch.object(checkpoint_module, "open_backend", opening):
+    with mock.patch.object(stack_module, "open_backend", opening):
         cp = Checkpoint(url, **options)
     try:
         yield cp, found[0]

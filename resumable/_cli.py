@@ -25,6 +25,7 @@ from ._inspect import (
     ROOT_KEY,
     Garbage,
     SnapshotInfo,
+    TaskFolder,
     clear_failures,
     collect_garbage,
     collect_workspaces,
@@ -221,14 +222,19 @@ def _print_snapshots(store: str, key: str, infos: list[SnapshotInfo]) -> None:
         )
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _folders(args: argparse.Namespace) -> list[TaskFolder]:
+    """The task folders ``verify`` checks: every one with snapshots, or the one of KEY."""
     store = open_store(args.store)
     if args.key is None:
-        folders = [f for f in find_task_folders(store) if f.seqs]
-    else:
-        folders = [task_folder(store, args.key)]
-        if not folders[0].seqs:
-            raise _no_snapshots(args.store, args.key)
+        return [f for f in find_task_folders(store) if f.seqs]
+    folder = task_folder(store, args.key)
+    if not folder.seqs:
+        raise _no_snapshots(args.store, args.key)
+    return [folder]
+
+
+def _verify(args: argparse.Namespace) -> int:
+    folders = _folders(args)
     results = [
         (f.key, info) for f in folders for info in snapshot_infos(task_store(f.backend, f.key))
     ]

@@ -358,13 +358,18 @@ def remove_task(store: AdminBackend, key: str) -> Removal:
     entries = backend.entries()
     before = [e for e in entries if _is_ours(e.name)]
     cleared = _clear(backend, key, entries)
-    for e in sorted(backend.entries(), key=lambda e: e.name):  # oldest first
-        if (parse(e.name) is not None or is_temp(e.name)) and e.name != cleared:
-            backend.delete(e.name)  # failure marks too: clear() removes them when unsigned
+    _delete_ours(backend, but=cleared)
     remaining = {e.name for e in backend.entries()}
     if key != ROOT_KEY and not remaining:
         backend.remove_root_if_empty()  # harmless if left, but a tidy store is easier to read
     return Removal([e for e in before if e.name not in remaining], cleared)
+
+
+def _delete_ours(backend: AdminBackend, *, but: str | None) -> None:
+    """Delete, oldest first, every object of ours (failure marks too) except ``but``."""
+    for e in sorted(backend.entries(), key=lambda e: e.name):
+        if (parse(e.name) is not None or is_temp(e.name)) and e.name != but:
+            backend.delete(e.name)  # failure marks too: clear() removes them when unsigned
 
 
 def _clear(backend: AdminBackend, key: str, entries: list[Entry]) -> str | None:
