@@ -6,7 +6,8 @@ A layer talks to the one below only through public names. Inside ``resumable/`` 
 - ``something._name`` where ``something`` is not ``self`` or ``cls`` (reaching into another
   object's private members).
 
-Dunder names (``__name__``, ``__enter__``) are public protocol, and private *modules*
+Dunder names (``__name__``, ``__enter__``) and the fork hook ``_after_fork`` are protocol, and
+private *modules*
 (``from ._store import SnapshotStore``) are how the package is laid out: both are fine.
 
 Run: ``python tools/check_private.py [package folder]``; exit status 1 lists each offence.
@@ -20,8 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+#: Hooks the package calls on objects by protocol, like ``logging``'s ``_at_fork_reinit``:
+#: ``_forks`` resets every tracked object in a forked child through ``_after_fork()``.
+_PROTOCOL_HOOKS = frozenset({"_after_fork"})
+
+
 def _private(name: str) -> bool:
-    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+    dunder = name.startswith("__") and name.endswith("__")
+    return name.startswith("_") and not dunder and name not in _PROTOCOL_HOOKS
 
 
 def offences(path: Path) -> Iterator[str]:
