@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from ._codec import Limits, TarFacts, extract_tar, gunzip_members, write_file
+from ._archive import Limits, TarFacts, extract_tar, gunzip_members
 from ._errors import CorruptCheckpointError
+from ._files import write_file
 from ._manifest import Manifest
 from ._stream import Chunk, Spool
 from ._workspace import NEW, destination, discard, recover, stage, swap, sweep_beside

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from ._codec import Compression, TarFacts, check_source, gzip_members, iter_file, iter_tar
+from ._archive import Compression, TarFacts, gzip_members, iter_tar
 from ._errors import UnsupportedDataError
+from ._files import check_source, iter_file
 from ._manifest import Kind, Manifest
 from ._store import Producer
 from ._stream import Chunk, Spool, discard

@@ -20,36 +20,42 @@ the array or tensor then lives in.
 Torch tensors (dense, on the CPU) are reduced here to their storage's bytes plus their layout,
 one buffer per storage, so that tensors sharing a storage share it again after a load;
 torch's own pickling would copy each storage through ``torch.save`` into an in-band bytes
-object. Payloads written before this format (plain cloudpickle bytes) still load.
+object.
+
+:func:`capture_state` writes the same records into copies of the buffers (``_capture``: a
+pool of reusable buffers, copies on the CPU pool; ``BufferPool`` is re-exported here for the
+callers that pass one), so that the state may change while they are written.
+
+The other format is one plain cloudpickle (:func:`dumps_state` / :func:`loads_state`): the
+decorator keeps a task's initial state so, and payloads written before the records are so.
+:func:`read_state` reads both; the errors for state that cannot be pickled or unpickled are
+made here, once, for both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
 import mmap
 import pickle
 import struct
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, wait
 from typing import Any
 
 import cloudpickle
 
+from ._capture import BufferPool, CapturedState, Copies
 from ._errors import StateError
 from ._stream import Chunk
-from ._threads import submit
 
 __all__ = [
     "MAGIC",
     "BufferPool",
-    "CapturedState",
     "Write",
     "capture_state",
+    "dumps_state",
+    "loads_state",
     "read_state",
     "write_state",
 ]
@@ -70,6 +76,37 @@ def _pickle_error(obj: object, exc: BaseException) -> StateError:
         f"cannot pickle the task state ({type(obj).__name__}): {exc}. Yield picklable "
         "values (numbers, dicts, dataclasses, arrays), or keep files in Dir() state."
     )
+
+
+def _unpickle_error(exc: BaseException) -> StateError:
+    return StateError(
+        f"cannot unpickle the saved task state: {exc}. Was it written by another version "
+        "of the task's code? Delete the snapshot (resumable rm) to start over."
+    )
+
+
+def dumps_state(obj: object) -> bytes:
+    """``obj`` as one plain cloudpickle (lambdas and local classes included).
+
+    The decorator keeps a task's initial state this way; snapshots are written with
+    :func:`write_state` or :func:`capture_state`.
+    """
+    try:
+        data: bytes = cloudpickle.dumps(obj)
+    except Exception as exc:
+        raise _pickle_error(obj, exc) from exc
+    return data
+
+
+def loads_state(data: bytes) -> Any:
+    """The object of one plain cloudpickle: :func:`dumps_state`'s, or a payload older than records.
+
+    Unpickling runs code: only load stores you trust (or sign them).
+    """
+    try:
+        return cloudpickle.loads(data)
+    except Exception as exc:
+        raise _unpickle_error(exc) from exc
 
 
 class _Out(io.RawIOBase):
@@ -254,121 +291,6 @@ def write_state(obj: object, write: Write, *, extras: dict[str, Any] | None = No
     _finish(sink, out, extras)
 
 
-class BufferPool:
-    """The buffers of the last capture that was written, for the next capture to reuse.
-
-    Copying into memory already touched costs a ``memcpy``; into fresh memory, the kernel
-    also maps and zeroes every page first, which takes several times longer. A training loop
-    yields state of the same shapes again and again, so the buffers fit. Only one capture's
-    buffers are kept.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._free: dict[int, list[bytearray]] = {}
-
-    def take(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes: a kept one if one fits, else a new one."""
-        with self._lock:
-            fits = self._free.get(size)
-            if fits:
-                return fits.pop()
-        return bytearray(size)
-
-    def give(self, buffers: Iterable[bytearray]) -> None:
-        """Keep ``buffers`` (no longer read by anyone) for later captures, instead of others."""
-        free: dict[int, list[bytearray]] = {}
-        for buf in buffers:
-            free.setdefault(len(buf), []).append(buf)
-        with self._lock:
-            self._free = free
-
-
-class CapturedState:
-    """A captured state payload: its chunks (copies), replayable, and the buffers it took."""
-
-    def __init__(self, pool: BufferPool | None) -> None:
-        self.chunks: list[Chunk] = []
-        self._pool = pool
-        self._taken: list[bytearray] = []
-
-    def take(self, size: int) -> bytearray:
-        buf = bytearray(size) if self._pool is None else self._pool.take(size)
-        self._taken.append(buf)
-        return buf
-
-    def __call__(self) -> list[Chunk]:
-        return self.chunks
-
-    def close(self) -> None:
-        """The payload is written (or dropped): its buffers go back to the pool."""
-        taken, self._taken, self.chunks = self._taken, [], []
-        if self._pool is not None and taken:
-            self._pool.give(taken)
-
-
-#: Buffers are copied in pieces of at most this size, on the CPU pool.
-_COPY_PIECE = 8 << 20
-#: Below this a buffer is copied on the caller's thread: a hand-off would cost more.
-_COPY_INLINE = 1 << 20
-
-
-class _Copies:
-    """The buffer copies of one capture, run on the CPU pool and waited for together.
-
-    ``ctypes.memmove`` releases the GIL, so the buffers of a state (and the pieces of a large
-    one) are copied at once while the pickler goes on: closer to the memory's bandwidth than
-    one ``memcpy`` after another, and that copy is what a background yield waits for. Each
-    piece holds the ctypes views of both buffers, so neither can be freed or resized while it
-    runs; :meth:`wait` returns or raises only once no piece runs. A copy is made while the
-    state is pickled, not at the instant its buffer is met: an object whose ``__reduce__``
-    changes another array of the same state in place could reach the snapshot.
-
-    Example:
-        >>> dst = bytearray(3)
-        >>> copies = _Copies()
-        >>> copies.copy(dst, memoryview(b"abc"))
-        >>> copies.wait()
-        >>> bytes(dst)
-        b'abc'
-
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[Future[None]] = []
-
-    def copy(self, dst: bytearray, src: memoryview) -> None:
-        """Start copying ``src`` into ``dst`` (small, read-only or strided ones: done now)."""
-        size = len(dst)
-        if size < _COPY_INLINE or src.readonly or not src.c_contiguous:
-            memoryview(dst)[:] = src
-            return
-        to_view = (ctypes.c_char * size).from_buffer(dst)
-        from_view = (ctypes.c_char * size).from_buffer(src.cast("B"))
-
-        def piece(offset: int, n: int) -> None:
-            to, start = ctypes.addressof(to_view), ctypes.addressof(from_view)
-            ctypes.memmove(to + offset, start + offset, n)
-
-        for offset in range(0, size, _COPY_PIECE):
-            self._pending.append(submit(piece, offset, min(_COPY_PIECE, size - offset)))
-
-    def wait(self) -> None:
-        """Wait for every copy; raise the first failure, or an interruption, after all ended."""
-        pending, self._pending = self._pending, []
-        try:
-            for done in pending:
-                done.result()
-        except BaseException:
-            # Pieces not started never run; a running one writes into a buffer the caller
-            # may free once this raises: wait for those (a second Ctrl-C included).
-            started = [done for done in pending if not done.cancel()]
-            while not all(done.done() for done in started):
-                with contextlib.suppress(BaseException):
-                    wait(started)
-            raise
-
-
 def capture_state(
     obj: object, *, extras: dict[str, Any] | None = None, pool: BufferPool | None = None
 ) -> CapturedState:
@@ -392,7 +314,7 @@ def capture_state(
         chunks.append(copy)
         return False
 
-    copies = _Copies()
+    copies = Copies()
     try:
         try:
             _dump(obj, out, on_buffer)
@@ -614,7 +536,7 @@ def read_state(chunks: Iterable[Chunk], size: int | None = None) -> tuple[Any, d
     reader = _Reader(iter(chunks), size)
     head = reader.raw(len(MAGIC))
     if head != MAGIC:  # written before this format: one cloudpickle of the state
-        return _unpickle_bytes(head + b"".join(bytes(c) for c in reader.rest())), {}
+        return loads_state(head + b"".join(bytes(c) for c in reader.rest())), {}
     try:
 
         def buffers() -> Iterator[bytearray | mmap.mmap]:
@@ -633,17 +555,3 @@ def read_state(chunks: Iterable[Chunk], size: int | None = None) -> tuple[Any, d
     if any(len(c) for c in reader.rest()):
         raise StateError("the state payload holds bytes after its end record")
     return obj, reader.extras
-
-
-def _unpickle_bytes(data: bytes) -> Any:
-    try:
-        return pickle.loads(data)
-    except Exception as exc:
-        raise _unpickle_error(exc) from exc
-
-
-def _unpickle_error(exc: BaseException) -> StateError:
-    return StateError(
-        f"cannot unpickle the saved task state: {exc}. Was it written by another version "
-        "of the task's code? Delete the snapshot (resumable rm) to start over."
-    )

@@ -48,7 +48,7 @@ from resumable import (
     ctx,
     resumable,
 )
-from resumable._codec import loads_state
+from resumable._statecodec import read_state
 from resumable.testing import FaultyFileSystem
 
 try:
@@ -378,7 +378,7 @@ class CheckpointMachine(RuleBasedStateMachine):
             assert payload == want, f"loaded {len(payload)} bytes, model says {len(want)}"
         else:
             assert want_kind == "state", expected
-            assert same(loads_state(payload), want)
+            assert same(read_state([payload])[0], want)
 
     # -- rules ----------------------------------------------------------------------------
 

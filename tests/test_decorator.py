@@ -231,9 +231,9 @@ def test_every_n_persists_every_nth_yield(store: str) -> None:
     assert [n for n in commits if n.endswith(".json")] == [f"{i:020d}.json" for i in (0, 1)]
     with Checkpoint(f"{store}/every") as cp:
         assert cp.load_sync() is not None
-        from resumable._codec import loads_state
+        from resumable._statecodec import read_state
 
-        assert loads_state((cp.path / "payload").read_bytes()) == 7
+        assert read_state([(cp.path / "payload").read_bytes()])[0] == 7
 
 
 def test_every_seconds_throttles(store: str) -> None:
@@ -279,9 +279,9 @@ def test_background_saves_are_flushed_before_return(store: str) -> None:
     assert task() == "ok"
     with Checkpoint(f"{store}/bg") as cp:
         cp.load_sync()
-        from resumable._codec import loads_state
+        from resumable._statecodec import read_state
 
-        assert loads_state((cp.path / "payload").read_bytes()) == 20
+        assert read_state([(cp.path / "payload").read_bytes()])[0] == 20
 
 
 def test_unpicklable_state_is_not_retried(store: str) -> None:

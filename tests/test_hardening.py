@@ -27,7 +27,7 @@ from resumable import (
     testing,
 )
 from resumable._checkpoint import Captured
-from resumable._codec import loads_state
+from resumable._statecodec import read_state
 
 from .conftest import IO, read_object, store_files, write_object
 
@@ -256,7 +256,7 @@ def test_sigterm_saves_then_raises_preempted(tmp_path: Path) -> None:
     assert rest.strip() == "preempted"  # no "start" again: not retried in-process
     with Checkpoint(f"{store}/spot") as cp:
         cp.load_sync()
-        saved = loads_state((cp.path / "payload").read_bytes())
+        saved = read_state([(cp.path / "payload").read_bytes()])[0]
     assert saved > 1000
 
 

@@ -47,8 +47,8 @@ LIBRARY_CONSTANTS = [
     ("resumable._stream", "_INLINE_HASH"),
     ("resumable._statecodec", "_PIECE"),
     ("resumable._statecodec", "_MAP_MIN"),
-    ("resumable._statecodec", "_COPY_PIECE"),
-    ("resumable._statecodec", "_COPY_INLINE"),
+    ("resumable._capture", "_COPY_PIECE"),
+    ("resumable._capture", "_COPY_INLINE"),
     ("resumable._pipe", "_READ_BLOCK"),
 ]
 #: The repository root, put on the children's ``sys.path`` so they import this module.

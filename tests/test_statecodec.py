@@ -322,14 +322,14 @@ def test_an_interrupted_capture_waits_for_its_running_copies() -> None:
     """An interruption while copies run is raised only once none still writes into a buffer."""
     from concurrent.futures import Future
 
-    from resumable._statecodec import _Copies
+    from resumable._capture import Copies
 
     interrupted: Future[None] = Future()
     interrupted.set_exception(KeyboardInterrupt())
     running: Future[None] = Future()
     assert running.set_running_or_notify_cancel()
     waiting: Future[None] = Future()  # not started: cancelled, never runs
-    copies = _Copies()
+    copies = Copies()
     copies._pending = [interrupted, running, waiting]
     raised: list[BaseException] = []
     ended = threading.Event()

@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resumable._codec import Limits, extract_tar, gunzip_members, gzip_members, iter_tar
+from resumable import Limits
+from resumable._archive import extract_tar, gunzip_members, gzip_members, iter_tar
 from resumable._statecodec import _HEAD, MAGIC, capture_state, read_state, write_state
 
 np = pytest.importorskip("numpy")

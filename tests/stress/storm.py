@@ -35,8 +35,8 @@ from pathlib import Path
 
 from resumable import ConcurrentWriterError, Dir, resumable
 from resumable._checkpoint import Checkpoint
-from resumable._codec import loads_state
 from resumable._errors import ResumableError
+from resumable._statecodec import read_state
 
 __all__ = [
     "KEY",
@@ -285,7 +285,7 @@ def load_store(
                 return None, warned
             if dir_state:
                 return check_folder(root), warned
-            state = loads_state((root / "payload").read_bytes())
+            state = read_state([(root / "payload").read_bytes()])[0]
         except ResumableError as exc:
             raise Torn(f"load failed: {exc!r}") from None
         counter = check_state(state)

@@ -1,0 +1,295 @@
+"""Local files on both sides of a snapshot: the source a save reads, the tree a restore writes.
+
+- :func:`check_source` and :func:`iter_file`: what a path to save is, and a file's bytes in
+  chunks;
+- :func:`write_file` and :class:`HoleWriter`: one file written at increasing offsets, with runs
+  of zeros left as holes (a restored sparse file stays sparse);
+- :class:`TreeWriter`: the files, folders and links of a restored tree, small files created in
+  batches on IO threads, folders' times set last.
+
+Knows nothing of archive formats: the caller (``_archive``) decides what each entry is, where
+it goes and which mode and time it gets. The writer's errors are ``tarfile``'s extraction
+errors, which the restore reports as an unreadable archive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import stat
+import tarfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import IO, Literal
+
+from ._errors import SourceNotFoundError, UnsupportedDataError
+from ._stream import CHUNK_SIZE, Chunk
+from ._threads import run_on_io
+
+__all__ = [
+    "SMALL_FILE",
+    "HoleWriter",
+    "TreeWriter",
+    "check_source",
+    "iter_file",
+    "write_file",
+]
+
+#: Files up to this size are read whole and created on an IO thread, in batches.
+SMALL_FILE = 256 * 1024
+
+# Runs of this many zero bytes in a restored file become holes (the file stays sparse).
+_HOLE = 64 * 1024
+_ZEROS = bytes(_HOLE)
+
+# Small files go to an IO thread in batches of at most this many files or bytes, and at most
+# this many batches are in flight at once.
+_BATCH_FILES = 256
+_BATCH_BYTES = 4 << 20
+_IN_FLIGHT = 3
+
+_File = tuple[str, bytes, int, int]  # path, content, mode, mtime in ns
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# -- the source of a save -----------------------------------------------------------------------
+
+
+def iter_file(path: Path, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The bytes of a file, in chunks."""
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(chunk_size):
+            yield chunk
+
+
+def _source_error(path: Path) -> SourceNotFoundError:
+    return SourceNotFoundError(
+        2, f"nothing to save at {str(path)!r}: the path does not exist", str(path)
+    )
+
+
+def check_source(path: Path) -> Literal["file", "dir"]:
+    """Whether ``path`` is a file or a folder; clear errors for anything else."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise _source_error(path) from None
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    raise UnsupportedDataError(
+        f"cannot save {str(path)!r}: it is neither a regular file nor a folder"
+    )
+
+
+# -- one restored file ----------------------------------------------------------------------------
+
+
+class HoleWriter:
+    """Writes a file's bytes at increasing offsets, seeking over zero blocks (holes).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryFile() as f:
+        ...     w = HoleWriter(f.fileno())
+        ...     w.write(b"a" + bytes(200_000))
+        ...     w.close()
+        ...     os.fstat(f.fileno()).st_size
+        200001
+
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pos = 0
+
+    def write(self, data: Chunk) -> None:
+        """Append ``data``; zero blocks of 64 KiB are skipped, not written."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        start = 0  # beginning of the pending run of data
+        i = 0
+        while i < n:
+            end = min(i + _HOLE, n)
+            # Random data almost never starts and ends with a zero: a compare only then.
+            if end - i == _HOLE and view[i] == 0 and view[end - 1] == 0 and view[i:end] == _ZEROS:
+                if start < i:
+                    _pwrite_all(self._fd, view[start:i], self._pos + start)
+                start = end
+            i = end
+        if start < n:
+            _pwrite_all(self._fd, view[start:], self._pos + start)
+        self._pos += n
+
+    def close(self) -> None:
+        """Set the size: a file that ends in a hole gets its full length."""
+        os.ftruncate(self._fd, self._pos)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def write_file(path: Path, chunks: Iterable[Chunk]) -> None:
+    """Write ``chunks`` to a new file at ``path``, keeping runs of zeros as holes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        w = HoleWriter(fd)
+        for chunk in chunks:
+            w.write(chunk)
+        w.close()
+    finally:
+        os.close(fd)
+
+
+# -- a restored tree ------------------------------------------------------------------------------
+
+
+def _write_small(batch: list[_File]) -> None:
+    for path, data, mode, ns in batch:
+        fd = os.open(path, _NEW_FILE, 0o600)
+        try:
+            if data:
+                _pwrite_all(fd, memoryview(data), 0)
+            os.fchmod(fd, mode)
+            _set_mtime(fd, path, ns)
+        finally:
+            os.close(fd)
+
+
+def _set_mtime(fd: int | str, name: str, ns: int) -> None:
+    try:
+        os.utime(fd, ns=(ns, ns), follow_symlinks=not isinstance(fd, str))
+    except (OverflowError, OSError) as exc:
+        raise tarfile.ExtractError(f"could not set the time of {name!r}: {exc}") from None
+
+
+class TreeWriter:
+    """Creates a tree's files: small ones in batches on IO threads, the rest in order.
+
+    Paths are relative to ``dest``, with ``/`` separators, already checked to stay inside it
+    (``_archive``'s guard); a parent folder is made when missing. No fsync: a restore is a
+    copy of a committed, durable snapshot, made visible by one rename once complete; after a
+    crash the next run restores it again from the store.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as dest:
+        ...     w = TreeWriter(Path(dest))
+        ...     w.small("a/b.txt", b"hi", 0o644, 0)
+        ...     w.finish()
+        ...     (Path(dest) / "a" / "b.txt").read_bytes()
+        b'hi'
+
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self._dest = str(dest)
+        self._batch: list[_File] = []
+        self._batch_bytes = 0
+        self._flight: deque[Future[None]] = deque()
+        self._made: set[str] = {""}  # folders known to exist (relative)
+        self._files: set[str] = set()  # files written so far (relative)
+        self._dirs: list[tuple[str, int]] = []  # folders and their mtimes, set at the end
+
+    def _parent(self, rel: str) -> None:
+        parent = rel.rpartition("/")[0]
+        if parent not in self._made:
+            os.makedirs(os.path.join(self._dest, parent), exist_ok=True)
+            while parent and parent not in self._made:
+                self._made.add(parent)
+                parent = parent.rpartition("/")[0]
+
+    def _send(self) -> None:
+        if self._batch:
+            while len(self._flight) >= _IN_FLIGHT:
+                self._flight.popleft().result()
+            self._flight.append(run_on_io(functools.partial(_write_small, self._batch)))
+            self._batch, self._batch_bytes = [], 0
+
+    def settle(self) -> None:
+        """Wait for every file in flight (their errors raise here)."""
+        self._send()
+        while self._flight:
+            self._flight.popleft().result()
+
+    def abandon(self) -> None:
+        """Wait for the files in flight, ignoring their errors (one is already raising)."""
+        self._batch = []
+        while self._flight:
+            with contextlib.suppress(BaseException):
+                self._flight.popleft().result()
+
+    def _replacing(self, rel: str) -> None:
+        """Before writing at ``rel`` a second time, let the first write land."""
+        if rel in self._files:
+            self.settle()
+
+    def directory(self, rel: str, mtime_ns: int) -> None:
+        """Make the folder ``rel`` (an existing one is kept); its time is set by :meth:`finish`."""
+        self._parent(rel)
+        path = os.path.join(self._dest, rel)
+        if rel not in self._made:
+            self._replacing(rel)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    raise
+            self._made.add(rel)
+        self._dirs.append((rel, mtime_ns))
+
+    def link(self, rel: str, target: str, mtime_ns: int) -> None:
+        """Make ``rel`` a symbolic link to ``target``, replacing what is there."""
+        self._parent(rel)
+        self.settle()
+        path = os.path.join(self._dest, rel)
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(target, path)
+        _set_mtime(path, rel, mtime_ns)
+
+    def small(self, rel: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        """Queue the file ``rel`` holding ``data``: it is written with a batch, on an IO thread."""
+        self._parent(rel)
+        self._replacing(rel)
+        self._files.add(rel)
+        path = os.path.join(self._dest, rel)
+        self._batch.append((path, data, mode, mtime_ns))
+        self._batch_bytes += len(data)
+        if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
+            self._send()
+
+    def large(self, rel: str, source: IO[bytes], size: int, mode: int, mtime_ns: int) -> None:
+        """Write the file ``rel`` from ``size`` bytes of ``source`` now, zero blocks as holes."""
+        self._parent(rel)
+        self._replacing(rel)
+        self._files.add(rel)
+        path = os.path.join(self._dest, rel)
+        fd = os.open(path, _NEW_FILE, 0o600)
+        try:
+            w = HoleWriter(fd)
+            left = size
+            while left:
+                data = source.read(min(left, CHUNK_SIZE))
+                if not data:
+                    raise tarfile.ReadError("unexpected end of data")
+                w.write(data)
+                left -= len(data)
+            w.close()
+            os.fchmod(fd, mode)
+            _set_mtime(fd, rel, mtime_ns)
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """Wait for every file, then set the folders' mtimes, deepest first."""
+        self.settle()
+        for rel, ns in reversed(self._dirs):
+            _set_mtime(os.path.join(self._dest, rel), rel, ns)
