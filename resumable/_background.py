@@ -10,10 +10,10 @@ while there is work, and hands it back when idle.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
+from . import _forks
 from ._errors import ResumableError, StorageError
 from ._threads import run_on_io
 
@@ -46,25 +46,22 @@ class Background:
         self._busy = False  # a job is executing
         self._error: BaseException | None = None
         self._closed = False
-        self._pid = os.getpid()
+        _forks.track(self)
 
-    def _fork_check(self) -> None:
+    def _after_fork(self) -> None:
         """In a child forked mid-save the worker does not exist: the parent saves its jobs."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._cond = threading.Condition()  # the parent's lock may have been held
-            discard = self._discard if self._waiting is not None else None
-            self._waiting = self._discard = None
-            self._running = self._busy = False
-            if discard is not None:
-                discard()  # the child's copy of what the capture holds
+        self._cond = threading.Condition()  # the parent's lock may have been held
+        # The child's copy of the waiting job is dropped, and what it captured with it. Its
+        # discard is not called here: it may wait for a lock (the buffer pool's) that a
+        # thread of the parent held at the fork, and a fork must never hang.
+        self._waiting = self._discard = None
+        self._running = self._busy = False
 
     def submit(self, job: Job, discard: Job | None = None) -> None:
         """Queue ``job``; it replaces a job still waiting, whose ``discard`` is then called.
 
         Raises a failure an earlier job met.
         """
-        self._fork_check()
         with self._cond:
             try:
                 self._check_open()
@@ -121,7 +118,6 @@ class Background:
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until nothing is waiting or in flight; raise a failure the worker met."""
-        self._fork_check()
         with self._cond:
             idle = self._cond.wait_for(lambda: self._waiting is None and not self._busy, timeout)
             if not idle:

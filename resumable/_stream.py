@@ -1,4 +1,4 @@
-"""Chunk streams: digests that overlap I/O, ordered parallel maps, and a file view of chunks.
+"""Chunk streams: digests that overlap I/O, ordered parallel maps, and replayable spools.
 
 Pure plumbing with no storage knowledge. blake3, sha256, zlib and file I/O all release the GIL
 on large buffers, so running them on different threads overlaps them for real: verifying or
@@ -18,14 +18,14 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import blake3
 
-from ._threads import forked, submit
+from ._forks import forked
+from ._threads import submit
 
 __all__ = [
     "CHUNK_SIZE",
     "DIGESTS",
     "NEW_DIGEST",
     "Chunk",
-    "ChunkReader",
     "Digest",
     "Spool",
     "discard",
@@ -120,38 +120,6 @@ def ordered_map(fn: Callable[[T], U], items: Iterable[T], ahead: int = 2) -> Ite
     finally:
         for fut in window:
             fut.cancel()
-
-
-class ChunkReader:
-    """A read-only binary file over an iterator of chunks (for ``tarfile`` in stream mode)."""
-
-    def __init__(self, chunks: Iterable[Chunk]) -> None:
-        self._chunks = iter(chunks)
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        """Always true."""
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left when negative); ``b""`` at the end."""
-        if size < 0:
-            rest = [bytes(self._buf), *(bytes(c) for c in self._chunks)]
-            self._buf = memoryview(b"")
-            return b"".join(rest)
-        while not self._buf:
-            nxt = next(self._chunks, None)
-            if nxt is None:
-                return b""
-            self._buf = memoryview(nxt)
-        out, self._buf = self._buf[:size], self._buf[size:]
-        return bytes(out)
-
-    def drain(self) -> None:
-        """Consume what is left, so that a digest over the source sees every byte."""
-        self._buf = memoryview(b"")
-        for _ in self._chunks:
-            pass
 
 
 def discard(source: object) -> None:

@@ -39,7 +39,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import queue
 import threading
 import weakref
@@ -48,6 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
 from ._errors import DeadlineExceeded
+from ._forks import at_fork
 
 __all__ = [
     "CPU_WORKERS",
@@ -55,7 +55,6 @@ __all__ = [
     "IO_IDLE",
     "call_with_deadline",
     "close_at_exit",
-    "forked",
     "run_async",
     "run_on_io",
     "submit",
@@ -145,29 +144,14 @@ class _DaemonPool:
 
 _IO = _DaemonPool(max_idle=IO_IDLE)
 
-_forked = False
 
-
-def forked() -> bool:
-    """Whether this process is a fork child (of a fork made after this module was imported).
-
-    Native thread pools (rayon in BLAKE3, OpenMP, BLAS) that the parent started are gone in
-    the child, yet still believe their workers exist: work handed to them waits forever.
-    Code that could use one runs single-threaded here instead.
-    """
-    return _forked
-
-
-def _after_fork_in_child() -> None:
+@at_fork
+def _new_pools_in_child() -> None:
     # A forked child has none of its parent's threads, but both pools still believe their
     # idle workers exist and would hand them work forever: new pools, no workers yet.
-    global _CPU, _forked
+    global _CPU
     _CPU = _new_cpu_pool()
     _IO.forget_workers()
-    _forked = True
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_on_io(fn: Callable[[], T]) -> Future[T]:

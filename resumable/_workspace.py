@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import ConfigurationError
+from ._forks import at_fork
 from ._owner import gone, me, read_marker, stamp, write_marker
 
 __all__ = [
@@ -88,15 +89,13 @@ _kept = 0  # of them, how many belong to Checkpoints that were collected
 _hooked = False
 
 
+@at_fork
 def _new_state_in_child() -> None:
     global _lock, _kept
     _lock = threading.Lock()  # a thread of the parent may have held it at the fork
     # The parent's workspaces are the parent's: the child's exit must not remove them.
     _mine.clear()
     _kept = 0
-
-
-os.register_at_fork(after_in_child=_new_state_in_child)
 
 
 def _remove_mine_at_exit() -> None:
