@@ -338,8 +338,12 @@ class SeaweedS3(_LoopbackServer):
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-master.telemetry=false",
+            # Volumes of 64 MB, and room for 64 of them: the suite writes close to 1 GB to
+            # one session's server (states at every buffer boundary up to 16 MiB, kept), and
+            # a server whose volumes are full makes every later write hang until its timeout.
+            # Files are written as they fill, so the room costs nothing until it is used.
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=16",
+            "-volume.max=64",
             "-volume.preStopSeconds=0",
             "-filer",
             "-s3",
