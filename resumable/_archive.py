@@ -181,23 +181,7 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
     builder = _TarBuilder(chunk_size)
     for path, name, st in _entries(root):
         facts.members += 1
-        info = tarfile.TarInfo(name)
-        info.mtime, frac = divmod(st.st_mtime_ns, 1_000_000_000)
-        if frac and info.mtime >= 0:  # pax keeps the nanoseconds that ustar drops
-            info.pax_headers = {"mtime": f"{info.mtime}.{frac:09d}"}
-        info.mode = stat.S_IMODE(st.st_mode)
-        if stat.S_ISDIR(st.st_mode):
-            info.type = tarfile.DIRTYPE
-        elif stat.S_ISLNK(st.st_mode):
-            info.type = tarfile.SYMTYPE
-            info.linkname = _link_target(root, path)
-        elif stat.S_ISREG(st.st_mode):
-            info.size = st.st_size
-        else:
-            raise UnsupportedDataError(
-                f"cannot save {str(path)!r}: only files, folders and links can be saved "
-                "(this is a socket, fifo or device)"
-            )
+        info = _tar_info(root, path, name, st)
         yield from builder.put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if info.size:
             with path.open("rb", buffering=0) as f:
@@ -206,6 +190,28 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
                 yield from builder.put(bytes(pad))
     yield from builder.put(bytes(2 * tarfile.BLOCKSIZE))
     yield from builder.finish()
+
+
+def _tar_info(root: Path, path: Path, name: str, st: os.stat_result) -> tarfile.TarInfo:
+    """The tar header of one entry: its type, mode, size or link, and exact mtime."""
+    info = tarfile.TarInfo(name)
+    info.mtime, frac = divmod(st.st_mtime_ns, 1_000_000_000)
+    if frac and info.mtime >= 0:  # pax keeps the nanoseconds that ustar drops
+        info.pax_headers = {"mtime": f"{info.mtime}.{frac:09d}"}
+    info.mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        info.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        info.type = tarfile.SYMTYPE
+        info.linkname = _link_target(root, path)
+    elif stat.S_ISREG(st.st_mode):
+        info.size = st.st_size
+    else:
+        raise UnsupportedDataError(
+            f"cannot save {str(path)!r}: only files, folders and links can be saved "
+            "(this is a socket, fifo or device)"
+        )
+    return info
 
 
 def _gzip_member(chunk: Chunk) -> bytes:
@@ -316,15 +322,19 @@ class _Guard:
         if path in self._links:
             raise _refuse(member, "it replaces a link in the archive")
         if member.issym():
-            if path in self._through:
-                raise _refuse(member, "an earlier path goes through where this link would be")
-            link = member.linkname.replace("\\", "/")
-            if not link or link.startswith("/"):
-                raise _refuse(member, f"its link target {member.linkname!r} is absolute or empty")
-            self._links[path] = self._resolve(member, [*where[:-1], *link.split("/")], True)
+            self._add_link(member, path, where)
         elif not (member.isreg() or member.isdir()):
             raise _refuse(member, "only files, folders and links are restored (a device or fifo)")
         return path
+
+    def _add_link(self, member: tarfile.TarInfo, path: str, where: list[str]) -> None:
+        """Record the link ``member`` makes at ``path``, with its target resolved in the root."""
+        if path in self._through:
+            raise _refuse(member, "an earlier path goes through where this link would be")
+        link = member.linkname.replace("\\", "/")
+        if not link or link.startswith("/"):
+            raise _refuse(member, f"its link target {member.linkname!r} is absolute or empty")
+        self._links[path] = self._resolve(member, [*where[:-1], *link.split("/")], True)
 
 
 def _bounded(chunks: Iterable[Chunk], limit: int) -> Iterator[Chunk]:

@@ -156,16 +156,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
     def _reduce_tensor(self, torch: Any, t: Any) -> Any:
-        if (
-            t.layout != torch.strided
-            or t.device.type != "cpu"
-            or t.is_quantized
-            or t.grad_fn is not None
-            or t.is_conj()
-            or t.is_neg()
-            or getattr(t, "__dict__", None)
-        ):
-            return None  # torch's own pickling knows these
+        if not _plain_tensor(torch, t):
+            return None
         storage = t.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes())
         ref = self._storages.get(key) if key[1] else None
@@ -183,6 +175,23 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             type(t) is torch.nn.Parameter,
         )
         return _tensor_from, args
+
+
+def _plain_tensor(torch: Any, t: Any) -> bool:
+    """Whether ``t`` is a dense CPU tensor and nothing more than its storage and layout.
+
+    Not one with autograd history, a lazy conjugate or negation, quantization or attributes
+    of its own: torch's own pickling keeps those.
+    """
+    return not (
+        t.layout != torch.strided
+        or t.device.type != "cpu"
+        or t.is_quantized
+        or t.grad_fn is not None
+        or t.is_conj()
+        or t.is_neg()
+        or getattr(t, "__dict__", None)
+    )
 
 
 class _Storage:
@@ -444,6 +453,21 @@ class _Reader(io.RawIOBase):
             self._buf = self._buf[take:]
         return buf
 
+    def _buffer(self, n: int) -> bytearray | mmap.mmap:
+        """The next ``n`` bytes as a buffer of their own (allocated at once when plausible)."""
+        if self._size is None and n > _GROW_ABOVE:
+            return self._grown(n)
+        buf = new_buffer(n)
+        self._raw_into(memoryview(buf))
+        return buf
+
+    def _extras(self, n: int) -> dict[str, Any]:
+        data = self.raw(n)
+        if len(data) < n:
+            raise StateError("the state payload ends inside its extras")
+        extras: dict[str, Any] = pickle.loads(data)
+        return extras
+
     def next_record(self) -> bool:
         """Move to the next ``P`` record, taking in the others; False at the end."""
         while not self.ended:
@@ -457,19 +481,10 @@ class _Reader(io.RawIOBase):
                 return True
             if tag == _BUFFER:
                 self._claim(n, "buffer")
-                buf: bytearray | mmap.mmap
-                if self._size is None and n > _GROW_ABOVE:
-                    buf = self._grown(n)
-                else:
-                    buf = new_buffer(n)
-                    self._raw_into(memoryview(buf))
-                self.buffers.append(buf)
+                self.buffers.append(self._buffer(n))
             elif tag == _EXTRAS:
                 self._claim(n, "extras")
-                data = self.raw(n)
-                if len(data) < n:
-                    raise StateError("the state payload ends inside its extras")
-                self.extras = pickle.loads(data)
+                self.extras = self._extras(n)
             elif tag == _END:
                 if n:
                     raise StateError(f"the state payload's end record has a length ({n})")

@@ -21,6 +21,9 @@ Two pools, nothing else starts a thread:
     must not keep the process from exiting: the caller stops waiting at its deadline and the
     stray call only holds its own thread.
 
+In a forked child, which has none of its parent's threads, both pools start empty (reset
+through ``_forks``, like every other object that owns threads).
+
 At exit, one hook (:func:`close_at_exit`) closes every live object registered with it (each
 ``Checkpoint``: its pending background saves are committed, waiting at most
 :data:`EXIT_TIMEOUT` seconds and logging any that is lost, then its workspace is removed).

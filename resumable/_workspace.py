@@ -42,6 +42,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ._errors import ConfigurationError
 from ._forks import at_fork
@@ -336,21 +337,27 @@ def leftovers(folder: str | None = None) -> Leftovers:
     kept: list[Path] = []
     mine = me().machine
     for child in children:
-        staging = _STAGING.match(child.name)
-        if (staging is None and _WORKSPACE.match(child.name) is None) or not _is_dir(child):
-            continue
-        who = read_marker(child)
-        if who is None:
-            continue  # not provably ours: a user's folder that looks alike
-        if not gone(who):
-            if who.machine != mine:
-                kept.append(child)
-            continue
-        if staging is not None and _holds_old(child) and os.path.lexists(root / staging[1]):
-            kept.append(child)  # only a restore into that folder may tell it is superseded
-            continue
-        found.append(child)
+        verdict = _judge(root, child, mine)
+        if verdict == "abandoned":
+            found.append(child)
+        elif verdict == "unprovable":
+            kept.append(child)
     return Leftovers(found, kept)
+
+
+def _judge(root: Path, child: Path, mine: str) -> Literal["abandoned", "unprovable"] | None:
+    """What ``child`` of ``root`` is to a sweep: None when it is not a leftover at all."""
+    staging = _STAGING.match(child.name)
+    if (staging is None and _WORKSPACE.match(child.name) is None) or not _is_dir(child):
+        return None
+    who = read_marker(child)
+    if who is None:
+        return None  # not provably ours: a user's folder that looks alike
+    if not gone(who):
+        return "unprovable" if who.machine != mine else None
+    if staging is not None and _holds_old(child) and os.path.lexists(root / staging[1]):
+        return "unprovable"  # only a restore into that folder may tell it is superseded
+    return "abandoned"
 
 
 def remove_abandoned(folder: str | None = None) -> list[Path]:
