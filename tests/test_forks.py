@@ -51,3 +51,36 @@ def test_a_collected_object_is_skipped() -> None:
     """An object tracked and then garbage-collected is not kept alive nor called."""
     _forks.track(_Held())
     assert _in_child(lambda: True) == 0
+
+
+def test_a_background_saver_forked_mid_save_starts_afresh_in_the_child() -> None:
+    """A child forked while a job runs and another waits saves its own; the parent keeps its."""
+    import threading
+
+    from resumable._background import Background
+
+    bg = Background("fork")
+    release = threading.Event()
+    started = threading.Event()
+    done: list[str] = []
+
+    def running() -> None:
+        started.set()
+        release.wait(30)
+        done.append("running")
+
+    bg.submit(running)
+    assert started.wait(10)
+    bg.submit(lambda: done.append("waiting"))
+
+    def child() -> bool:
+        bg.submit(lambda: done.append("child"))
+        bg.flush(timeout=10)
+        return done == ["child"]
+
+    try:
+        assert _in_child(child) == 0
+    finally:
+        release.set()
+    bg.flush(timeout=10)
+    assert done == ["running", "waiting"]
