@@ -8,8 +8,9 @@
   batches on IO threads, folders' times set last.
 
 Knows nothing of archive formats: the caller (``_archive``) decides what each entry is, where
-it goes and which mode and time it gets. The writer's errors are ``tarfile``'s extraction
-errors, which the restore reports as an unreadable archive.
+it goes and which mode and time it gets. Besides ``OSError``, what the tree writer raises
+itself (a time it cannot set, a file's bytes ending early) is a ``tarfile`` error, which the
+restore reports as an unreadable archive.
 """
 
 from __future__ import annotations
