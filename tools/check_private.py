@@ -20,7 +20,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-
 #: Hooks the package calls on objects by protocol, like ``logging``'s ``_at_fork_reinit``:
 #: ``_forks`` resets every tracked object in a forked child through ``_after_fork()``.
 _PROTOCOL_HOOKS = frozenset({"_after_fork"})
