@@ -31,7 +31,7 @@ and reads it (``VmHWM``) after one more save+load: "peak RSS" includes the inter
 the library's imports, "added" is the peak minus the RSS before. (Not ``ru_maxrss``: a
 subprocess inherits its parent's through vfork + exec.)
 
-Background mode (second table): how long ``Checkpoint.save_background(data)`` blocks the
+Background mode (second table): how long ``Checkpoint.save_background_sync(data)`` blocks the
 calling loop (it returns after capturing the data) against a ``save_sync(data)`` of the same
 payload, for ~1 MiB of bytes and the 100 MiB file, on both stores.
 
@@ -486,7 +486,7 @@ def time_background(
     out = BackgroundTiming()
     try:
         cp.save_sync(data)  # warm-up
-        cp.save_background(data)
+        cp.save_background_sync(data)
         cp.flush_sync()
         for r in range(repeat):
             for mode in ("sync", "background") if r % 2 == 0 else ("background", "sync"):
@@ -495,7 +495,7 @@ def time_background(
                     cp.save_sync(data)
                     out.sync.append(time.perf_counter() - start)
                 else:
-                    cp.save_background(data)
+                    cp.save_background_sync(data)
                     out.blocked.append(time.perf_counter() - start)
                     cp.flush_sync()
                     out.done.append(time.perf_counter() - start)

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import fsspec  # noqa: E402
 
 from benchmarks.requests import count_http, s3_server  # noqa: E402
-from resumable import Checkpoint  # noqa: E402
+from resumable import Checkpoint, Storage  # noqa: E402
 
 
 def payload(task: int, step: int) -> bytes:
@@ -64,10 +64,10 @@ def run_task(
 ) -> str | None:
     """Save ``saves`` snapshots, then load the newest anew; a problem found, or None."""
     start.wait()
-    with Checkpoint(url, keep=2, storage_options=options) as cp:
+    with Checkpoint(url, storage=Storage(keep=2, storage_options=options)) as cp:
         for step in range(saves):
             cp.save_sync(payload(task, step))
-    with Checkpoint(url, storage_options=options) as fresh:
+    with Checkpoint(url, storage=Storage(storage_options=options)) as fresh:
         root = fresh.load_sync()
         if root is None:
             return "no snapshot"

@@ -50,7 +50,7 @@ from unittest import mock  # noqa: E402
 import fsspec  # noqa: E402
 import fsspec.asyn  # noqa: E402
 
-from resumable import Checkpoint, resumable  # noqa: E402
+from resumable import Checkpoint, Storage, resumable  # noqa: E402
 from resumable import _stack as stack_module  # noqa: E402
 from resumable._backend import AdminBackend, FsspecBackend, LocalBackend, open_backend  # noqa: E402
 
@@ -180,7 +180,7 @@ def counted_checkpoint(
         return FsspecBackend(fs, backend.root, backend.url)
 
     with mock.patch.object(stack_module, "open_backend", opening):
-        cp = Checkpoint(url, **options)
+        cp = Checkpoint(url, storage=Storage(**options))
     try:
         yield cp, found[0]
     finally:
@@ -212,7 +212,7 @@ class Row:
 
 def _fill(url: str, history: int) -> None:
     """Make ``history`` small snapshots under ``url`` (fast: written directly by name)."""
-    with Checkpoint(url, keep=history) as cp:
+    with Checkpoint(url, storage=Storage(keep=history)) as cp:
         cp.save_sync(b"first")  # a real commit: the format is the library's own
     fs, root = fsspec.url_to_fs(url)
     text = fs.cat_file(f"{root}/{0:020d}.json").decode()
@@ -270,7 +270,7 @@ def print_counts(rows: list[Row]) -> None:
 def time_history(url: str, history: int, saves: int) -> tuple[float, float]:
     """Milliseconds per steady-state save and per load with ``history`` snapshots kept."""
     _fill(url, history)
-    with Checkpoint(url, keep=history) as cp:
+    with Checkpoint(url, storage=Storage(keep=history)) as cp:
         cp.save_sync(b"warm-up: the first save of a process lists")
         started = time.perf_counter()
         for _ in range(saves):
@@ -318,7 +318,9 @@ def print_history(results: list[tuple[str, dict[int, tuple[float, float]]]]) -> 
 def time_yields(url: str, yields: int) -> float:
     """Seconds for a ``@resumable`` generator task that yields a small state ``yields`` times."""
 
-    @resumable(state=b"", store=url, key=uuid.uuid4().hex, keep=2, on_success="keep")
+    @resumable(
+        state=b"", store=url, key=uuid.uuid4().hex, on_success="keep", storage=Storage(keep=2)
+    )
     def task(state: bytes) -> Iterator[bytes]:
         for n in range(yields):
             yield b"%-64d" % n
@@ -338,7 +340,7 @@ def time_saves(url: str, saves: int, repeat: int) -> tuple[float, float, float]:
     ours, yielded, raw = [], [], []
     for _ in range(repeat):
         target = f"{url.rstrip('/')}/{uuid.uuid4().hex}"
-        cp = Checkpoint(target, keep=2)
+        cp = Checkpoint(target, storage=Storage(keep=2))
         cp.save_sync(data)  # the first save of a process lists: not steady state
         cp.flush_sync()
         started = time.perf_counter()

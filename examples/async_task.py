@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from resumable import ctx, resumable
+from resumable import RetryPolicy, ctx, resumable
 
 
-@resumable(state=[], retries=2, wait=0)
+@resumable(state=[], retry=RetryPolicy(attempts=3, wait=0))
 async def crawl(urls: list[str], state: list[str] | None = None) -> None:
     """An async generator: its result is its final state (the last value it yielded)."""
     assert state is not None
@@ -23,7 +23,7 @@ async def crawl(urls: list[str], state: list[str] | None = None) -> None:
         yield state
 
 
-@resumable(state=0, retries=1, wait=0)
+@resumable(state=0, retry=RetryPolicy(attempts=2, wait=0))
 async def total(n: int, state: int = 0) -> int:
     """A coroutine: it persists with `await ctx().save(...)`."""
     acc = state

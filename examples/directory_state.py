@@ -13,12 +13,12 @@ import json
 import logging
 from pathlib import Path
 
-from resumable import Dir, ctx, latest_checkpoint, resumable
+from resumable import Dir, RetryPolicy, ctx, latest_checkpoint, resumable
 
 EPOCHS = 6
 
 
-@resumable(state=Dir("runs/demo"), retries=2, wait=0)
+@resumable(state=Dir("runs/demo"), retry=RetryPolicy(attempts=3, wait=0))
 def train(epochs: int, state: Path | None = None) -> float:
     assert state is not None
     newest = latest_checkpoint(state)

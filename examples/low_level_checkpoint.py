@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from resumable import ctx, resumable
+from resumable import RetryPolicy, ctx, resumable
 
 
-@resumable(retries=3, wait=0)
+@resumable(retry=RetryPolicy(attempts=4, wait=0))
 def process_data(items: list[str]) -> list[str]:
     cp = ctx().checkpoint
     root = cp.load_sync()

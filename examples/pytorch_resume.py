@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from resumable import ctx, resumable
+from resumable import RetryPolicy, ctx, resumable
 from resumable.torch import ResumableSampler, capture_rng, restore_rng
 
 SEED = 0
@@ -42,7 +42,7 @@ def make_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-@resumable(state=None, retries=2, wait=0)
+@resumable(state=None, retry=RetryPolicy(attempts=3, wait=0))
 def train(fail_at: int = -1, state: dict[str, Any] | None = None) -> Generator[Any, None, Any]:
     # 1. Build everything from the seed, as a fresh run would.
     random.seed(SEED)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from resumable import ctx, resumable
+from resumable import RetryPolicy, ctx, resumable
 
 
-@resumable(state=0, retries=3, wait=0.1)
+@resumable(state=0, retry=RetryPolicy(attempts=4, wait=0.1))
 def resilient_counter(n_iterations: int, state: int = 0) -> int:
     for index in range(state, n_iterations):
         if index == n_iterations // 2 and ctx().attempt_number() == 0:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import get_type_hints as _get_type_hints
 
-from ._checkpoint import Checkpoint, CheckpointInfo
-from ._codec import Limits
-from ._context import TaskContext, ctx
-from ._decorator import Dir, resumable
+from ._archive import Limits
+from ._checkpoint import Captured, Checkpoint, CheckpointInfo
+from ._context import AttemptNumber, TaskContext, ctx
+from ._decorator import TaskDecorator, resumable
 from ._errors import (
     ConcurrentWriterError,
     ConfigurationError,
@@ -35,11 +35,14 @@ from ._errors import (
     UnsupportedDataError,
 )
 from ._latest import latest_checkpoint
+from ._options import Dir, Storage
 from ._preempt import request_stop
 from ._retry import RetryPolicy
 from ._version import VERSION as __version__
 
 __all__ = [
+    "AttemptNumber",
+    "Captured",
     "Checkpoint",
     "CheckpointInfo",
     "ConcurrentWriterError",
@@ -55,8 +58,10 @@ __all__ = [
     "SignatureError",
     "SourceNotFoundError",
     "StateError",
+    "Storage",
     "StorageError",
     "TaskContext",
+    "TaskDecorator",
     "UnsafeArchiveError",
     "UnsafeSymlinkError",
     "UnsupportedDataError",

@@ -46,6 +46,7 @@ __all__ = [
     "Upload",
     "is_local",
     "iter_read",
+    "local_path",
     "open_backend",
 ]
 
@@ -64,6 +65,17 @@ def is_local(url: str | os.PathLike[str]) -> bool:
     text = os.fspath(url)
     protocol, _ = fsspec.core.split_protocol(text)
     return "::" not in text and protocol in (None, "file", "local")
+
+
+def local_path(url: str | os.PathLike[str]) -> str:
+    """The folder a local ``url`` (see :func:`is_local`) names on this machine's disk.
+
+    Example:
+        >>> local_path("file:///data/store"), local_path("/data/store")
+        ('/data/store', '/data/store')
+
+    """
+    return str(fsspec.core.strip_protocol(os.fspath(url)))
 
 
 def open_backend(

@@ -6,12 +6,13 @@ compression.
 
 Besides the user's ``save`` / ``load``, a ``Checkpoint`` offers the layer ``@resumable`` is
 built on: :meth:`Checkpoint.capture` and :meth:`Checkpoint.commit` (a snapshot made at one
-moment and written later: a :class:`Captured`, committed as a :class:`Manifest`),
-:meth:`Checkpoint.restore_into` and :meth:`Checkpoint.read_newest_with` (restore without the
-workspace), and the failure marks of poison snapshots.
+moment and written later: a :class:`Captured`), :meth:`Checkpoint.restore_into`,
+:meth:`Checkpoint.read_newest_with` and :meth:`Checkpoint.read_newest_state` (restore without
+the workspace), and the failure marks of poison snapshots. Its methods name public types only:
+a commit is reported as a :class:`CheckpointInfo`, never as the store's manifest.
 
 It opens its URL's storage (``_stack``: the signing key, the backend with retries and
-pipelining) under a ``SnapshotStore``; the types its methods name are in ``_snapshot``.
+pipelining) under a ``SnapshotStore``, as its :class:`~resumable.Storage` options say.
 """
 
 from __future__ import annotations
@@ -27,36 +28,27 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from . import _forks
+from ._archive import Limits
 from ._background import Background
-from ._codec import Compression, Limits
 from ._errors import (
-    ConfigurationError,
     CorruptCheckpointError,
     ResumableError,
     StorageError,
 )
-from ._manifest import Kind, Manifest
-from ._progress import ProgressArg, make_progress
-from ._retry import RetryPolicy, retry_call
+from ._manifest import Manifest
+from ._options import Storage, storage_from_deprecated
+from ._progress import make_progress
+from ._retry import retry_call, storage_policy
 from ._snapshot import Captured, CheckpointInfo, SaveData, capture
-from ._stack import SIGNING_KEY_ENV, check_keep, open_stack, resolve_signing_key
+from ._stack import open_stack, resolve_signing_key
+from ._statecodec import read_state
 from ._store import SnapshotStore
 from ._stream import Chunk
 from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
 from ._workspace import create as create_workspace
 from ._workspace import keep_until_exit, release
 
-__all__ = [
-    "SIGNING_KEY_ENV",
-    "Captured",
-    "Checkpoint",
-    "CheckpointInfo",
-    "Kind",
-    "Manifest",
-    "SaveData",
-    "check_keep",
-    "resolve_signing_key",
-]
+__all__ = ["Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
 
 log = logging.getLogger("resumable")
 
@@ -76,32 +68,24 @@ class Checkpoint:
     Each ``save`` is a new snapshot (a commit); ``load`` restores the newest one that verifies
     into a private workspace folder and returns that folder.
 
+    Sync and async: each method that reads or writes the store comes as a pair, the bare
+    name async and the ``_sync`` name blocking (``load`` / ``load_sync``, ``save`` /
+    ``save_sync``, ``clear`` / ``clear_sync``, ...). ``close()`` is sync, as a resource's
+    ``close`` is (``with`` calls it). The layer ``@resumable`` builds on (``capture``,
+    ``commit``, ``restore_into``, ...) is sync only: call it from a worker thread in async code.
+
     Args:
         uri: a local folder or any fsspec URL (``memory://``, ``s3://``, ``gs://``, ``az://``).
             Every snapshot of one task lives under it.
-        keep: how many committed snapshots to keep (at least 1).
-        compression: ``"gzip"`` (default: a fast, adaptive ``.tar.gz``) or ``"none"``, for
-            folders; bytes and files are stored as they are.
-        storage_options: passed to the fsspec filesystem (credentials, endpoint, ...).
-        limits: caps on what restoring a folder may write (tar bombs).
-        signing_key: a secret; manifests then carry an HMAC, and loads refuse unsigned or
-            wrongly signed snapshots before reading them. Default: ``$RESUMABLE_SIGNING_KEY``.
-            See docs/guarantees.md ("Signing") for what it protects against.
+        storage: how snapshots are stored (:class:`Storage`: ``keep``, ``signing_key``,
+            ``storage_options``, ``retry``, ``compression``, ``limits``, ``progress``);
+            default ``Storage()``.
         name: the checkpoint's identity, covered by its signatures: a signed snapshot loads
             only under the name it was saved under. Default: the last segment of ``uri``
             (``@resumable`` passes its task key), so moving a whole store keeps its
             snapshots valid while copying one task's files into another's folder does not.
-        progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
-            an ``fsspec.callbacks.Callback``: each save and load is reported to
-            ``callback.branched(source, destination)``, or to the callback itself when it
-            does not branch (``set_size``, ``relative_update``, ``close``). Transfers of
-            16 MiB or more also log their size and rate at INFO level either way.
-        retry: how storage calls are retried and how long each may take
-            (:class:`RetryPolicy`; by default 5 tries with backoff, 60 s per call; on a
-            local disk only whole saves and loads are retried unless a policy is given). A save
-            that meets a transient error is retried whole; when tries run out, or a call
-            hangs past its timeout, a ``StorageError`` says so and the previous snapshot
-            stays intact.
+        **deprecated: the fields of :class:`Storage` given directly (``keep=3``, ...), as
+            they were spelled before: accepted with a ``DeprecationWarning`` for one release.
 
     Example:
         >>> import tempfile
@@ -117,33 +101,26 @@ class Checkpoint:
         self,
         uri: str | os.PathLike[str],
         *,
-        keep: int = 2,
-        compression: Compression = "gzip",
-        storage_options: dict[str, Any] | None = None,
-        limits: Limits | None = None,
-        signing_key: bytes | str | None = None,
-        progress: ProgressArg = False,
-        retry: RetryPolicy | None = None,
+        storage: Storage | None = None,
         name: str | None = None,
+        **deprecated: Any,
     ) -> None:
-        check_keep(keep)
-        if compression not in ("gzip", "none"):
-            raise ConfigurationError(f"compression must be 'gzip' or 'none', got {compression!r}")
+        storage = storage_from_deprecated(storage, deprecated, "Checkpoint")
         self.uri = os.fspath(uri)
-        self.keep = keep
-        self.compression: Compression = compression
-        self.limits = limits or Limits()
-        key = resolve_signing_key(signing_key)
-        self.retry = retry or RetryPolicy()
-        backend = open_stack(uri, storage_options, retry=retry, policy=self.retry)
+        #: How its snapshots are stored.
+        self.storage = storage
+        key = resolve_signing_key(storage.signing_key)
+        self._retry = storage_policy(storage.retry)
+        self._limits = storage.limits or Limits()
+        backend = open_stack(uri, storage.storage_options, retry=storage.retry, policy=self._retry)
         # The folder's own housekeeping (removing it once empty, listing its sub-folders)
         # goes to the backend; snapshots go through the store.
         self._folder = backend
         self._store = SnapshotStore(
             backend,
-            keep=keep,
+            keep=storage.keep,
             signing_key=key,
-            progress=make_progress(progress),
+            progress=make_progress(storage.progress),
             name=name,
         )
         self._lock = threading.RLock()
@@ -272,7 +249,10 @@ class Checkpoint:
 
         """
         self._bg.flush()  # background saves made before this call count
-        return self._retried(self._newest_info, f"reading the newest manifest of {self.uri}")
+        return self._retried(
+            lambda: _info(self._store.newest_manifest()),
+            f"reading the newest manifest of {self.uri}",
+        )
 
     async def info(self) -> CheckpointInfo | None:
         """Async twin of :meth:`info_sync`.
@@ -307,19 +287,6 @@ class Checkpoint:
         """
         return await run_async(self.exists_sync)
 
-    def _newest_info(self) -> CheckpointInfo | None:
-        m = self._store.newest_manifest()
-        if m is None:
-            return None
-        return CheckpointInfo(
-            seq=m.seq,
-            kind=m.kind,  # type: ignore[arg-type]  # never "cleared": newest_manifest says None
-            size=m.size,
-            created=m.created,
-            attempt=m.attempt,
-            signed="hmac" in m.extra,
-        )
-
     # -- save ---------------------------------------------------------------------------
 
     def save_sync(self, data: SaveData) -> None:
@@ -346,21 +313,37 @@ class Checkpoint:
         # copied before this returns, so the caller may reuse its buffer then.
         await run_async(self.save_sync, data)
 
-    def save_background(self, data: SaveData) -> None:
+    def save_background_sync(self, data: SaveData) -> None:
         """Capture ``data`` now and save it on a worker thread; return at once.
 
         At most one save is in flight; a newer snapshot replaces one still waiting. Call
         :meth:`flush_sync` (or ``await flush()``, or ``close()``) to wait for it; a failed
-        background save is raised by the next ``save_background`` or flush.
+        background save is raised by the next background save or flush. Capturing a file or
+        folder copies it (so that later changes cannot reach the snapshot): that copy is the
+        only wait.
 
         Example:
             >>> import tempfile
             >>> with Checkpoint(tempfile.mkdtemp()) as cp:
-            ...     cp.save_background(b"step 1")
+            ...     cp.save_background_sync(b"step 1")
             ...     cp.flush_sync()
 
         """
         self.commit_in_background(self.capture(data, frozen=True))
+
+    async def save_background(self, data: SaveData) -> None:
+        """Async twin of :meth:`save_background_sync`: the capture runs off the event loop.
+
+        Example:
+            >>> import asyncio, tempfile
+            >>> async def main(cp):
+            ...     await cp.save_background(b"step 1")
+            ...     await cp.flush()
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     asyncio.run(main(cp))
+
+        """
+        await run_async(self.save_background_sync, data)
 
     def flush_sync(self) -> None:
         """Wait until background saves are committed and retention is done.
@@ -380,7 +363,11 @@ class Checkpoint:
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush background saves, then remove the workspace. Snapshots in the store stay."""
+        """Flush background saves, then remove the workspace. Snapshots in the store stay.
+
+        Sync, as a resource's ``close`` is (``with`` calls it); async code may call it from a
+        worker thread (``await asyncio.to_thread(cp.close)``) when saves may be pending.
+        """
         try:
             if self._cleanup.alive:
                 self._bg.flush(EXIT_TIMEOUT)
@@ -419,14 +406,15 @@ class Checkpoint:
             'bytes'
 
         """
-        return capture(data, compression=self.compression, frozen=frozen)
+        return capture(data, compression=self.storage.compression, frozen=frozen)
 
-    def commit(self, captured: Captured, *, attempt: int = 0) -> Manifest:
+    def commit(self, captured: Captured, *, attempt: int = 0) -> CheckpointInfo:
         """Write a captured snapshot and commit it, retrying it whole on transient errors.
 
-        ``attempt`` is recorded in the manifest. Does not wait for background saves.
+        ``attempt`` is recorded in the manifest. Does not wait for background saves. Returns
+        what :meth:`info_sync` would now say.
         """
-        compression = self.compression if captured.kind == "dir" else "none"
+        compression = self.storage.compression if captured.kind == "dir" else "none"
 
         def commit() -> Manifest:
             return self._store.commit(
@@ -439,7 +427,7 @@ class Checkpoint:
 
         what = f"saving a snapshot to {self.uri}"
         with self._lock, _storage_errors(what):
-            return retry_call(commit, self.retry, what)
+            return _found(retry_call(commit, self._retry, what))
 
     def commit_in_background(self, captured: Captured, *, attempt: int = 0) -> None:
         """Commit a (frozen) capture on a worker; a newer one replaces one still waiting.
@@ -461,40 +449,87 @@ class Checkpoint:
         self,
         folder: Path,
         *,
-        accept: Callable[[Manifest], None] | None = None,
+        accept: Callable[[CheckpointInfo], None] | None = None,
         poison_after: int | None = None,
-    ) -> Manifest | None:
-        """Make ``folder`` hold the newest valid snapshot; its manifest, or None if none.
+    ) -> CheckpointInfo | None:
+        """Make ``folder`` hold the newest valid snapshot; its metadata, or None if none.
 
         A ``folder`` that is a symbolic link stays one: the folder it points to is restored
         (a link to nothing or to a file is a ``ConfigurationError``). ``folder`` changes only
         once a snapshot verified, and a restore that a killed process left halfway is put
-        back first. ``accept`` sees each candidate's manifest first and may refuse it by
+        back first. ``accept`` sees each candidate's metadata first and may refuse it by
         raising; with ``poison_after``, a snapshot from which the task failed that many times
         is skipped. Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
-        return self._poison_tolerant(
-            lambda after: self._store.restore_into(folder, self.limits, accept, after),
-            poison_after,
+        seen = _shown(accept)
+        return _info(
+            self._poison_tolerant(
+                lambda after: self._store.restore_into(folder, self._limits, seen, after),
+                poison_after,
+            )
         )
 
     def read_newest_with(
         self,
         decode: Callable[[Iterator[Chunk]], T],
         *,
-        accept: Callable[[Manifest], None] | None = None,
+        accept: Callable[[CheckpointInfo], None] | None = None,
         poison_after: int | None = None,
-    ) -> tuple[Manifest, T] | None:
-        """The newest valid snapshot's manifest and ``decode(payload)``, streamed, no copy.
+    ) -> tuple[CheckpointInfo, T] | None:
+        """The newest valid snapshot's metadata and ``decode(payload)``, streamed, no copy.
 
         ``decode`` reads the payload's chunks as they arrive, verified as they stream; a
         digest mismatch at the end falls back to the previous snapshot. A signed store
         verifies the whole payload before ``decode`` sees it.
+
+        Example:
+            >>> import tempfile
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     cp.save_sync(b"abc")
+            ...     info, payload = cp.read_newest_with(b"".join)
+            >>> info.kind, payload
+            ('bytes', b'abc')
+
         """
-        return self._poison_tolerant(
-            lambda after: self._store.read_newest_with(decode, accept, after), poison_after
+        return self._read_newest(lambda m, chunks: decode(chunks), accept, poison_after)
+
+    def read_newest_state(
+        self,
+        *,
+        accept: Callable[[CheckpointInfo], None] | None = None,
+        poison_after: int | None = None,
+    ) -> tuple[CheckpointInfo, Any, dict[str, Any]] | None:
+        """The newest valid state snapshot: its metadata, its state and the extras beside it.
+
+        A state snapshot is what ``@resumable(state=...)`` writes (``kind == "state"``); it is
+        unpickled as it streams from the store, no whole-payload copy, its records' lengths
+        bounded by the size the manifest records. The extras hold the random generators'
+        states of ``rng=True``. ``accept`` and ``poison_after`` as for :meth:`restore_into`.
+        None when nothing was saved.
+        """
+        found = self._read_newest(
+            lambda m, chunks: read_state(chunks, size=m.size), accept, poison_after
         )
+        if found is None:
+            return None
+        info, (state, extras) = found
+        return info, state, extras
+
+    def _read_newest(
+        self,
+        decode: Callable[[Manifest, Iterator[Chunk]], T],
+        accept: Callable[[CheckpointInfo], None] | None,
+        poison_after: int | None,
+    ) -> tuple[CheckpointInfo, T] | None:
+        seen = _shown(accept)
+        found = self._poison_tolerant(
+            lambda after: self._store.read_newest_with(decode, seen, after), poison_after
+        )
+        if found is None:
+            return None
+        m, made = found
+        return _found(m), made
 
     def _poison_tolerant(self, load: Callable[[int | None], T], poison_after: int | None) -> T:
         """``load(poison_after)``; when that leaves nothing valid, ``load(None)``.
@@ -529,11 +564,20 @@ class Checkpoint:
         """Forget the failure marks: the task got past its snapshots."""
         self._retried(self._store.clear_marks, f"clearing failure marks of {self.uri}")
 
-    def clear(self) -> None:
+    def clear_sync(self) -> None:
         """Delete every snapshot (oldest first, so an interrupted clear keeps the newest).
 
         In a signed store a signed "cleared" record is left above them, so that old signed
         files copied back later are never loaded.
+
+        Example:
+            >>> import tempfile
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     cp.save_sync(b"abc")
+            ...     cp.clear_sync()
+            ...     cp.exists_sync()
+            False
+
         """
         self.flush_sync()
 
@@ -548,13 +592,50 @@ class Checkpoint:
 
         self._retried(clear, f"clearing {self.uri}")
 
+    async def clear(self) -> None:
+        """Async twin of :meth:`clear_sync`.
+
+        Example:
+            >>> import asyncio, tempfile
+            >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).clear())
+
+        """
+        await run_async(self.clear_sync)
+
     def _retried(self, fn: Callable[[], T], what: str) -> T:
         with self._lock, _storage_errors(what):
-            return retry_call(fn, self.retry, what)
+            return retry_call(fn, self._retry, what)
 
     def _check_open(self) -> None:
         if not self._cleanup.alive:
             raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
+
+
+def _info(m: Manifest | None) -> CheckpointInfo | None:
+    """What a manifest tells a ``Checkpoint``'s user, or None for no manifest."""
+    if m is None:
+        return None
+    return CheckpointInfo(
+        seq=m.seq,
+        kind=m.kind,  # type: ignore[arg-type]  # a committed snapshot is never "cleared"
+        size=m.size,
+        created=m.created,
+        attempt=m.attempt,
+        signed="hmac" in m.extra,
+    )
+
+
+def _found(m: Manifest) -> CheckpointInfo:
+    info = _info(m)
+    assert info is not None
+    return info
+
+
+def _shown(accept: Callable[[CheckpointInfo], None] | None) -> Callable[[Manifest], None] | None:
+    """``accept`` of a ``CheckpointInfo``, as the store calls it: with each manifest."""
+    if accept is None:
+        return None
+    return lambda m: accept(_found(m))
 
 
 def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,6 @@ from ._persist import MISSING as _MISSING
 
 if TYPE_CHECKING:
     from ._checkpoint import Checkpoint
-    from ._persist import Persister
 
 __all__ = ["AttemptNumber", "TaskContext", "ctx", "enter_task", "leave_task"]
 
@@ -52,17 +52,27 @@ class TaskContext:
 
     """
 
-    __slots__ = ("_attempt", "_persister", "checkpoint", "key")
+    __slots__ = ("_attempt", "_preempted", "_save", "_save_sync", "checkpoint", "key")
 
     def __init__(
-        self, checkpoint: Checkpoint, key: str, attempt: int, persister: Persister
+        self,
+        checkpoint: Checkpoint,
+        key: str,
+        attempt: int,
+        *,
+        save_sync: Callable[[Any], None],
+        save: Callable[[Any], Awaitable[None]],
+        preempted: Callable[[], bool],
     ) -> None:
+        """Made by ``@resumable`` for each attempt; tasks get it from :func:`ctx`."""
         #: The task's :class:`~resumable.Checkpoint`, at ``<store>/<key>``.
         self.checkpoint = checkpoint
         #: The task's key under its store.
         self.key = key
         self._attempt = attempt
-        self._persister = persister
+        self._save_sync = save_sync
+        self._save = save
+        self._preempted = preempted
 
     def __repr__(self) -> str:
         return f"TaskContext(key={self.key!r}, attempt={self._attempt})"
@@ -83,18 +93,18 @@ class TaskContext:
         A task without yields can poll it, save with :meth:`save_sync`, which then raises
         ``Preempted``.
         """
-        return self._persister.preempted
+        return self._preempted()
 
     def save_sync(self, state: Any = _MISSING) -> None:
         """Persist a snapshot now, like a ``yield`` that is never throttled.
 
         Pass the state to save; in a ``Dir`` task pass nothing: the folder is saved.
         """
-        self._persister.force_sync(state)
+        self._save_sync(state)
 
     async def save(self, state: Any = _MISSING) -> None:
         """Async twin of :meth:`save_sync`."""
-        await self._persister.force(state)
+        await self._save(state)
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("resumable_task", default=None)

@@ -1,18 +1,19 @@
 """``@resumable``: restore, inject, persist yields, retry from the last snapshot.
 
-One ``_Call`` object holds everything a call needs (key, checkpoint, persister, retry policy,
-state loading). Four thin drivers -- function, generator, coroutine, async generator -- run the
-user's task inside tenacity's ``Retrying`` / ``AsyncRetrying`` and differ only in how they call
-it and how they wait.
+The driver. ``resumable(...)`` checks its options once (``_options.make_spec``); each call of
+the decorated task is one ``_Call`` (key, checkpoint, persister, state loading), and four thin
+drivers -- function, generator, coroutine, async generator -- run the user's task inside
+tenacity's ``Retrying`` / ``AsyncRetrying`` and differ only in how they call it and how they
+wait. Everything it stores and loads goes through the call's ``Checkpoint``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import inspect
 import logging
-import math
 import os
 import tempfile
 from collections.abc import (
@@ -22,29 +23,28 @@ from collections.abc import (
     Generator,
     Iterator,
 )
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, Protocol, TypeGuard, TypeVar, overload
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import tenacity
 import wrapt
 
-from ._checkpoint import SIGNING_KEY_ENV, Checkpoint
-from ._codec import dumps_state, loads_state
+from ._backend import is_local, local_path
+from ._checkpoint import Checkpoint, CheckpointInfo
 from ._context import TaskContext, enter_task, leave_task
 from ._engines import warn_if_unshared
 from ._errors import ConfigurationError, ResumableError, StateError
 from ._keys import call_arguments, call_key, check_key, pin_task_name
+from ._options import OMITTED, Dir, Spec, Storage, make_spec, refuse_removed_options
 from ._persist import Persister
 from ._pickling import Task
 from ._preempt import PreemptionWatch
 from ._retry import RetryPolicy
 from ._rng import restore_rng
-from ._statecodec import read_state
-from ._store import Manifest
 from ._threads import run_async
 
-__all__ = ["Dir", "resumable"]
+__all__ = ["TaskDecorator", "resumable"]
 
 log = logging.getLogger("resumable")
 
@@ -52,48 +52,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 Y = TypeVar("Y")
 
-_OMITTED: Any = object()
-_DEFAULT_STORE = ".resumable"
-
-
-@dataclass(frozen=True, slots=True)
-class Dir:
-    """Directory state: a folder restored before each attempt and snapshotted on each yield.
-
-    Before every attempt, when a snapshot exists, the folder is made **identical** to it:
-    files that are not in the snapshot are deleted. The task receives the folder's ``Path``;
-    each ``yield`` (its value is ignored) saves the whole folder.
-
-    The folder is chosen per call, when the call starts (a relative one against the working
-    folder of the call), so that calls with different arguments do not share files. ``path``
-    is either
-
-    - a path, which may hold ``str.format`` fields: ``{key}``, the call's key, and the call's
-      arguments by parameter name, defaults included (``"runs/{key}"``, ``"runs/lr={lr}"``;
-      ``{{`` and ``}}`` for literal braces); or
-    - a callable that receives the call's arguments, like ``key=`` (``self``/``cls`` first
-      for methods), and returns the path.
-
-    Example:
-        >>> from resumable import resumable, Dir
-        >>> @resumable(state=Dir("outputs/{key}"), store="memory://doc-dir")
-        ... def train(lr, state):
-        ...     (state / "weights.txt").write_text(f"lr={lr}")
-        ...     yield
-        >>> @resumable(state=Dir(lambda lr: f"outputs/lr={lr}"), store="memory://doc-dir")
-        ... def tune(lr, state):
-        ...     yield
-
-    """
-
-    path: str | os.PathLike[str] | Callable[..., str | os.PathLike[str]]
-
 
 S = TypeVar("S")
 It = TypeVar("It", bound=Iterator[Any])
 
 
-class _Decorator(Protocol):
+class TaskDecorator(Protocol):
     """What ``resumable(...)`` returns: the type of a decorated task follows its kind.
 
     - generator (``Generator[Y, S, R]``): a function returning ``R``; one annotated
@@ -134,168 +98,43 @@ class _Decorator(Protocol):
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """The validated arguments of one ``@resumable(...)``."""
-
-    initial: bytes | None  # the pickled initial state; None for Dir or no state
-    folder: Dir | None
-    inject: bool
-    arg: str
-    store: str | None
-    key: str | Callable[..., str] | None
-    retries: int
-    retry_on: tuple[type[BaseException], ...] | tenacity.retry_base
-    no_retry_on: tuple[type[BaseException], ...]
-    wait: tenacity.wait.wait_base
-    every: int
-    every_seconds: float | None
-    keep: int
-    background: bool
-    on_success: Literal["clear", "keep"]
-    poison_after: int | None
-    preemptible: bool
-    signing_key: bytes | str | None
-    storage_options: dict[str, Any] | None
-    storage_retry: RetryPolicy | None
-    rng: bool = False
-
-    def decorate(self, fn: Any) -> Any:
-        """``fn`` decorated with these options (how a task pickled by value is rebuilt)."""
-        return _make_decorator(self)(fn)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A task shipped by value (Dask, Ray, process pools) must not carry its signing key
-        # in clear through the scheduler and its logs: the worker resolves it from its own
-        # environment, as a Checkpoint does.
-        options = {f.name: getattr(self, f.name) for f in fields(self)}
-        signed = options["signing_key"] is not None
-        options["signing_key"] = None
-        return _spec_on_worker, (options, signed)
-
-
-def _spec_on_worker(options: dict[str, Any], signed: bool) -> _Spec:
-    """A shipped task's options, with its signing key (if it had one) from this process."""
-    spec = _Spec(**options)
-    if not signed:
-        return spec
-    key = os.environ.get(SIGNING_KEY_ENV)
-    if not key:
-        raise ConfigurationError(
-            f"this task signs its snapshots, and its signing key does not travel with it: "
-            f"set ${SIGNING_KEY_ENV} on the worker that runs it (the same secret)"
-        )
-    return replace(spec, signing_key=key)
-
-
-def _positive_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return value
-
-
-def _wait_strategy(wait: float | tenacity.wait.wait_base | None) -> tenacity.wait.wait_base:
-    if wait is None:
-        return tenacity.wait_exponential_jitter(multiplier=0.1, max=10.0, jitter=0.1)
-    if isinstance(wait, tenacity.wait.wait_base):
-        return wait
-    if _finite_seconds(wait):
-        return tenacity.wait_fixed(wait)
-    raise ConfigurationError(
-        f"wait must be finite seconds (>= 0) or a tenacity wait strategy, got {wait!r}"
-    )
-
-
-def _finite_seconds(value: object) -> TypeGuard[float]:
-    """Whether ``value`` is a real, finite number of seconds >= 0 (not a bool, NaN or inf)."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _exception_types(value: object) -> tuple[type[BaseException], ...] | None:
-    """``value`` as a tuple of exception types; None when it is not a type or a tuple of them."""
-    items = value if isinstance(value, tuple) else (value,)
-    types = tuple(t for t in items if isinstance(t, type) and issubclass(t, BaseException))
-    return types if len(types) == len(items) else None
-
-
-def _retry_on(value: object) -> tuple[type[BaseException], ...] | tenacity.retry_base:
-    if isinstance(value, tenacity.retry_base):
-        return value
-    types = _exception_types(value)
-    if not types:
-        raise ConfigurationError(
-            "retry_on must be an exception type, a tuple of them or a tenacity retry "
-            f"strategy, got {value!r}"
-        )
-    return types
-
-
-def _no_retry_on(value: object) -> tuple[type[BaseException], ...]:
-    types = _exception_types(value)
-    if types is None:
-        raise ConfigurationError(
-            f"no_retry_on must be an exception type or a tuple of them, got {value!r}"
-        )
-    return types
-
-
+@refuse_removed_options
 def resumable(
     *,
-    state: Any = _OMITTED,
-    arg: str = "state",
+    state: Any = OMITTED,
     store: str | os.PathLike[str] | None = None,
     key: str | Callable[..., str] | None = None,
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] | tenacity.retry_base = (
-        Exception,
-    ),
-    no_retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
-    wait: float | tenacity.wait.wait_base | None = None,
-    every: int = 1,
-    every_seconds: float | None = None,
-    keep: int = 2,
+    attempts: int | None = None,
+    retry: RetryPolicy | None = None,
+    every: int | datetime.timedelta = 1,
     background: bool = False,
     on_success: Literal["clear", "keep"] = "clear",
     poison_after: int | None = None,
     preemptible: bool = False,
-    signing_key: bytes | str | None = None,
-    storage_options: dict[str, Any] | None = None,
-    storage_retry: RetryPolicy | None = None,
     rng: bool = False,
-) -> _Decorator:
+    storage: Storage | None = None,
+) -> TaskDecorator:
     """Make a task resume from its last snapshot after a crash or a retry.
 
     Args:
         state: the initial state when nothing was saved yet (any picklable value, copied for
-            every call), or ``Dir(path)`` for a folder. Omitted: nothing is injected and the
-            task uses ``ctx().checkpoint`` itself.
-        arg: the keyword argument the state is injected as.
+            every call), or ``Dir(path)`` for a folder; injected as the task's ``state``
+            keyword argument. Omitted: nothing is injected and the task uses
+            ``ctx().checkpoint`` itself.
         store: where snapshots live (a folder or an fsspec URL); default ``$RESUMABLE_STORE``,
             else ``./.resumable``. A task's snapshots are under ``<store>/<key>``.
         key: a string, or a callable of the call's arguments (methods: ``self`` first) that
             returns one. Default: module + qualified name + a digest of the arguments.
-        retries: how many times to retry after the first attempt fails.
-        retry_on: the exception types that are retried, or a tenacity retry strategy that
-            decides from the failed attempt (e.g. ``tenacity.retry_if_exception(pred)``);
-            only exceptions are ever retried, never results, and library errors never are.
-        no_retry_on: exception types never retried, even when ``retry_on`` matches them
-            (flyte's non-recoverable errors): "retry everything except these".
-        wait: seconds between attempts, or a tenacity wait strategy; default: exponential
-            backoff with jitter from 0.1 s, capped at 10 s.
-        every: persist every N-th yield.
-        every_seconds: persist at most once per this many seconds.
-        keep: how many snapshots to keep.
+        attempts: how many times the task is tried, the first included (default 1: no
+            retry); each retry resumes from the last snapshot. Short for
+            ``retry=RetryPolicy(attempts=...)`` with the task's defaults: any ``Exception``
+            is retried, after exponential backoff with jitter from 0.1 s, capped at 10 s.
+        retry: the task's whole :class:`RetryPolicy`: ``attempts``, ``wait``, ``retry_on``
+            (exception types or a tenacity retry strategy) and ``no_retry_on`` (types never
+            retried, even when ``retry_on`` matches them). Library errors are never retried.
+            Give ``attempts=`` or ``retry=``, not both.
+        every: persist every N-th yield, or, as a ``datetime.timedelta``, at most once per
+            that much time.
         background: write snapshots on a background thread (at most one in flight).
         on_success: ``"clear"`` deletes the snapshots after success, ``"keep"`` keeps them.
         poison_after: after the task failed this many times (with an exception, in any
@@ -306,19 +145,16 @@ def resumable(
             ``Preempted`` (not retried), and only then hand the signal to the previous
             handler; the next process resumes. The handler is installed when the call
             runs in the main thread; elsewhere use ``request_stop()``.
-        signing_key: sign snapshots and refuse unsigned ones (default
-            ``$RESUMABLE_SIGNING_KEY``); see ``Checkpoint``.
-        storage_options: passed to the fsspec filesystem of ``store`` (credentials, ...).
-        storage_retry: how storage calls are retried and time out (a ``RetryPolicy``);
-            separate from ``retries``, which retries the task itself.
         rng: store the states of the global random generators in use (``random``, NumPy's,
             torch's CPU and CUDA ones; see ``capture_rng``) with every snapshot, and restore
             them just before the task is called to resume from it. The task must then not
             reseed or draw from them before its loop when it resumes (seed only when the
             injected state is the initial one). Needs pickled ``state=`` (not ``Dir``).
+        storage: how snapshots are stored (:class:`Storage`: ``keep``, ``signing_key``,
+            ``storage_options``, storage ``retry``, ...), shared with ``Checkpoint``.
 
     Example:
-        >>> @resumable(state=0, store="memory://doc-counter")
+        >>> @resumable(state=0, attempts=3, store="memory://doc-counter")
         ... def count(n, state=0):
         ...     for i in range(state, n):
         ...         yield i + 1
@@ -327,55 +163,32 @@ def resumable(
         3
 
     """
-    folder: Dir | None = None
-    initial: bytes | None = None
-    if isinstance(state, Dir):
-        folder = state  # chosen and made absolute at call time, like store=
-    elif state is not _OMITTED:
-        initial = dumps_state(state)
-    if not isinstance(arg, str) or not arg.isidentifier():
-        raise ConfigurationError(f"arg must be a parameter name, got {arg!r}")
-    if isinstance(key, str):
-        check_key(key)
-    elif key is not None and not callable(key):
-        raise ConfigurationError(f"key must be a string or a callable, got {key!r}")
-    if every_seconds is not None and not _finite_seconds(every_seconds):
-        raise ConfigurationError(
-            f"every_seconds must be finite seconds (>= 0) or None, got {every_seconds!r}"
-        )
-    if on_success not in ("clear", "keep"):
-        raise ConfigurationError(f"on_success must be 'clear' or 'keep', got {on_success!r}")
-    spec = _Spec(
-        initial=initial,
-        folder=folder,
-        inject=state is not _OMITTED,
-        arg=arg,
-        store=None if store is None else os.fspath(store),
+    spec = make_spec(
+        state=state,
+        store=store,
         key=key,
-        retries=_positive_int("retries", retries, 0),
-        retry_on=_retry_on(retry_on),
-        no_retry_on=_no_retry_on(no_retry_on),
-        wait=_wait_strategy(wait),
-        every=_positive_int("every", every, 1),
-        every_seconds=every_seconds,
-        keep=_positive_int("keep", keep, 1),
-        background=_flag("background", background),
+        attempts=attempts,
+        retry=retry,
+        every=every,
+        background=background,
         on_success=on_success,
-        poison_after=None
-        if poison_after is None
-        else _positive_int("poison_after", poison_after, 1),
-        preemptible=_flag("preemptible", preemptible),
-        signing_key=signing_key,
-        storage_options=storage_options,
-        storage_retry=storage_retry,
-        rng=_flag("rng", rng),
+        poison_after=poison_after,
+        preemptible=preemptible,
+        rng=rng,
+        storage=storage,
     )
-    if spec.rng and (folder is not None or not spec.inject):
-        raise ConfigurationError(
-            "rng=True stores the generators' states beside pickled state: it needs "
-            "state=<value>, not Dir() or no state"
-        )
     return _make_decorator(spec)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rebuild:
+    """How a task pickled by value is decorated again: its options, checked."""
+
+    spec: Spec
+
+    def decorate(self, fn: Any) -> Any:
+        """``fn`` decorated with these options."""
+        return _make_decorator(self.spec)(fn)
 
 
 async def _closing_async(coro: Coroutine[Any, Any, Any], call: _Call) -> Any:
@@ -385,7 +198,7 @@ async def _closing_async(coro: Coroutine[Any, Any, Any], call: _Call) -> Any:
         await run_async(call.close)
 
 
-def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
+def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
     def decorate(fn: Any) -> Any:
         target = getattr(fn, "__func__", fn)  # classmethod / staticmethod objects
         if not callable(target):
@@ -393,7 +206,7 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
         if spec.inject and not _accepts(target, spec.arg):
             raise ConfigurationError(
                 f"{target.__qualname__} has no parameter {spec.arg!r} to receive the state: "
-                f"add `{spec.arg}=None` to its signature, or pass arg= to @resumable"
+                f"add `{spec.arg}=None` to its signature"
             )
         is_async = inspect.isasyncgenfunction(target) or inspect.iscoroutinefunction(target)
         if inspect.isasyncgenfunction(target):
@@ -425,7 +238,7 @@ def _make_decorator(spec: _Spec) -> Callable[[Any], Any]:
         # The marker sits inside, so the outermost object is a Task, which pickles; the
         # Task forwards __code__ to it, so inspect sees the calling convention of the call.
         inner = marker(fn) if marker is not None else fn
-        return Task(inner, wrapper, spec=spec, source=fn)
+        return Task(inner, wrapper, spec=_Rebuild(spec), source=fn)
 
     return decorate
 
@@ -459,8 +272,7 @@ def _check_dir(folder: Path, store: str) -> None:
             f"Dir({str(folder)!r}) is the root folder: restoring a snapshot would delete "
             f"everything else in it; {fix}"
         )
-    local = store[len("file://") :] if store.startswith("file://") else store
-    places = [("the store", local)] if "://" not in local else []
+    places = [("the store", local_path(store))] if is_local(store) else []
     places.append(("the temp folder that holds workspaces", tempfile.gettempdir()))
     for what, where in places:
         other = Path(os.path.realpath(where))
@@ -479,9 +291,9 @@ def _check_dir(folder: Path, store: str) -> None:
 def _restore_dir(
     cp: Checkpoint,
     folder: Path,
-    accept: Callable[[Manifest], None],
+    accept: Callable[[CheckpointInfo], None],
     poison_after: int | None,
-) -> Manifest | None:
+) -> CheckpointInfo | None:
     """Make ``folder`` hold the newest valid snapshot, touching it only once one verified.
 
     ``Checkpoint.restore_into`` restores beside the folder and swaps it in only after the
@@ -500,7 +312,7 @@ class _Call:
 
     def __init__(
         self,
-        spec: _Spec,
+        spec: Spec,
         wrapped: Callable[..., Any],
         instance: Any,
         args: tuple[Any, ...],
@@ -511,17 +323,11 @@ class _Call:
         self.args = args
         self.kwargs = {k: v for k, v in kwargs.items() if not (spec.inject and k == spec.arg)}
         self.key = self._key(instance)
-        store = spec.store or os.environ.get("RESUMABLE_STORE") or _DEFAULT_STORE
-        if "://" not in store:
-            store = os.path.abspath(store)
-        self.store = store  # resolved now, in the process and folder the call runs in
+        self.store = store = spec.resolve_store()  # now, in the process and folder of the call
         warn_if_unshared(store)
         self.checkpoint = Checkpoint(
             f"{store if store.endswith('/') else store + '/'}{self.key}",
-            keep=spec.keep,
-            signing_key=spec.signing_key,
-            storage_options=spec.storage_options,
-            retry=spec.storage_retry,
+            storage=spec.storage,
             name=self.key,  # signatures cover the whole key: nested keys differ in any part
         )
         # Relative paths are resolved now, in the folder the call runs in: Dir like store=.
@@ -575,20 +381,6 @@ class _Call:
 
     # -- retry policy ---------------------------------------------------------------------
 
-    def _should_retry(self, exc: BaseException) -> bool:
-        """Whether an exception may be retried by type (``retry_on`` types, ``no_retry_on``)."""
-        never: tuple[type[BaseException], ...] = (ResumableError, *self.spec.no_retry_on)
-        if isinstance(exc, never):
-            return False
-        retry_on = self.spec.retry_on
-        return not isinstance(retry_on, tuple) or isinstance(exc, retry_on)
-
-    def _retry_strategy(self) -> tenacity.retry_base:
-        """Retry exceptions only: those ``_should_retry`` allows, and the user's strategy's."""
-        by_type = tenacity.retry_if_exception(self._should_retry)
-        retry_on = self.spec.retry_on
-        return by_type if isinstance(retry_on, tuple) else by_type & retry_on
-
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
@@ -602,20 +394,25 @@ class _Call:
         )
 
     def retry_kwargs(self) -> dict[str, Any]:
-        return {
-            "stop": tenacity.stop_after_attempt(self.spec.retries + 1),
-            "wait": self.spec.wait,
-            "retry": self._retry_strategy(),
-            "reraise": True,
-            "before_sleep": self._before_sleep,
-        }
+        """The arguments of tenacity's ``Retrying`` for this call's attempts."""
+        return self.spec.retrying(self._before_sleep)
 
     # -- one attempt ------------------------------------------------------------------------
 
     def _begin(self, number: int) -> contextvars.Token[TaskContext | None]:
         self.persister.begin(number)
         self.restored = self.newest_at_start = None
-        return enter_task(TaskContext(self.checkpoint, self.key, number, self.persister))
+        persister = self.persister
+        return enter_task(
+            TaskContext(
+                self.checkpoint,
+                self.key,
+                number,
+                save_sync=persister.force_sync,
+                save=persister.force,
+                preempted=lambda: persister.preempted,
+            )
+        )
 
     def _failed(self, exc: BaseException) -> None:
         """After a failed attempt: flush, so the next attempt sees every snapshot; count it."""
@@ -662,7 +459,7 @@ class _Call:
             if self.checkpoint.newest_seq() == self.newest_at_start:
                 self.checkpoint.mark_failed(seq)
 
-    def _accept(self, m: Manifest) -> None:
+    def _accept(self, m: CheckpointInfo) -> None:
         want = "dir" if self.spec.folder is not None else "state"
         if m.kind != want:
             raise StateError(
@@ -677,31 +474,19 @@ class _Call:
             return None
         folder, poison_after = self.folder, self.spec.poison_after
         cp = self.checkpoint
-        m: Manifest | None
+        m: CheckpointInfo | None
         if folder is not None:
             m = _restore_dir(cp, folder, self._accept, poison_after)
             value: Any = folder
         else:
             # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
-            # The store shows each manifest to ``accept`` just before it decodes that payload:
-            # its size bounds the lengths the payload's records may claim.
-            size: list[int | None] = [None]
-
-            def accept(m: Manifest) -> None:
-                self._accept(m)
-                size[0] = m.size
-
-            found = cp.read_newest_with(
-                lambda chunks: read_state(chunks, size=size[0]),
-                accept=accept,
-                poison_after=poison_after,
-            )
-            assert self.spec.initial is not None
-            m, (value, extras) = found if found is not None else (None, (None, {}))
-            if m is None:
-                value = loads_state(self.spec.initial)
-            elif self.spec.rng and "rng" in extras:
-                restore_rng(extras["rng"])  # just before the attempt resumes from it
+            found = cp.read_newest_state(accept=self._accept, poison_after=poison_after)
+            if found is None:
+                m, value = None, self.spec.initial_state()
+            else:
+                m, value, extras = found
+                if self.spec.rng and "rng" in extras:
+                    restore_rng(extras["rng"])  # just before the attempt resumes from it
         self.restored = None if m is None else m.seq
         if m is not None and poison_after is not None:
             self.newest_at_start = cp.newest_seq()
@@ -724,9 +509,9 @@ class _Call:
 
     def succeed(self) -> None:
         """After success: clear the snapshots (unless on_success="keep"), free the workspace."""
-        self.checkpoint.flush_sync()  # the task's own save_background() calls land first
+        self.checkpoint.flush_sync()  # the task's own background saves land first
         if self.spec.on_success == "clear":
-            self.checkpoint.clear()
+            self.checkpoint.clear_sync()
         elif self.spec.poison_after is not None:
             self.checkpoint.clear_marks()
 

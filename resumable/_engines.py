@@ -19,7 +19,9 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["WARNED", "engine_worker", "is_local_store", "warn_if_unshared"]
+from ._backend import is_local
+
+__all__ = ["WARNED", "engine_worker", "warn_if_unshared"]
 
 log = logging.getLogger("resumable")
 
@@ -61,20 +63,9 @@ def engine_worker() -> str | None:
     return None
 
 
-def is_local_store(store: str) -> bool:
-    """Whether ``store`` (a resolved store URL or path) is on this machine's own disk.
-
-    Example:
-        >>> is_local_store("/data/store"), is_local_store("s3://bucket/runs")
-        (True, False)
-
-    """
-    return "://" not in store or store.startswith(("file://", "local://"))
-
-
 def warn_if_unshared(store: str) -> None:
     """Log a warning, once per process, when an engine's worker uses a local-disk store."""
-    if WARNED.is_set() or not is_local_store(store):
+    if WARNED.is_set() or not is_local(store):
         return
     engine = engine_worker()
     if engine is None:

@@ -196,8 +196,9 @@ class DeadlineExceeded(StorageError, TimeoutError):
     committed, and the previous one stays loadable.
 
     Example:
-        >>> from resumable import Checkpoint, DeadlineExceeded, RetryPolicy
-        >>> cp = Checkpoint("memory://doc-deadline", retry=RetryPolicy(timeout=30.0))
+        >>> from resumable import Checkpoint, DeadlineExceeded, RetryPolicy, Storage
+        >>> patient = Storage(retry=RetryPolicy(timeout=30.0))
+        >>> cp = Checkpoint("memory://doc-deadline", storage=patient)
         >>> try:
         ...     cp.save_sync(b"state")
         ... except DeadlineExceeded:  # also a StorageError and a TimeoutError
@@ -208,12 +209,12 @@ class DeadlineExceeded(StorageError, TimeoutError):
 
 
 class ConfigurationError(ResumableError, ValueError):
-    """An argument given to ``resumable()`` or ``Checkpoint()`` is not valid.
+    """An argument given to ``resumable()``, ``Checkpoint()`` or an options value is not valid.
 
     Example:
-        >>> from resumable import Checkpoint
+        >>> from resumable import Storage
         >>> try:
-        ...     Checkpoint("memory://doc-config", keep=0)
+        ...     Storage(keep=0)
         ... except ConfigurationError as exc:
         ...     print(exc)
         keep must be a whole number >= 1, got 0

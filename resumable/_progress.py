@@ -1,6 +1,6 @@
 """Progress of transfers, reported through fsspec's own callbacks.
 
-``Checkpoint(progress=...)`` takes what fsspec's transfer methods take: an
+``Storage(progress=...)`` takes what fsspec's transfer methods take: an
 :class:`fsspec.callbacks.Callback`. One Checkpoint runs many transfers (each save, each load
 of a snapshot, each retry), one at a time, and each is reported like one file of fsspec's
 multi-file ``put``/``get``:
@@ -28,7 +28,7 @@ __all__ = ["Progress", "ProgressArg", "TqdmBars", "make_progress", "transfer"]
 #: The callback a Checkpoint reports its transfers to.
 Progress: TypeAlias = Callback
 
-#: What ``Checkpoint(progress=...)`` accepts.
+#: What ``Storage(progress=...)`` accepts.
 ProgressArg: TypeAlias = bool | Callback | None
 
 
@@ -39,8 +39,9 @@ class TqdmBars(Callback):  # type: ignore[misc]  # fsspec has no type hints
 
     Example:
         >>> import tempfile
-        >>> from resumable import Checkpoint
-        >>> with Checkpoint(tempfile.mkdtemp(), progress=TqdmBars()) as cp:  # progress=True
+        >>> from resumable import Checkpoint, Storage
+        >>> bars = Storage(progress=TqdmBars())  # progress=True
+        >>> with Checkpoint(tempfile.mkdtemp(), storage=bars) as cp:
         ...     cp.save_sync(b"weights")  # draws "snapshot 0 -> /tmp/..." on stderr
 
     """

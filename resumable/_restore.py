@@ -115,8 +115,8 @@ class _Watched(Iterator[Chunk]):
             raise
 
 
-def decoder(decode: Callable[[Iterator[Chunk]], T], *, signed: bool) -> Consume[T]:
-    """A consumer that returns ``decode(chunks)``, read to their end.
+def decoder(decode: Consume[T], *, signed: bool) -> Consume[T]:
+    """A consumer that returns ``decode(manifest, chunks)``, read to their end.
 
     Unsigned: ``decode`` reads the payload as it arrives; a failure of ``decode`` on a
     payload that turns out corrupt is the payload's corruption (the load falls back).
@@ -125,17 +125,17 @@ def decoder(decode: Callable[[Iterator[Chunk]], T], *, signed: bool) -> Consume[
 
     def signed_consume(m: Manifest, chunks: Iterator[Chunk]) -> T:
         if m.size <= _IN_MEMORY:
-            return decode(iter((b"".join(chunks),)))  # verified: read to its end
+            return decode(m, iter((b"".join(chunks),)))  # verified: read to its end
         spool = Spool(chunks)
         try:
-            return decode(iter(spool()))
+            return decode(m, iter(spool()))
         finally:
             spool.close()
 
     def streamed_consume(m: Manifest, chunks: Iterator[Chunk]) -> T:
         watched = _Watched(chunks)
         try:
-            made = decode(watched)
+            made = decode(m, watched)
         except CorruptCheckpointError:
             raise
         except Exception:

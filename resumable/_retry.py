@@ -4,7 +4,7 @@
 across everything the operation does:
 
 - :class:`RetryingBackend` retries each storage call on a transient error and gives each try a
-  deadline (``policy.timeout``);
+  deadline (``policy.timeout``, 60 s by default);
 - :func:`retry_call` retries a whole operation from its start when a stream fails mid-way (an
   upload or a download cannot resume after a fault, so a ``write`` or a ``read`` is never
   retried on its own) -- with a source that produces its bytes again on each try.
@@ -24,22 +24,38 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeGuard, TypeVar, cast
 
-from tenacity import RetryCallState, Retrying, retry_if_exception
-from tenacity.wait import WaitBaseT, wait_exponential, wait_random
+from tenacity import RetryCallState, Retrying, retry_base, retry_if_exception
+from tenacity.wait import WaitBaseT, wait_exponential, wait_fixed, wait_random
 
 from ._backend import AdminBackend, Backend, BlobWriter, ForwardingBackend
 from ._errors import ConfigurationError, DeadlineExceeded, ResumableError, StorageError
 from ._threads import call_with_deadline, run_on_io, wait_with_deadline
 
-__all__ = ["ANSWERS", "DeadlineExceeded", "RetryPolicy", "RetryingBackend", "retry_call"]
+__all__ = [
+    "ANSWERS",
+    "DEFAULT_TIMEOUT",
+    "TRANSIENT",
+    "DeadlineExceeded",
+    "ExceptionTypes",
+    "RetryPolicy",
+    "RetryingBackend",
+    "backoff",
+    "deadline",
+    "exception_types",
+    "finite_seconds",
+    "never_retried",
+    "retry_call",
+    "storage_policy",
+]
 
 log = logging.getLogger("resumable")
 
@@ -57,55 +73,163 @@ ANSWERS: tuple[type[BaseException], ...] = (
 _ANSWER_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG})
 
 
+#: One exception type, or a tuple of them.
+ExceptionTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+#: What a storage call retries unless the policy says otherwise (answers never are).
+TRANSIENT: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+
+#: Seconds one storage call may take unless the policy says otherwise.
+DEFAULT_TIMEOUT = 60.0
+
+
 def _default_wait() -> WaitBaseT:
     # wait_exponential_jitter's spelling of its first wait changed within tenacity 9.x.
     return wait_exponential(multiplier=0.05, max=1.95) + wait_random(0, 0.05)
 
 
+def finite_seconds(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real, finite number of seconds >= 0 (not a bool, NaN or inf)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def exception_types(value: object) -> tuple[type[BaseException], ...] | None:
+    """``value`` as a tuple of exception types; None when it is not a type or a tuple of them."""
+    items = value if isinstance(value, tuple) else (value,)
+    types = tuple(t for t in items if isinstance(t, type) and issubclass(t, BaseException))
+    return types if len(types) == len(items) else None
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How often and how long to try storage calls.
+    """How often to try, how long to wait between tries, and which errors are worth another.
+
+    One type for both things ``resumable`` retries: a task (``@resumable(retry=...)``) and
+    its storage calls (``Storage(retry=...)``). ``attempts`` always counts tries, the first
+    included, as stamina's ``attempts`` does: ``RetryPolicy(attempts=3)`` tries at most 3
+    times. What a field left at ``None`` means depends on what is retried.
 
     Args:
-        attempts: tries of one save or load, the first included (at least 1): every failed
-            storage call and every restart of the operation spends one, so no call and no
-            operation is ever tried more than ``attempts`` times.
-        wait: tenacity wait strategy between tries; exponential from 0.05 s, capped at 2 s,
-            with jitter, by default (``tenacity.wait_none()`` in tests).
-        timeout: seconds one try may take before it counts as failed.
-        retry_on: exception types worth another try. Answers (``FileExistsError``,
-            ``FileNotFoundError``, ``IsADirectoryError``, ``NotADirectoryError``,
-            ``PermissionError``, a full or read-only disk) are never retried.
+        attempts: tries, the first included (at least 1). For storage, the tries of one save
+            or load: every failed storage call and every restart of the operation spends one,
+            so no call and no operation is ever tried more than ``attempts`` times.
+        wait: seconds between tries, or a tenacity wait strategy. ``None``: exponential
+            backoff with jitter, from 0.05 s capped at 2 s for storage, from 0.1 s capped at
+            10 s for a task (``tenacity.wait_none()`` or ``0`` in tests).
+        timeout: seconds one storage call may take before it counts as failed (``None``:
+            60 s). Storage only: a task's attempts are not timed, and a task's policy with a
+            timeout is refused.
+        retry_on: exception types worth another try, or (for a task only) a tenacity retry
+            strategy that decides from the failed attempt, such as
+            ``tenacity.retry_if_exception(pred)``; only exceptions are ever retried, never
+            results. ``None``: for storage, transient I/O errors (``OSError``,
+            ``TimeoutError``, ``ConnectionError``); for a task, any ``Exception``.
+        no_retry_on: exception types never retried, even when ``retry_on`` matches them
+            ("retry everything except these"). Never retried either way: the library's own
+            errors (``ResumableError``), and for storage the store's answers
+            (``FileExistsError``, ``FileNotFoundError``, ``IsADirectoryError``,
+            ``NotADirectoryError``, ``PermissionError``, a full or read-only disk).
 
     Example:
         >>> import tenacity
         >>> policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5.0)
         >>> policy.is_transient(ConnectionResetError()), policy.is_transient(FileExistsError())
         (True, False)
+        >>> from resumable import resumable
+        >>> @resumable(state=0, retry=RetryPolicy(attempts=3, retry_on=ConnectionError, wait=0))
+        ... def fetch(state=0):
+        ...     return state
 
     """
 
     attempts: int = 5
-    wait: WaitBaseT = field(default_factory=_default_wait)
-    timeout: float = 60.0
-    retry_on: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+    wait: float | WaitBaseT | None = None
+    timeout: float | None = None
+    retry_on: ExceptionTypes | retry_base | None = None
+    no_retry_on: ExceptionTypes = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
             raise ConfigurationError(f"attempts must be a whole number, got {self.attempts!r}")
         if self.attempts < 1:
-            raise ConfigurationError(f"attempts must be at least 1, got {self.attempts}")
-        if not self.timeout > 0:
-            raise ConfigurationError(f"timeout must be a positive number, got {self.timeout!r}")
+            raise ConfigurationError(
+                f"attempts must be at least 1 (it counts tries, the first included), got "
+                f"{self.attempts}"
+            )
+        if not (self.wait is None or callable(self.wait) or finite_seconds(self.wait)):
+            raise ConfigurationError(
+                f"wait must be finite seconds (>= 0), a tenacity wait strategy or None, got "
+                f"{self.wait!r}"
+            )
+        timeout = self.timeout
+        if timeout is not None and not (finite_seconds(timeout) and timeout > 0):
+            raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
+        if self.retry_on is not None and not isinstance(self.retry_on, retry_base):
+            types = exception_types(self.retry_on)
+            if not types:
+                raise ConfigurationError(
+                    "retry_on must be an exception type, a tuple of them or a tenacity retry "
+                    f"strategy, got {self.retry_on!r}"
+                )
+            object.__setattr__(self, "retry_on", types)
+        never = exception_types(self.no_retry_on)
+        if never is None:
+            raise ConfigurationError(
+                f"no_retry_on must be an exception type or a tuple of them, got "
+                f"{self.no_retry_on!r}"
+            )
+        object.__setattr__(self, "no_retry_on", never)
 
     def is_transient(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is a fault worth another try rather than an answer.
+        """Whether a storage call that raised ``exc`` is worth another try (not an answer).
 
         The library's own errors are answers too: a ``StorageError`` means the tries are spent.
         """
-        if not isinstance(exc, self.retry_on) or isinstance(exc, (*ANSWERS, ResumableError)):
+        retry_on = self.retry_on if isinstance(self.retry_on, tuple) else TRANSIENT
+        never = (*ANSWERS, ResumableError, *never_retried(self))
+        if not isinstance(exc, retry_on) or isinstance(exc, never):
             return False
         return not (isinstance(exc, OSError) and exc.errno in _ANSWER_ERRNOS)
+
+
+def never_retried(policy: RetryPolicy) -> tuple[type[BaseException], ...]:
+    """The exception types ``policy`` never retries (its ``no_retry_on``, as a tuple)."""
+    never = policy.no_retry_on
+    return never if isinstance(never, tuple) else (never,)
+
+
+def storage_policy(policy: RetryPolicy | None) -> RetryPolicy:
+    """``policy`` checked for storage calls: the default one when None.
+
+    Storage retries decide by exception type: a tenacity strategy in ``retry_on`` is refused.
+    """
+    policy = policy or RetryPolicy()
+    if isinstance(policy.retry_on, retry_base):
+        raise ConfigurationError(
+            "a storage RetryPolicy decides by exception type: give retry_on exception types, "
+            "not a tenacity strategy (strategies are for a task's retry=)"
+        )
+    return policy
+
+
+def backoff(policy: RetryPolicy, default: Callable[[], WaitBaseT]) -> WaitBaseT:
+    """The tenacity wait strategy of ``policy``: its own, fixed seconds, or ``default()``."""
+    wait = policy.wait
+    if wait is None:
+        return default()
+    if callable(wait):
+        return wait
+    return wait_fixed(wait)
+
+
+def deadline(policy: RetryPolicy) -> float:
+    """Seconds one storage call may take under ``policy``."""
+    return DEFAULT_TIMEOUT if policy.timeout is None else policy.timeout
 
 
 class _Budget:
@@ -155,7 +279,7 @@ def _retrying(
 
     retrying = Retrying(
         stop=stop,
-        wait=policy.wait,
+        wait=backoff(policy, _default_wait),
         retry=retry_if_exception(retry),
         reraise=True,
         before_sleep=before_sleep,
@@ -168,7 +292,7 @@ def _retrying(
         tries = budget.failures[what]
         if isinstance(exc, DeadlineExceeded):
             raise DeadlineExceeded(
-                f"{what} did not answer within {policy.timeout:g} s ({_tries(tries)}); the "
+                f"{what} did not answer within {deadline(policy):g} s ({_tries(tries)}); the "
                 "previous snapshot is intact"
             ) from exc
         detail = f"{type(exc).__name__}: {exc}"
@@ -322,7 +446,7 @@ class RetryingBackend(ForwardingBackend):
 
     def __init__(self, backend: AdminBackend, policy: RetryPolicy | None = None) -> None:
         super().__init__(backend)
-        self.policy = policy or RetryPolicy()
+        self.policy = storage_policy(policy)
 
     def __repr__(self) -> str:
         return f"RetryingBackend({self.backend!r}, {self.policy!r})"
@@ -337,7 +461,7 @@ class RetryingBackend(ForwardingBackend):
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         """``fn()`` with a deadline per try, retried on transient errors within the budget."""
-        timeout = self.policy.timeout
+        timeout = deadline(self.policy)
         return _retrying(
             lambda: call_with_deadline(fn, timeout, what), self.policy, what, self._retried
         )
@@ -345,11 +469,11 @@ class RetryingBackend(ForwardingBackend):
     def open_read(self, name: str) -> BinaryIO:
         """A stream over an object: opening is retried, each read has a deadline."""
         stream = super().open_read(name)
-        return cast(BinaryIO, _DeadlineReader(stream, self.policy.timeout, self.target(name)))
+        return cast(BinaryIO, _DeadlineReader(stream, deadline(self.policy), self.target(name)))
 
     def writer(self, name: str) -> BlobWriter:
         """A writer for a new object: opening is retried, each write and commit has a deadline."""
-        return _DeadlineWriter(super().writer(name), self.policy.timeout, self.target(name))
+        return _DeadlineWriter(super().writer(name), deadline(self.policy), self.target(name))
 
     def create_exclusive(self, name: str, data: bytes) -> None:
         """Create a small object once; ``FileExistsError`` when another writer made it.
@@ -373,7 +497,7 @@ class RetryingBackend(ForwardingBackend):
                 raise
 
         what = self.what("creating", name)
-        timeout = self.policy.timeout
+        timeout = deadline(self.policy)
 
         def with_deadline() -> None:
             nonlocal failed_before

@@ -3,11 +3,11 @@
 - :class:`Captured`: a snapshot's kind and a source of its bytes, made by :func:`capture`
   (``Checkpoint.capture``) from what ``save`` accepts (:data:`SaveData`) and written by
   ``Checkpoint.commit``;
-- :class:`CheckpointInfo`: the newest committed snapshot's metadata (``Checkpoint.info``);
-- :class:`~resumable._manifest.Manifest`: the commit record ``commit`` and ``restore_into``
-  return, re-exported here.
+- :class:`CheckpointInfo`: a committed snapshot's metadata (``Checkpoint.info``, and what
+  ``commit`` and ``restore_into`` return).
 
-These are the types the public methods of ``Checkpoint`` name.
+These are the types the public methods of ``Checkpoint`` name; both are public
+(``resumable.Captured``, ``resumable.CheckpointInfo``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any, Literal
 from ._archive import Compression, TarFacts, gzip_members, iter_tar
 from ._errors import UnsupportedDataError
 from ._files import check_source, iter_file
-from ._manifest import Kind, Manifest
+from ._manifest import Kind
 from ._store import Producer
 from ._stream import Chunk, Spool, discard
 
-__all__ = ["Captured", "CheckpointInfo", "Kind", "Manifest", "SaveData", "Source", "capture"]
+__all__ = ["Captured", "CheckpointInfo", "Kind", "SaveData", "Source", "capture"]
 
 #: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
 Source = Callable[[], Iterable[Chunk] | Producer]
@@ -36,10 +36,11 @@ SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CheckpointInfo:
-    """The newest committed snapshot of a checkpoint, as its manifest records it.
+    """A committed snapshot of a checkpoint, as its manifest records it.
 
-    Returned by :meth:`Checkpoint.info_sync` / ``await info()``, which read one listing and
-    one manifest and restore nothing (flyte's ``prev_exists()``, with the metadata).
+    Returned by :meth:`Checkpoint.info_sync` / ``await info()`` for the newest one, which read
+    one listing and one manifest and restore nothing (flyte's ``prev_exists()``, with the
+    metadata), and by the layer ``@resumable`` builds on (``commit``, ``restore_into``).
 
     Example:
         >>> import tempfile
@@ -68,12 +69,15 @@ class CheckpointInfo:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Captured:
-    """A snapshot's kind and a source of its bytes, made by :meth:`Checkpoint.capture`.
+    """A snapshot captured at one moment, to be written later by :meth:`Checkpoint.commit`.
 
-    ``source()`` produces the bytes again on every call (a save that meets a transient
-    storage error starts over); :meth:`release` frees what the capture holds (a temp copy).
+    Made by :meth:`Checkpoint.capture` (what ``save`` accepts), or by hand for a payload of
+    your own. ``source()`` produces the bytes again on every call (a save that meets a
+    transient storage error starts over); :meth:`release` frees what the capture holds (a
+    temp copy).
 
     Example:
+        >>> from resumable import Captured
         >>> snap = Captured("state", lambda: (b"pickled",))
         >>> snap.kind, b"".join(snap.source())
         ('state', b'pickled')

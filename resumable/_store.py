@@ -388,11 +388,14 @@ class SnapshotStore:
 
     def read_newest_with(
         self,
-        decode: Callable[[Iterator[Chunk]], T],
+        decode: Callable[[Manifest, Iterator[Chunk]], T],
         accept: Callable[[Manifest], None] | None = None,
         poison_after: int | None = None,
     ) -> tuple[Manifest, T] | None:
-        """The newest valid snapshot's manifest and ``decode(payload chunks)``, streamed.
+        """The newest valid snapshot's manifest and ``decode(manifest, payload chunks)``.
+
+        ``decode`` gets the manifest with the chunks: its size bounds what the payload's
+        records may claim.
 
         Unsigned stores: ``decode`` reads the payload as it arrives, verified as it reads;
         the digest is checked at its end, and a mismatch (or a failure of ``decode`` on a

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._checkpoint import Checkpoint
+from ._options import Storage, storage_from_deprecated
 
 __all__ = ["ResumableCallback"]
 
@@ -52,9 +53,10 @@ class ResumableCallback(_TrainerCallback):  # type: ignore[misc]
 
     Args:
         uri: the store: a folder or an fsspec URL, one training run per URI.
-        keep: snapshots (checkpoints) kept in the store.
-        storage_options: passed to the store's fsspec filesystem.
-        signing_key: see :class:`resumable.Checkpoint`.
+        storage: how the checkpoints are stored (:class:`resumable.Storage`: ``keep``, the
+            checkpoints kept in the store; ``storage_options``, ``signing_key``, ...).
+        **deprecated: ``keep=``, ``storage_options=`` and ``signing_key=`` given directly,
+            as they were spelled before: accepted with a ``DeprecationWarning`` for one release.
 
     Raises:
         ImportError: transformers is not installed.
@@ -72,17 +74,15 @@ class ResumableCallback(_TrainerCallback):  # type: ignore[misc]
         self,
         uri: str | os.PathLike[str],
         *,
-        keep: int = 2,
-        storage_options: dict[str, Any] | None = None,
-        signing_key: bytes | str | None = None,
+        storage: Storage | None = None,
+        **deprecated: Any,
     ) -> None:
         if _MISSING is not None:
             raise ImportError(_EXTRA) from _MISSING
         super().__init__()
         self.uri = os.fspath(uri)
-        self.checkpoint = Checkpoint(
-            uri, keep=keep, storage_options=storage_options, signing_key=signing_key
-        )
+        storage = storage_from_deprecated(storage, deprecated, "ResumableCallback")
+        self.checkpoint = Checkpoint(uri, storage=storage)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Commit the checkpoint folder the ``Trainer`` has just written (main process only)."""

@@ -42,6 +42,7 @@ from typing import Any
 
 from ._checkpoint import Checkpoint
 from ._inspect import list_folders
+from ._options import Storage, storage_from_deprecated
 
 __all__ = ["ResumableCheckpointIO"]
 
@@ -69,9 +70,11 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         dirpath: the local folder the ``ModelCheckpoint`` writes to (its ``dirpath``). When
             given, the store's ``last*.ckpt`` checkpoints are restored into it now, with their
             commit times as modification times, so that ``ckpt_path="last"`` finds them.
-        keep: snapshots kept per checkpoint name (``last.ckpt`` is saved again and again).
-        storage_options: passed to the store's fsspec filesystem.
-        signing_key: see :class:`resumable.Checkpoint`.
+        storage: how the checkpoints are stored (:class:`resumable.Storage`: ``keep``, the
+            snapshots kept per checkpoint name, as ``last.ckpt`` is saved again and again;
+            ``storage_options``, ``signing_key``, ...). Default ``Storage(keep=1)``.
+        **deprecated: ``keep=``, ``storage_options=`` and ``signing_key=`` given directly,
+            as they were spelled before: accepted with a ``DeprecationWarning`` for one release.
 
     Raises:
         ImportError: Lightning is not installed.
@@ -92,17 +95,19 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         uri: str | os.PathLike[str],
         *,
         dirpath: str | os.PathLike[str] | None = None,
-        keep: int = 1,
-        storage_options: dict[str, Any] | None = None,
-        signing_key: bytes | str | None = None,
+        storage: Storage | None = None,
+        **deprecated: Any,
     ) -> None:
         if _MISSING is not None:
             raise ImportError(_EXTRA) from _MISSING
         super().__init__()
         self.uri = os.fspath(uri).rstrip("/") or "/"
-        self.keep = keep
-        self.storage_options = storage_options
-        self.signing_key = signing_key
+        if storage is None and not deprecated:
+            storage = Storage(keep=1)
+        elif storage is None:
+            deprecated.setdefault("keep", 1)
+        #: How the checkpoints are stored.
+        self.storage = storage_from_deprecated(storage, deprecated, "ResumableCheckpointIO")
         self._local: Any = _io.TorchCheckpointIO()
         self._checkpoints: dict[str, Checkpoint] = {}
         if dirpath is not None:
@@ -172,7 +177,7 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
 
         """
         self._local.remove_checkpoint(path)
-        self._checkpoint(path).clear()
+        self._checkpoint(path).clear_sync()
 
     def teardown(self) -> None:
         """Close the store's connections and workspaces (Lightning calls this at the end)."""
@@ -194,7 +199,7 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
             ['last.ckpt']
 
         """
-        names = list_folders(self.uri, self.storage_options)
+        names = list_folders(self.uri, self.storage.storage_options)
         return [name for name in names if self._checkpoint(name).newest_seq() is not None]
 
     def restore_last(
@@ -238,12 +243,7 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         """The store's ``Checkpoint`` for the checkpoint file ``path`` (keyed by its name)."""
         name = Path(path).name
         if name not in self._checkpoints:
-            self._checkpoints[name] = Checkpoint(
-                f"{self.uri}/{name}",
-                keep=self.keep,
-                storage_options=self.storage_options,
-                signing_key=self.signing_key,
-            )
+            self._checkpoints[name] = Checkpoint(f"{self.uri}/{name}", storage=self.storage)
         return self._checkpoints[name]
 
 

@@ -4,12 +4,10 @@ Importing this module registers the fsspec protocol ``faulty``: a wrapper around
 filesystem that fails a chosen fraction of calls, truncates writes, or hangs.
 
 Example:
-    >>> from resumable import Checkpoint
+    >>> from resumable import Checkpoint, Storage
     >>> from resumable.testing import FaultyFileSystem
-    >>> cp = Checkpoint(
-    ...     "faulty:///doc-faults",
-    ...     storage_options={"target_protocol": "memory", "fail_rate": 0.1, "seed": 7},
-    ... )
+    >>> faulty = {"target_protocol": "memory", "fail_rate": 0.1, "seed": 7}
+    >>> cp = Checkpoint("faulty:///doc-faults", storage=Storage(storage_options=faulty))
     >>> for step in range(20):
     ...     cp.save_sync(str(step).encode())
     >>> (cp.load_sync() / "payload").read_bytes()

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, RetryPolicy, resumable
+from resumable import Checkpoint, CorruptCheckpointError, RetryPolicy, Storage, resumable
 from resumable._backend import LocalBackend, NotAnObjectError
 from resumable._cli import main as cli
 
@@ -68,7 +68,7 @@ def finishes(fn: Callable[[], T], fifos: list[Path]) -> T:
 
 def two_snapshots(store: Path, signed: bool) -> tuple[Checkpoint, Path]:
     """A store holding OLD then NEW; the path of NEW's payload object."""
-    cp = Checkpoint(store, keep=5, signing_key=SECRET if signed else None)
+    cp = Checkpoint(store, storage=Storage(keep=5, signing_key=SECRET if signed else None))
     cp.save_sync(OLD)
     cp.save_sync(NEW)
     (newest,) = store.glob("00000000000000000001.*.blob")
@@ -94,7 +94,9 @@ def test_fifo_payload_falls_back_to_the_previous_snapshot(
     _, newest = two_snapshots(store, signed)
     newest.unlink()
     os.mkfifo(newest)
-    cp = Checkpoint(store, keep=5, signing_key=SECRET if signed else None, retry=retry)
+    cp = Checkpoint(
+        store, storage=Storage(keep=5, signing_key=SECRET if signed else None, retry=retry)
+    )
     assert finishes(lambda: loaded(cp), [newest]) == OLD
     assert stat.S_ISFIFO(newest.lstat().st_mode)  # refused, not removed: it is not ours
 
@@ -110,7 +112,7 @@ def test_symlinked_payload_falls_back_to_the_previous_snapshot(tmp_path: Path, t
         target = str(copy)
     newest.unlink()
     newest.symlink_to(target)
-    assert finishes(lambda: loaded(Checkpoint(store, keep=5)), []) == OLD
+    assert finishes(lambda: loaded(Checkpoint(store, storage=Storage(keep=5))), []) == OLD
 
 
 def test_fifo_payload_of_a_task_state_falls_back(tmp_path: Path) -> None:
@@ -139,7 +141,7 @@ def test_fifo_manifest_is_not_a_snapshot(tmp_path: Path) -> None:
     two_snapshots(store, signed=False)
     fifo = store / "00000000000000000002.json"
     os.mkfifo(fifo)
-    assert finishes(lambda: loaded(Checkpoint(store, keep=5)), [fifo]) == NEW
+    assert finishes(lambda: loaded(Checkpoint(store, storage=Storage(keep=5))), [fifo]) == NEW
 
 
 @pytest.mark.parametrize("command", ["verify", "show"])
@@ -167,7 +169,7 @@ def test_symlinked_store_root_keeps_working(tmp_path: Path) -> None:
     real.mkdir()
     link = tmp_path / "link"
     link.symlink_to(real, target_is_directory=True)
-    cp = Checkpoint(link / "task", keep=2)
+    cp = Checkpoint(link / "task", storage=Storage(keep=2))
     cp.save_sync(NEW)
     assert loaded(Checkpoint(link / "task")) == NEW
     assert loaded(Checkpoint(real / "task")) == NEW

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -10,12 +11,15 @@ from pathlib import Path
 
 import blake3
 import pytest
+import tenacity
 
 from resumable import (
     Checkpoint,
     ConfigurationError,
     ResumableError,
+    RetryPolicy,
     SourceNotFoundError,
+    Storage,
     UnsafeSymlinkError,
     UnsupportedDataError,
 )
@@ -90,7 +94,7 @@ def test_file_round_trip(store_url: str, io: IO, tmp_path: Path, size: int) -> N
 def test_directory_round_trip(store_url: str, io: IO, tmp_path: Path, compression: str) -> None:
     """A folder is extracted at the root: files, empty files and folders, inner links."""
     src = make_tree(tmp_path / "src")
-    with Checkpoint(store_url, compression=compression) as cp:  # type: ignore[arg-type]
+    with Checkpoint(store_url, storage=Storage(compression=compression)) as cp:  # type: ignore[arg-type]
         io.save(cp, src)
         root = io.load(cp)
         assert root is not None
@@ -244,12 +248,53 @@ def test_absolute_symlink_out_of_folder_refused(store_url: str, io: IO, tmp_path
         ({"keep": 0}, "keep"),
         ({"keep": "2"}, "keep"),
         ({"compression": "zstd"}, "compression"),
+        ({"retry": 3}, "retry"),
+        ({"limits": {}}, "limits"),
+        ({"signing_key": ""}, "signing_key"),
+        ({"retry": RetryPolicy(retry_on=tenacity.retry_if_exception_type())}, "strategy"),
     ],
 )
 def test_bad_arguments_are_configuration_errors(kwargs: dict[str, object], match: str) -> None:
-    """Bad constructor arguments raise a ValueError that names the argument."""
+    """Bad storage options raise a ValueError that names the option."""
     with pytest.raises(ConfigurationError, match=match):
-        Checkpoint("memory://x", **kwargs)  # type: ignore[arg-type]
+        Storage(**kwargs)  # type: ignore[arg-type]
+
+
+def test_storage_other_than_a_storage_is_refused() -> None:
+    """Checkpoint(storage=...) takes a Storage."""
+    with pytest.raises(ConfigurationError, match="storage must be a Storage"):
+        Checkpoint("memory://x", storage={"keep": 2})  # type: ignore[arg-type]
+
+
+def test_flat_storage_options_are_deprecated_but_still_work() -> None:
+    """Checkpoint(uri, keep=3) still works for one release, with a warning saying what to write."""
+    with pytest.warns(DeprecationWarning, match=r"storage=Storage\(keep=\.\.\.\)"):
+        cp = Checkpoint("memory://deprecated-keep", keep=3)
+    with cp:
+        assert cp.storage == Storage(keep=3)
+    with pytest.raises(ConfigurationError, match="not beside it"):
+        Checkpoint("memory://x", storage=Storage(), keep=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'kep'"):
+        Checkpoint("memory://x", kep=3)
+
+
+def test_clear_and_save_background_have_sync_and_async_twins(store_url: str) -> None:
+    """Clear / clear_sync and save_background / save_background_sync do the same thing."""
+
+    async def both(cp: Checkpoint) -> None:
+        await cp.save_background(b"async")
+        await cp.flush()
+        assert (await cp.info()) is not None
+        await cp.clear()
+        assert not await cp.exists()
+
+    with Checkpoint(store_url) as cp:
+        cp.save_background_sync(b"sync")
+        cp.flush_sync()
+        assert cp.exists_sync()
+        cp.clear_sync()
+        assert not cp.exists_sync()
+        asyncio.run(both(cp))
 
 
 def test_unknown_protocol_is_a_configuration_error() -> None:

@@ -44,6 +44,7 @@ from resumable import (
     CorruptCheckpointError,
     RetryPolicy,
     StateError,
+    Storage,
     StorageError,
     ctx,
     resumable,
@@ -326,7 +327,7 @@ class CheckpointMachine(RuleBasedStateMachine):
     def cp(self) -> Checkpoint:
         """The Checkpoint of this "process"; a fresh one after another writer committed."""
         if self._cp is None:
-            self._cp = Checkpoint(self.store.url, keep=self.keep)
+            self._cp = Checkpoint(self.store.url, storage=Storage(keep=self.keep))
         return self._cp
 
     def forget_cp(self) -> None:
@@ -350,17 +351,23 @@ class CheckpointMachine(RuleBasedStateMachine):
         assert listed <= {s.seq for s in self.model.snaps}, "a snapshot the model never made"
         self.model.present = listed
 
-    def task(self, *, background: bool = False, store: str | None = None, **options: Any) -> Any:
+    def task(
+        self,
+        *,
+        background: bool = False,
+        store: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
         """A generator task with injected state: returns what it got, yields what it is sent."""
 
         @resumable(
             state=INITIAL,
             store=store or self.store.root,
             key=KEY,
-            keep=self.keep,
             on_success="keep",
             background=background,
-            **options,
+            storage=Storage(keep=self.keep, storage_options=storage_options, retry=retry),
         )
         def run(new: Any, state: Any = INITIAL) -> Any:
             got = state
@@ -396,7 +403,7 @@ class CheckpointMachine(RuleBasedStateMachine):
         elif how == "async":
             asyncio.run(cp.save(value))
         else:
-            cp.save_background(value)
+            cp.save_background_sync(value)
             cp.flush_sync()
         snap = self.model.commit("bytes", value, self.keep)
         assert cp.newest_seq() == snap.seq  # waits for retention too
@@ -407,7 +414,9 @@ class CheckpointMachine(RuleBasedStateMachine):
         """ctx().save_sync in a task without injected state commits a state snapshot."""
         value = spec.build()
 
-        @resumable(store=self.store.root, key=KEY, keep=self.keep, on_success="keep")
+        @resumable(
+            store=self.store.root, key=KEY, on_success="keep", storage=Storage(keep=self.keep)
+        )
         def put() -> None:
             ctx().save_sync(value)
 
@@ -504,7 +513,8 @@ class CheckpointMachine(RuleBasedStateMachine):
         try:
             if kind == "bytes":
                 with Checkpoint(
-                    f"{url}/{KEY}", keep=self.keep, storage_options=options, retry=policy
+                    f"{url}/{KEY}",
+                    storage=Storage(keep=self.keep, storage_options=options, retry=policy),
                 ) as cp:
                     cp.save_sync(data)
             else:
@@ -512,10 +522,8 @@ class CheckpointMachine(RuleBasedStateMachine):
                 @resumable(
                     store=url,
                     key=KEY,
-                    keep=self.keep,
                     on_success="keep",
-                    storage_options=options,
-                    storage_retry=policy,
+                    storage=Storage(keep=self.keep, storage_options=options, retry=policy),
                 )
                 def put() -> None:
                     ctx().save_sync(data)
@@ -544,7 +552,9 @@ class CheckpointMachine(RuleBasedStateMachine):
         try:
             if via == "checkpoint":
                 expected = self.model.checkpoint_load()
-                with Checkpoint(f"{url}/{KEY}", storage_options=options, retry=policy) as cp:
+                with Checkpoint(
+                    f"{url}/{KEY}", storage=Storage(storage_options=options, retry=policy)
+                ) as cp:
                     kind, root = outcome(cp.load_sync)
                     if root is None:
                         assert expected == ("none", None)
@@ -554,7 +564,7 @@ class CheckpointMachine(RuleBasedStateMachine):
                         self.check_payload(kind, (root / "payload").read_bytes(), expected)
                 return
             expected = self.model.task_load()
-            task = self.task(store=url, storage_options=options, storage_retry=policy)
+            task = self.task(store=url, storage_options=options, retry=policy)
             kind, got = outcome(lambda: task(None))
         except StorageError:
             return  # failed cleanly

@@ -12,7 +12,7 @@ import fsspec
 import pytest
 from fsspec.spec import AbstractFileSystem
 
-from resumable import Checkpoint
+from resumable import Checkpoint, Storage
 from resumable._checkpoint import Captured
 from resumable._cli import main
 
@@ -105,7 +105,7 @@ def test_verify_honours_the_signing_key(
 ) -> None:
     """With ``RESUMABLE_SIGNING_KEY`` set, an unsigned snapshot is bad, as a load refuses it."""
     store = tmp_path / "store"
-    with Checkpoint(store / "t", signing_key=SECRET) as cp:
+    with Checkpoint(store / "t", storage=Storage(signing_key=SECRET)) as cp:
         cp.save_sync(b"signed")
     with Checkpoint(store / "t") as cp:  # no key: unsigned, planted after the signed one
         monkeypatch.delenv("RESUMABLE_SIGNING_KEY", raising=False)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import resumable._snapshot as snapshot_module
-from resumable import Checkpoint, testing
+from resumable import Checkpoint, Storage, testing
 from resumable._checkpoint import Captured
 
 from .conftest import IO, store_files
@@ -125,7 +125,7 @@ def test_manifest_is_written_after_payload(store_url: str, io: IO) -> None:
 def test_retention_keeps_newest(store_url: str, io: IO, tmp_path: Path) -> None:
     """Only the newest `keep` snapshots stay, payloads included."""
     src = tmp_path / "f.bin"
-    with Checkpoint(store_url, keep=3) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=3)) as cp:
         for i in range(6):
             src.write_bytes(bytes([i]) * 100_000)
             io.save(cp, src)
@@ -142,7 +142,7 @@ def test_retention_runs_after_commit_manifest_before_payload(
     One batched delete: the manifest comes first in it.
     """
     events: list[str] = []
-    with Checkpoint(store_url, keep=1) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=1)) as cp:
         cp.commit(Captured("bytes", lambda: [os.urandom(100_000)]))
         backend = testing.backend(cp)
         real_delete, real_create = backend.delete_many, backend.create_exclusive
@@ -169,7 +169,7 @@ def test_two_threads_never_interleave(store_url: str) -> None:
     payloads = {name: name.encode() * 50_000 for name in ("left", "right")}
     start = threading.Barrier(2)
     errors: list[BaseException] = []
-    with Checkpoint(store_url, keep=100) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=100)) as cp:
 
         def run(name: str) -> None:
             start.wait()

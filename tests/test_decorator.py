@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from resumable import (
     ConfigurationError,
     Dir,
     NoTaskContextError,
+    RetryPolicy,
     StateError,
+    Storage,
     StorageError,
     ctx,
     resumable,
@@ -41,7 +45,10 @@ def _store(store_url: str) -> str:
 def make_counter(kind: str, **options: Any) -> Callable[..., Any]:
     """A counting task of the given kind that fails once halfway on its first attempt."""
     seen: list[int] = []
-    options = {"state": 0, "retries": 2, "wait": 0, **options}
+    retry = {"attempts": options.pop("attempts", 3), "wait": 0}
+    if "retry_on" in options:
+        retry["retry_on"] = options.pop("retry_on")
+    options = {"state": 0, "retry": RetryPolicy(**retry), **options}
 
     if kind == "generator":
 
@@ -118,7 +125,7 @@ def test_decorated_object_keeps_name_doc_signature(kind: str) -> None:
 
 def test_last_attempt_raises_the_tasks_own_exception(kind: str, store: str) -> None:
     """When retries run out, the task's exception propagates, not a tenacity RetryError."""
-    task = make_counter(kind, store=store, retries=0)
+    task = make_counter(kind, store=store, attempts=1)
     with pytest.raises(RuntimeError, match="first attempt dies"):
         run(task(4))
 
@@ -175,7 +182,7 @@ def test_initial_state_is_a_fresh_copy(store: str) -> None:
 def test_without_state_nothing_is_injected(store: str, tmp_path: Path) -> None:
     """With state omitted, the task uses ctx().checkpoint itself, as with a plain Checkpoint."""
 
-    @resumable(store=store, retries=1, wait=0)
+    @resumable(store=store, retry=RetryPolicy(attempts=2, wait=0))
     def process(n: int) -> int:
         cp = ctx().checkpoint
         root = cp.load_sync()
@@ -204,7 +211,7 @@ def test_raw_snapshot_with_injection_is_a_clear_error(store: str) -> None:
 def test_state_is_captured_when_yielded(store: str) -> None:
     """A background snapshot holds the value at the yield, not later mutations."""
 
-    @resumable(state={"n": 0}, store=store, background=True, retries=1, wait=0)
+    @resumable(state={"n": 0}, store=store, background=True, retry=RetryPolicy(attempts=2, wait=0))
     def task(state: dict[str, int] | None = None) -> dict[str, int]:
         assert state is not None
         if ctx().attempt_number() == 1:
@@ -221,7 +228,9 @@ def test_every_n_persists_every_nth_yield(store: str) -> None:
     """every=3 persists the 3rd, 6th, ... yield (and the final one with on_success='keep')."""
     commits: list[Any] = []
 
-    @resumable(state=0, store=store, key="every", every=3, keep=100, on_success="keep")
+    @resumable(
+        state=0, store=store, key="every", every=3, on_success="keep", storage=Storage(keep=100)
+    )
     def task(state: int = 0) -> Any:
         for i in range(state, 7):
             yield i + 1
@@ -239,7 +248,14 @@ def test_every_n_persists_every_nth_yield(store: str) -> None:
 def test_every_seconds_throttles(store: str) -> None:
     """every_seconds holds back yields inside the window; the newest wins at the end."""
 
-    @resumable(state=0, store=store, key="secs", every_seconds=3600, keep=100, on_success="keep")
+    @resumable(
+        state=0,
+        store=store,
+        key="secs",
+        every=timedelta(seconds=3600),
+        on_success="keep",
+        storage=Storage(keep=100),
+    )
     def task(state: int = 0) -> Any:
         for i in range(5):
             yield i + 1
@@ -288,7 +304,7 @@ def test_unpicklable_state_is_not_retried(store: str) -> None:
     """A state that cannot be pickled raises StateError at once, without retries."""
     attempts: list[int] = []
 
-    @resumable(state=0, store=store, retries=3, wait=0)
+    @resumable(state=0, store=store, retry=RetryPolicy(attempts=4, wait=0))
     def task(state: int = 0) -> Any:
         attempts.append(ctx().attempt_number())
         yield threading.Lock()
@@ -303,7 +319,7 @@ def test_dir_state_is_restored_identical(store: str, tmp_path: Path) -> None:
     folder = tmp_path / "out"
     injected: list[Path] = []
 
-    @resumable(state=Dir(folder), store=store, retries=1, wait=0)
+    @resumable(state=Dir(folder), store=store, retry=RetryPolicy(attempts=2, wait=0))
     def train(state: Path | None = None) -> Any:
         assert state is not None
         injected.append(state)
@@ -398,21 +414,49 @@ def test_default_store_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"retries": -1}, "retries"),
+        ({"attempts": 0}, "attempts"),
+        ({"attempts": 2, "retry": RetryPolicy()}, "attempts= or retry="),
+        ({"retry": 3}, "retry"),
+        ({"retry": RetryPolicy(timeout=5.0)}, "timeout"),
         ({"every": 0}, "every"),
-        ({"keep": 0}, "keep"),
-        ({"wait": "soon"}, "wait"),
-        ({"retry_on": "oops"}, "retry_on"),
+        ({"every": timedelta(seconds=-1)}, "every"),
+        ({"storage": {"keep": 2}}, "storage"),
         ({"on_success": "delete"}, "on_success"),
-        ({"arg": "not a name"}, "arg"),
         ({"key": "../escape"}, "key"),
-        ({"every_seconds": -1}, "every_seconds"),
     ],
 )
 def test_bad_options_are_configuration_errors(options: dict[str, Any], match: str) -> None:
     """Bad decorator arguments raise a ValueError naming the argument."""
     with pytest.raises(ConfigurationError, match=match):
         resumable(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"retries": 2}, "attempts=<retries + 1>"),
+        ({"wait": 0}, "retry=RetryPolicy(wait=...)"),
+        ({"retry_on": KeyError}, "retry=RetryPolicy(retry_on=...)"),
+        ({"no_retry_on": KeyError}, "retry=RetryPolicy(no_retry_on=...)"),
+        ({"every_seconds": 5}, "every=datetime.timedelta(seconds=...)"),
+        ({"keep": 3}, "storage=Storage(keep=...)"),
+        ({"signing_key": "k"}, "storage=Storage(signing_key=...)"),
+        ({"storage_options": {}}, "storage=Storage(storage_options=...)"),
+        ({"storage_retry": RetryPolicy()}, "storage=Storage(retry=...)"),
+        ({"arg": "ckpt"}, "name the task's parameter `state`"),
+    ],
+)
+def test_removed_options_name_their_replacement(options: dict[str, Any], fix: str) -> None:
+    """An option @resumable no longer takes is a TypeError that says what to write instead."""
+    with pytest.raises(TypeError, match=re.escape(fix)):
+        resumable(**options)
+
+
+def test_the_decorator_takes_at_most_twelve_parameters() -> None:
+    """@resumable stays small: twelve keyword-only options, the store's in one Storage."""
+    params = inspect.signature(resumable).parameters
+    assert len(params) <= 12
+    assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
 
 
 def test_missing_state_parameter_is_reported() -> None:

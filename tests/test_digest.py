@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resumable import Checkpoint
+from resumable import Checkpoint, Storage
 from resumable._stream import DIGESTS, Digest
 
 from .conftest import IO, as_format_1, read_object, store_files, write_object
@@ -89,12 +89,12 @@ def test_version_2_signature_on_format_1_loads(
     store_url: str, io: IO, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A store signed before digests were named (signature 2, sha256) loads without warning."""
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, BIG)
     doc = as_format_1(store_url, 0)
     _sign_v2(doc, store_url.rstrip("/").rsplit("/", 1)[-1])
     write_object(store_url, f"{0:020d}.json", json.dumps(doc).encode())
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         with caplog.at_level(logging.WARNING, logger="resumable"):
             root = io.load(cp)
         assert root is not None
@@ -106,14 +106,14 @@ def test_signature_is_bound_to_the_digest_algorithm(
     store_url: str, io: IO, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Relabelling a signed blake3 manifest as sha256 (same hex) breaks its signature."""
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, b"previous")
         io.save(cp, b"newest")
     name = f"{1:020d}.json"
     doc = json.loads(read_object(store_url, name))
     doc["sha256"] = doc.pop("blake3")
     write_object(store_url, name, json.dumps(doc).encode())
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         with caplog.at_level(logging.WARNING, logger="resumable"):
             root = io.load(cp)
         assert root is not None
@@ -149,7 +149,7 @@ def test_digest_matches_one_pass_over_any_chunking(chunks: list[bytes], algorith
 
 def test_signature_version_3_is_what_the_storage_format_page_says(store_url: str, io: IO) -> None:
     """The hmac of a new manifest is HMAC-SHA256 of the JSON array docs/storage-format.md gives."""
-    with Checkpoint(store_url, signing_key=SECRET, name="task-7") as cp:
+    with Checkpoint(store_url, name="task-7", storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, BIG)
     doc = json.loads(read_object(store_url, f"{0:020d}.json"))
     array = ["resumable-manifest", "task-7", doc["format"], doc["seq"], doc["kind"], doc["size"]]

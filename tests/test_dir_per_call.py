@@ -10,7 +10,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from resumable import ConfigurationError, Dir, resumable
+from resumable import ConfigurationError, Dir, RetryPolicy, resumable
 
 KINDS = ["sync", "async"]
 
@@ -103,14 +103,18 @@ def test_a_retry_resumes_in_the_same_folder(
         seen.append(sorted(p.name for p in state.iterdir()))
         (state / "step").write_text("1")
 
-    @resumable(state=Dir("runs/{key}"), store=str(tmp_path / "s"), retries=1, wait=0)
+    @resumable(
+        state=Dir("runs/{key}"), store=str(tmp_path / "s"), retry=RetryPolicy(attempts=2, wait=0)
+    )
     def task(lr: float, state: Path | None = None) -> Iterator[None]:
         work(state)
         yield
         if len(seen) == 1:
             raise OSError("flaky")
 
-    @resumable(state=Dir("runs/{key}"), store=str(tmp_path / "s"), retries=1, wait=0)
+    @resumable(
+        state=Dir("runs/{key}"), store=str(tmp_path / "s"), retry=RetryPolicy(attempts=2, wait=0)
+    )
     async def atask(lr: float, state: Path | None = None) -> AsyncIterator[None]:
         work(state)
         yield

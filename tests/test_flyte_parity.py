@@ -22,7 +22,9 @@ from resumable import (
     Checkpoint,
     CheckpointInfo,
     ConfigurationError,
+    RetryPolicy,
     StateError,
+    Storage,
     ctx,
     resumable,
 )
@@ -45,7 +47,8 @@ def run(result: Any) -> Any:
 def make_task(kind: str, errors: list[BaseException], **options: Any) -> Callable[..., Any]:
     """A task of ``kind`` whose attempt ``i`` raises ``errors[i]`` (when there is one)."""
     attempts: list[int] = []
-    options = {"state": 0, "retries": 3, "wait": 0, **options}
+    retry = {k: options.pop(k) for k in ("retry_on", "no_retry_on") if k in options}
+    options = {"state": 0, "retry": RetryPolicy(attempts=4, wait=0, **retry), **options}
 
     def step() -> None:
         number = ctx().attempt_number
@@ -152,7 +155,7 @@ def test_strategy_with_no_retry_on_and_library_errors(kind: str, store_url: str)
 def test_bad_retry_options_are_refused(options: dict[str, Any], word: str) -> None:
     """no_retry_on takes exception types; retry_on types or a tenacity retry strategy."""
     with pytest.raises(ConfigurationError, match=word):
-        resumable(**options)
+        RetryPolicy(**options)
 
 
 # -- e. attempt_number, as a property and as a method ----------------------------------------
@@ -161,7 +164,11 @@ def test_bad_retry_options_are_refused(options: dict[str, Any], word: str) -> No
 def test_attempt_number_compares_and_calls(kind: str, store_url: str) -> None:
     """ctx().attempt_number == 0 holds on the first attempt, and ctx().attempt_number() works."""
     seen: list[tuple[bool, int, int, str]] = []
-    options: dict[str, Any] = {"state": 0, "retries": 1, "wait": 0, "store": store_url}
+    options: dict[str, Any] = {
+        "state": 0,
+        "retry": RetryPolicy(attempts=2, wait=0),
+        "store": store_url,
+    }
 
     def look() -> None:
         n = ctx().attempt_number
@@ -265,12 +272,12 @@ def test_info_skips_an_unreadable_newest_manifest(store_url: str, io: IO) -> Non
 
 def test_info_after_clear_is_none_and_signed_is_reported(store_url: str, io: IO) -> None:
     """A cleared checkpoint has no snapshot, also when signed; a signed one says so."""
-    with Checkpoint(store_url, signing_key=b"k" * 32) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=b"k" * 32)) as cp:
         io.save(cp, b"signed")
         got = info_of(cp, io)
         assert got is not None
         assert got.signed
-        cp.clear()
+        cp.clear_sync()
         assert info_of(cp, io) is None
         assert exists_of(cp, io) is False
 
@@ -278,7 +285,7 @@ def test_info_after_clear_is_none_and_signed_is_reported(store_url: str, io: IO)
 def test_info_sees_background_saves(store_url: str, io: IO) -> None:
     """A background save made before info is counted."""
     with Checkpoint(store_url) as cp:
-        cp.save_background(b"later")
+        cp.save_background_sync(b"later")
         assert exists_of(cp, io) is True
 
 
@@ -340,7 +347,7 @@ def test_no_warning_for_an_empty_or_own_location(
     with Checkpoint(store_url) as cp:
         assert io.load(cp) is None
         io.save(cp, b"x")
-        cp.clear()
+        cp.clear_sync()
         assert io.load(cp) is None
     put(f"{store_url}/other", "00000000000000000000.1f0c9a7e3b2d4c5a.blob")
     with Checkpoint(f"{store_url}/other") as cp:

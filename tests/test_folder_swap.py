@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, ConfigurationError, CorruptCheckpointError, Dir, resumable
+from resumable import (
+    Checkpoint,
+    ConfigurationError,
+    CorruptCheckpointError,
+    Dir,
+    RetryPolicy,
+    resumable,
+)
 from resumable._owner import MARKER
 
 # -- a folder that is a symbolic link ------------------------------------------------------
@@ -40,7 +47,12 @@ def test_symlinked_dir_is_restored_into_its_target(tmp_path: Path) -> None:
     link.symlink_to(real, target_is_directory=True)
     seen: list[list[str]] = []
 
-    @resumable(state=Dir(link), store=str(tmp_path / "store"), key="t", retries=1, wait=0)
+    @resumable(
+        state=Dir(link),
+        store=str(tmp_path / "store"),
+        key="t",
+        retry=RetryPolicy(attempts=2, wait=0),
+    )
     def task(state: Path) -> Iterator[None]:
         seen.append(sorted(p.name for p in state.iterdir()))
         (state / f"attempt-{len(seen)}.txt").write_text("work")
@@ -87,7 +99,12 @@ def test_dir_link_to_nothing_or_a_file_is_refused_at_call_start(tmp_path: Path, 
         link.symlink_to(tmp_path / "missing")
     ran = []
 
-    @resumable(state=Dir(link), store=str(tmp_path / "store"), key="t", retries=2, wait=0)
+    @resumable(
+        state=Dir(link),
+        store=str(tmp_path / "store"),
+        key="t",
+        retry=RetryPolicy(attempts=3, wait=0),
+    )
     def task(state: Path) -> None:
         ran.append(state)
 

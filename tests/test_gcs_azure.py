@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, ConcurrentWriterError
+from resumable import Checkpoint, ConcurrentWriterError, Storage
 from resumable._backend import open_backend
 from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
@@ -101,7 +101,7 @@ def test_file_uploaded_in_parts_round_trips(url: str, tmp_path: Path) -> None:
     data = os.urandom(3 * MiB)
     source.write_bytes(data)
     options = PART_OPTIONS[url.split("://", 1)[0]]
-    with Checkpoint(url, storage_options=options) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=options)) as cp:
         cp.save_sync(source)
         root = cp.load_sync()
         assert root is not None
@@ -111,7 +111,7 @@ def test_file_uploaded_in_parts_round_trips(url: str, tmp_path: Path) -> None:
 def test_upload_aborted_midway_leaves_no_blob(url: str) -> None:
     """A save whose source fails after parts were uploaded leaves no new object; the old loads."""
     options = PART_OPTIONS[url.split("://", 1)[0]]
-    with Checkpoint(url, storage_options=options) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=options)) as cp:
         cp.save_sync(b"previous")
         before = store_files(url)
 

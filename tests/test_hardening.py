@@ -20,7 +20,9 @@ from resumable import (
     ConfigurationError,
     CorruptCheckpointError,
     ResumableError,
+    RetryPolicy,
     StateError,
+    Storage,
     StorageError,
     ctx,
     resumable,
@@ -46,7 +48,7 @@ class Exploit:
 
 def test_signed_round_trip(store_url: str, io: IO) -> None:
     """With a key, manifests carry an HMAC and load back."""
-    with Checkpoint(store_url, signing_key=KEY) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=KEY)) as cp:
         io.save(cp, b"signed")
         doc = json.loads(read_object(store_url, "00000000000000000000.json"))
         assert len(doc["hmac"]) == 64
@@ -55,7 +57,10 @@ def test_signed_round_trip(store_url: str, io: IO) -> None:
 
 def test_unsigned_snapshot_refused_with_key(store_url: str, io: IO) -> None:
     """With a key set, an unsigned snapshot is refused; the previous signed one is used."""
-    with Checkpoint(store_url, signing_key=KEY) as signed, Checkpoint(store_url) as unsigned:
+    with (
+        Checkpoint(store_url, storage=Storage(signing_key=KEY)) as signed,
+        Checkpoint(store_url) as unsigned,
+    ):
         io.save(signed, b"good")
         io.save(unsigned, b"planted")
         assert (io.load(signed) / "payload").read_bytes() == b"good"
@@ -63,16 +68,19 @@ def test_unsigned_snapshot_refused_with_key(store_url: str, io: IO) -> None:
 
 def test_wrong_key_refused(store_url: str, io: IO) -> None:
     """A snapshot signed with another key is refused with SignatureError."""
-    with Checkpoint(store_url, signing_key=b"other") as other:
+    with Checkpoint(store_url, storage=Storage(signing_key=b"other")) as other:
         io.save(other, b"x")
-    with Checkpoint(store_url, signing_key=KEY) as cp, pytest.raises(CorruptCheckpointError) as exc:
+    with (
+        Checkpoint(store_url, storage=Storage(signing_key=KEY)) as cp,
+        pytest.raises(CorruptCheckpointError) as exc,
+    ):
         io.load(cp)
     assert "signature is wrong" in str(exc.value)
 
 
 def test_moved_signature_refused(store_url: str, io: IO) -> None:
     """A valid signature copied onto another manifest does not verify."""
-    with Checkpoint(store_url, signing_key=KEY) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=KEY)) as cp:
         io.save(cp, b"first")
         io.save(cp, b"second")
         first = json.loads(read_object(store_url, "00000000000000000000.json"))
@@ -90,7 +98,7 @@ def test_malicious_pickle_never_unpickled_with_key(
     store = str(tmp_path / "store")
     Checkpoint(f"{store}/victim").commit(Captured("state", lambda: [pickle.dumps(Exploit())]))
 
-    @resumable(state=0, store=store, key="victim", signing_key=KEY)
+    @resumable(state=0, store=store, key="victim", storage=Storage(signing_key=KEY))
     def task(state: int = 0) -> int:
         return state
 
@@ -107,7 +115,7 @@ def test_signing_key_from_environment(store_url: str, monkeypatch: pytest.Monkey
     doc = json.loads(read_object(store_url, "00000000000000000000.json"))
     assert "hmac" in doc
     with pytest.raises(ConfigurationError):
-        Checkpoint(store_url, signing_key=b"")
+        Checkpoint(store_url, storage=Storage(signing_key=b""))
 
 
 # -- poison snapshots ----------------------------------------------------------------------
@@ -119,7 +127,9 @@ def test_poison_snapshot_falls_back_to_previous(
     """A snapshot every attempt crashes on is skipped after poison_after tries, with a log."""
     starts: list[int] = []
 
-    @resumable(state=0, store=store_url, key="p", retries=5, wait=0, poison_after=2)
+    @resumable(
+        state=0, store=store_url, key="p", poison_after=2, retry=RetryPolicy(attempts=6, wait=0)
+    )
     def task(state: int = 0) -> Any:
         starts.append(state)
         if state == 0:
@@ -181,7 +191,7 @@ def test_checkpoint_background_save_captures_now(store_url: str, io: IO, tmp_pat
     with Checkpoint(store_url) as cp:
         for i in range(5):
             src.write_bytes(bytes([i]) * 100_000)
-            cp.save_background(src)
+            cp.save_background_sync(src)
         src.write_bytes(b"changed after the last save")
         cp.flush_sync()
         assert (io.load(cp) / "payload").read_bytes() == bytes([4]) * 100_000
@@ -197,7 +207,7 @@ def test_checkpoint_background_failure_surfaces(
 
     cp = Checkpoint(store_url)
     monkeypatch.setattr(Checkpoint, "commit", broken)
-    cp.save_background(b"x")
+    cp.save_background_sync(b"x")
     with pytest.raises(OSError, match="no space left"):
         cp.flush_sync()
     cp.close()
@@ -206,7 +216,7 @@ def test_checkpoint_background_failure_surfaces(
 def test_close_flushes_background_saves(store_url: str) -> None:
     """close() waits for pending background saves."""
     with Checkpoint(store_url) as cp:
-        cp.save_background(b"last words")
+        cp.save_background_sync(b"last words")
     with Checkpoint(store_url) as again:
         assert (again.load_sync() / "payload").read_bytes() == b"last words"
 
@@ -216,10 +226,10 @@ def test_close_flushes_background_saves(store_url: str) -> None:
 PREEMPTIBLE = textwrap.dedent(
     """
     import sys
-    from resumable import Preempted, resumable
+    from resumable import Preempted, RetryPolicy, resumable
 
     @resumable(state=0, store=sys.argv[1], key="spot", every=10**9, preemptible=True,
-               retries=3, wait=0, on_success="keep")
+               retry=RetryPolicy(attempts=4, wait=0), on_success="keep")
     def work(state=0):
         print(f"start {state}", flush=True)
         i = state
@@ -302,7 +312,7 @@ def test_retention_failure_never_fails_a_committed_save(
     store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A store that refuses deletes still commits saves; retention failing is only a warning."""
-    with Checkpoint(store_url, keep=1) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=1)) as cp:
         cp.save_sync(b"one")
 
         def refuse(name: object) -> None:
@@ -324,7 +334,7 @@ def test_storage_answer_is_a_storage_error_and_not_retried(
 
     attempts: list[int] = []
 
-    @resumable(state=0, store=store_url, key="full", retries=3, wait=0)
+    @resumable(state=0, store=store_url, key="full", retry=RetryPolicy(attempts=4, wait=0))
     def task(state: int = 0) -> Any:
         attempts.append(ctx().attempt_number())
         store = testing.store(ctx().checkpoint)
@@ -347,7 +357,9 @@ def test_poison_fallback_is_protected_too(store_url: str) -> None:
     """
     starts: list[int] = []
 
-    @resumable(state=0, store=store_url, key="loop", retries=20, wait=0, poison_after=2)
+    @resumable(
+        state=0, store=store_url, key="loop", poison_after=2, retry=RetryPolicy(attempts=21, wait=0)
+    )
     def task(state: int = 0) -> Any:
         starts.append(state)
         if state == 0:
@@ -363,7 +375,7 @@ def test_poison_fallback_is_protected_too(store_url: str) -> None:
 def test_sync_save_lands_after_pending_background_save(store_url: str) -> None:
     """save_sync after save_background: the synchronous (newer) snapshot is the newest."""
     with Checkpoint(store_url) as cp:
-        cp.save_background(b"older")
+        cp.save_background_sync(b"older")
         cp.save_sync(b"newer")
         assert (cp.load_sync() / "payload").read_bytes() == b"newer"
 
@@ -371,10 +383,10 @@ def test_sync_save_lands_after_pending_background_save(store_url: str) -> None:
 def test_background_save_after_close_is_refused(store_url: str) -> None:
     """save_background on a closed Checkpoint raises instead of waiting forever."""
     cp = Checkpoint(store_url)
-    cp.save_background(b"x")
+    cp.save_background_sync(b"x")
     cp.close()
     with pytest.raises(ResumableError, match="closed"):
-        cp.save_background(b"y")
+        cp.save_background_sync(b"y")
 
 
 EXIT_FLUSH = textwrap.dedent(
@@ -382,7 +394,7 @@ EXIT_FLUSH = textwrap.dedent(
     import os, sys
     from resumable import Checkpoint
     cp = Checkpoint(sys.argv[1])
-    cp.save_background(b"big" * 2_000_000)   # hashed on worker threads: > 64 KiB
+    cp.save_background_sync(b"big" * 2_000_000)   # hashed on worker threads: > 64 KiB
     # no flush, no close: interpreter exit must still commit it
     """
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, Limits, testing
+from resumable import Checkpoint, CorruptCheckpointError, Limits, Storage, testing
 from resumable._checkpoint import Captured
 
 from .conftest import IO, delete_object, read_object, store_files, write_object
@@ -40,7 +40,9 @@ class Store:
     def __init__(self, url: str, signed: bool) -> None:
         self.url = url
         self.key = SECRET if signed else None
-        self.cp = Checkpoint(url, keep=5, signing_key=self.key, limits=Limits(max_entries=100))
+        self.cp = Checkpoint(
+            url, storage=Storage(keep=5, signing_key=self.key, limits=Limits(max_entries=100))
+        )
         self.cp.save_sync(OLD)
 
     def blob(self) -> str:
@@ -187,7 +189,7 @@ def _unsigned(s: Store) -> None:
 
 
 def _wrong_key(s: Store) -> None:
-    with Checkpoint(s.url, signing_key=b"another key") as other:
+    with Checkpoint(s.url, storage=Storage(signing_key=b"another key")) as other:
         other.save_sync(b"planted")
 
 
@@ -198,7 +200,7 @@ def _moved_signature(s: Store) -> None:
 
 
 def _other_checkpoint(s: Store) -> None:
-    with Checkpoint(s.url, signing_key=SECRET, name="another-task") as other:
+    with Checkpoint(s.url, name="another-task", storage=Storage(signing_key=SECRET)) as other:
         other.save_sync(b"planted")
 
 

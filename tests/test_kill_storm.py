@@ -59,9 +59,10 @@ def test_kill_storm_dir_state(tmp_path: Path) -> None:
 
 HANG_AFTER_RESTORE = """
 import sys
-from resumable import resumable
+from resumable import Storage, resumable
 
-@resumable(state=0, store=sys.argv[1], key="poisoned", keep=int(sys.argv[2]), on_success="keep")
+@resumable(state=0, store=sys.argv[1], key="poisoned", storage=Storage(keep=int(sys.argv[2])),
+           on_success="keep")
 def count(state=0):
     print(f"started {state}", flush=True)
     if sys.argv[3] == "hang":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint
+from resumable import Checkpoint, Storage
 from resumable._manifest import MANIFEST_MAX
 from resumable._store import INLINE_MAX
 
@@ -35,7 +35,7 @@ def _two_snapshots(store: Path) -> None:
 
 def test_cap_is_far_above_the_largest_manifest_written(tmp_path: Path) -> None:
     """The largest manifest the library writes (a signed, inlined payload) is far below the cap."""
-    with Checkpoint(tmp_path, signing_key=b"k") as cp:
+    with Checkpoint(tmp_path, storage=Storage(signing_key=b"k")) as cp:
         cp.save_sync(os.urandom(INLINE_MAX))
     (manifest,) = tmp_path.glob("*.json")
     size = manifest.stat().st_size

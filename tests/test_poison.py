@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import resumable
+from resumable import RetryPolicy, resumable
 
 from .conftest import store_files
 
@@ -32,13 +32,13 @@ def _flaky_steps(failures: int) -> tuple[list[int], object, object]:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_one_snapshot_and_transient_failures_never_wedge(store_url: str, kind: str) -> None:
-    """One snapshot, ``retries=5``, the next step failing 4 times: the call still finishes.
+    """One snapshot, ``attempts=6``, the next step failing 4 times: the call still finishes.
 
     Before, the 3rd failure made the only snapshot "poison" and the call raised
     ``CorruptCheckpointError`` with retries left; every later call failed the same way.
     """
     starts, step, _ = _flaky_steps(4)
-    options = {"state": 0, "store": store_url, "key": "w", "retries": 5, "wait": 0}
+    options = {"state": 0, "store": store_url, "key": "w", "retry": RetryPolicy(attempts=6, wait=0)}
 
     @resumable(**options, poison_after=3)  # type: ignore[arg-type]
     def sync_task(state: int = 0) -> Iterator[int]:
@@ -67,7 +67,9 @@ def test_failing_task_raises_its_own_exception_and_later_calls_resume(store_url:
     down = [True]
     starts: list[int] = []
 
-    @resumable(state=0, store=store_url, key="x", retries=5, wait=0, poison_after=3)
+    @resumable(
+        state=0, store=store_url, key="x", poison_after=3, retry=RetryPolicy(attempts=6, wait=0)
+    )
     def task(state: int = 0) -> Iterator[int]:
         starts.append(state)
         if state == 0:
@@ -87,7 +89,7 @@ def test_failing_task_raises_its_own_exception_and_later_calls_resume(store_url:
 def test_poison_is_off_by_default(store_url: str) -> None:
     """Without ``poison_after``, failures leave no marks: an outage rolls nothing back."""
 
-    @resumable(state=0, store=store_url, key="d", retries=3, wait=0)
+    @resumable(state=0, store=store_url, key="d", retry=RetryPolicy(attempts=4, wait=0))
     def task(state: int = 0) -> Iterator[int]:
         yield 1
         raise ConnectionError("down")
@@ -111,7 +113,9 @@ def test_show_lists_failure_marks_and_clear_marks_removes_them(tmp_path: Path) -
     """``resumable show`` counts the failures per snapshot; ``clear-marks`` forgets them."""
     store = tmp_path / "store"
 
-    @resumable(state=0, store=str(store), key="m", retries=1, wait=0, poison_after=5)
+    @resumable(
+        state=0, store=str(store), key="m", poison_after=5, retry=RetryPolicy(attempts=2, wait=0)
+    )
     def task(state: int = 0) -> Iterator[int]:
         if state == 0:
             yield 1

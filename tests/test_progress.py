@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fsspec.callbacks import Callback, TqdmCallback
 
-from resumable import Checkpoint, ConfigurationError, testing
+from resumable import Checkpoint, ConfigurationError, Storage, testing
 
 from .conftest import IO
 
@@ -64,7 +64,7 @@ def test_callback_reports_each_transfer_from_zero(store_url: str, io: IO, tmp_pa
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(size))
     recorder = Recorder()
-    with Checkpoint(store_url, progress=recorder) as cp:
+    with Checkpoint(store_url, storage=Storage(progress=recorder)) as cp:
         io.save(cp, src)
         io.load(cp)
         io.save(cp, src)
@@ -83,7 +83,7 @@ def test_branching_callback_gets_a_child_per_transfer(store_url: str, tmp_path: 
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(1 << 20))
     brancher = Brancher()
-    with Checkpoint(store_url, progress=brancher) as cp:
+    with Checkpoint(store_url, storage=Storage(progress=brancher)) as cp:
         cp.save_sync(src)
         cp.load_sync()
     (save_from, save_to, save), (load_from, load_to, load) = brancher.children
@@ -103,7 +103,7 @@ def test_failed_transfer_still_closes(store_url: str) -> None:
         yield b"x" * 10
         raise RuntimeError("source broke")
 
-    with Checkpoint(store_url, progress=recorder) as cp:
+    with Checkpoint(store_url, storage=Storage(progress=recorder)) as cp:
         with pytest.raises(RuntimeError, match="source broke"):
             testing.store(cp).commit("bytes", failing())
         cp.save_sync(b"ok")
@@ -117,7 +117,7 @@ def test_tqdm_bar(store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     """progress=True draws one tqdm bar per transfer on stderr, named after it."""
     src = tmp_path / "f.bin"
     src.write_bytes(os.urandom(2 << 20))
-    with Checkpoint(store_url, progress=True) as cp:
+    with Checkpoint(store_url, storage=Storage(progress=True)) as cp:
         cp.save_sync(src)
         cp.load_sync()
     err = capsys.readouterr().err
@@ -137,7 +137,9 @@ def test_users_tqdm_callback(store_url: str, tmp_path: Path) -> None:
             bars.append(self.tqdm)
             super().close()
 
-    with Checkpoint(store_url, progress=Bars(tqdm_kwargs={"file": StringIO()})) as cp:
+    with Checkpoint(
+        store_url, storage=Storage(progress=Bars(tqdm_kwargs={"file": StringIO()}))
+    ) as cp:
         cp.save_sync(src)
         cp.load_sync()
     assert len(bars) == 2
@@ -147,7 +149,7 @@ def test_users_tqdm_callback(store_url: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("progress", [None, False])
 def test_no_progress(progress: bool | None) -> None:
     """progress=None and progress=False report nothing and cost nothing."""
-    with Checkpoint("memory://no-progress", progress=progress) as cp:
+    with Checkpoint("memory://no-progress", storage=Storage(progress=progress)) as cp:
         cp.save_sync(b"x")
         assert cp.load_sync() is not None
 
@@ -155,13 +157,13 @@ def test_no_progress(progress: bool | None) -> None:
 def test_bad_progress_argument() -> None:
     """Progress must be a bool, None or an fsspec Callback."""
     with pytest.raises(ConfigurationError, match="progress"):
-        Checkpoint("memory://x", progress="yes")
+        Checkpoint("memory://x", storage=Storage(progress="yes"))
 
 
 def test_old_callable_form_is_refused_with_the_replacement() -> None:
     """The (what, done, total, finished) callable is refused with how to port it."""
     with pytest.raises(ConfigurationError, match=r"Callback\(hooks="):
-        Checkpoint("memory://x", progress=lambda *event: None)
+        Checkpoint("memory://x", storage=Storage(progress=lambda *event: None))
 
 
 def test_large_transfers_log_size_and_rate(

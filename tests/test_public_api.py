@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import traceback
 import typing
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -12,6 +14,8 @@ import resumable
 from resumable import _errors
 
 EXPECTED = [
+    "AttemptNumber",
+    "Captured",
     "Checkpoint",
     "CheckpointInfo",
     "ConcurrentWriterError",
@@ -27,8 +31,10 @@ EXPECTED = [
     "SignatureError",
     "SourceNotFoundError",
     "StateError",
+    "Storage",
     "StorageError",
     "TaskContext",
+    "TaskDecorator",
     "UnsafeArchiveError",
     "UnsafeSymlinkError",
     "UnsupportedDataError",
@@ -88,11 +94,94 @@ def test_type_hints_of_public_classes_still_resolve(name: str) -> None:
 
 def test_dataclass_values_pickle_round_trip() -> None:
     """Public value types pickle by their public name and come back equal."""
-    for value in [resumable.Dir("out"), resumable.Limits(max_entries=3)]:
+    for value in [
+        resumable.Dir("out"),
+        resumable.Limits(max_entries=3),
+        resumable.Storage(keep=3, compression="none"),
+    ]:
         assert pickle.loads(pickle.dumps(value)) == value
     policy = pickle.loads(pickle.dumps(resumable.RetryPolicy(attempts=3, timeout=5.0)))
     assert type(policy) is resumable.RetryPolicy
     assert (policy.attempts, policy.timeout) == (3, 5.0)
+
+
+#: Names only type checkers know (imported under TYPE_CHECKING from typeshed's stub-only
+#: ``_typeshed``, the standard library's own protocols): stand-ins that say where they live.
+_STUB_ONLY = {
+    "SupportsRichComparison": type("SupportsRichComparison", (), {"__module__": "_typeshed"})
+}
+_PUBLIC_STUB_MODULES = {"_typeshed", "builtins"}
+
+
+def _classes_in(hint: object) -> Iterator[type]:
+    """Every class a type hint names, through unions, generics and ``Callable``."""
+    if isinstance(hint, type):
+        yield hint
+    origin = typing.get_origin(hint)
+    if isinstance(origin, type):
+        yield origin
+    for arg in typing.get_args(hint):
+        for item in arg if isinstance(arg, list) else [arg]:
+            yield from _classes_in(item)
+
+
+def _public_callables() -> Iterator[tuple[str, Callable[..., object]]]:
+    """The public functions, and the public methods (constructors included) of public classes."""
+    for name in resumable.__all__:
+        obj = getattr(resumable, name)
+        if not isinstance(obj, type):
+            if callable(obj):
+                yield name, obj
+            continue
+        for attr, member in vars(obj).items():
+            if attr.startswith("_") and attr != "__init__":
+                continue
+            if isinstance(member, property):
+                member = member.fget
+            if isinstance(member, staticmethod | classmethod):
+                member = member.__func__
+            if callable(member):
+                yield f"{name}.{attr}", member
+
+
+def test_public_signatures_name_only_public_types() -> None:
+    """Every class a public signature names is importable from a public module.
+
+    Its ``__module__`` is ``resumable``, a public submodule, or another package's public
+    module (``pathlib``, ``fsspec.callbacks``, ``tenacity.wait``), never a private one.
+    """
+    private = [f"{where}: {n}" for where, fn in _public_callables() for n in _private_types(fn)]
+    assert private == []
+
+
+def _private_types(fn: Callable[..., object]) -> list[str]:
+    """The classes of private modules that ``fn``'s signature names."""
+    hints = typing.get_type_hints(fn, localns={**vars(resumable), **_STUB_ONLY})
+    found = []
+    for cls in {c for hint in hints.values() for c in _classes_in(hint)}:
+        module = cls.__module__
+        if module not in _PUBLIC_STUB_MODULES and any(p.startswith("_") for p in module.split(".")):
+            found.append(f"{module}.{cls.__qualname__}")
+    return sorted(found)
+
+
+def test_the_walk_catches_a_private_type() -> None:
+    """A signature naming a class of a private module is reported, however deeply nested."""
+    from resumable._options import Spec
+
+    def leaky(spec: dict[str, list[Spec | None]]) -> resumable.Storage:
+        return resumable.Storage()
+
+    leaky.__annotations__ = {"spec": dict[str, list[Spec | None]], "return": resumable.Storage}
+    assert _private_types(leaky) == ["resumable._options.Spec"]
+
+
+def test_the_walk_sees_methods_and_constructors() -> None:
+    """The signature walk covers what it claims: constructors, methods and properties."""
+    seen = dict(_public_callables())
+    assert {"Checkpoint.__init__", "Checkpoint.read_newest_state", "resumable"} <= set(seen)
+    assert {"Storage.__init__", "TaskContext.attempt_number"} <= set(seen)
+    assert inspect.signature(seen["Checkpoint.commit"]).return_annotation is not None
 
 
 def _instance(cls: type[BaseException]) -> BaseException:

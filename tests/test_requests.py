@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from benchmarks.requests import counted_checkpoint
-from resumable import Checkpoint, ConcurrentWriterError
+from resumable import Checkpoint, ConcurrentWriterError, Storage
 from tests.servers import SeaweedS3
 
 remote = pytest.mark.remote  # needs the S3 server: `-m "not remote"` deselects it
@@ -64,7 +64,10 @@ def test_memory_large_payload_is_two_writes_and_one_batched_delete() -> None:
 def test_memory_refused_create_lists_then_raises() -> None:
     """A competing writer is detected by the exclusive create; then the store lists again."""
     url = f"memory://requests-test/{uuid.uuid4().hex}"
-    with counted_checkpoint(url, keep=2) as (cp, calls), Checkpoint(url, keep=2) as other:
+    with (
+        counted_checkpoint(url, keep=2) as (cp, calls),
+        Checkpoint(url, storage=Storage(keep=2)) as other,
+    ):
         cp.save_sync(b"mine")
         other.save_sync(b"theirs")  # commits the number `cp` would take next
         calls.clear()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, resumable, testing
+from resumable import Checkpoint, Storage, resumable, testing
 from resumable._backend import open_backend
 
 from .conftest import IO, store_files
@@ -51,7 +51,7 @@ class Gate:
 
 def test_flush_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
     """However fast the saves come, after flush_sync the store holds the newest ``keep``."""
-    with Checkpoint(store_url, keep=3) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=3)) as cp:
         for n in range(25):
             io.save(cp, b"state %d" % n)
         cp.flush_sync()
@@ -61,7 +61,7 @@ def test_flush_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
 
 def test_close_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
     """Leaving the ``with`` block waits for the retention still running behind the last save."""
-    with Checkpoint(store_url, keep=1) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=1)) as cp:
         for n in range(10):
             io.save(cp, b"%d" % n)
     assert manifests(store_url) == [f"{9:020d}.json"]
@@ -69,7 +69,7 @@ def test_close_leaves_exactly_keep_snapshots(store_url: str, io: IO) -> None:
 
 def test_a_hanging_delete_does_not_hold_up_saves(tmp_path: Path) -> None:
     """Saves return while retention's delete is blocked; once it answers, flush settles keep."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")  # its retention blocks on the delete of "one"
@@ -84,7 +84,7 @@ def test_a_hanging_delete_does_not_hold_up_saves(tmp_path: Path) -> None:
 
 def test_saves_faster_than_deletes_share_a_batch(tmp_path: Path) -> None:
     """While one delete is in flight, the snapshots dropped meanwhile go in one later batch."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         gate = Gate(cp)
         cp.save_sync(b"0")
         cp.save_sync(b"1")
@@ -100,7 +100,7 @@ def test_failed_retention_is_retried_by_the_next_save(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A delete that fails is logged; the next save's retention deletes what it left."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         backend: Any = testing.backend(cp)
         real = backend.delete_many
         refused = [True]
@@ -136,7 +136,7 @@ def test_delete_many_skips_a_missing_name_and_deletes_the_rest(url: str, tmp_pat
 def test_decorated_task_finishing_leaves_keep(tmp_path: Path) -> None:
     """A generator task that yields fast and keeps its snapshots ends with exactly ``keep``."""
 
-    @resumable(state=0, store=tmp_path, key="fast", keep=2, on_success="keep")
+    @resumable(state=0, store=tmp_path, key="fast", on_success="keep", storage=Storage(keep=2))
     def count(state: int) -> Any:
         while state < 30:
             state += 1
@@ -164,7 +164,7 @@ def test_retention_settles_at_interpreter_exit(tmp_path: Path) -> None:
 
 def test_a_child_forked_while_retention_runs_saves_and_settles(tmp_path: Path) -> None:
     """A fork taken while a delete is in flight: the child's saves neither hang nor leak."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")
@@ -187,9 +187,9 @@ def test_a_child_forked_while_retention_runs_saves_and_settles(tmp_path: Path) -
 
 def test_a_child_forked_during_a_background_save_does_not_hang_on_flush(tmp_path: Path) -> None:
     """The child of a fork taken mid background save flushes at once: the parent owns that save."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         gate = Gate(cp, "create_exclusive")
-        cp.save_background(b"in flight")
+        cp.save_background_sync(b"in flight")
         assert gate.entered.wait(30)
         pid = os.fork()
         if pid == 0:
@@ -211,7 +211,7 @@ def test_retention_survives_a_base_exception_from_a_delete(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A delete raising CancelledError is logged, flush does not raise, the next save retires."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         backend: Any = testing.backend(cp)
         real = backend.delete_many
         raised = []
@@ -237,7 +237,7 @@ def test_settle_gives_up_waiting_after_its_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A hung delete bounds how long settle waits; the retention finishes behind it later."""
-    with Checkpoint(tmp_path, keep=1) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=1)) as cp:
         gate = Gate(cp)
         cp.save_sync(b"one")
         cp.save_sync(b"two")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, resumable
+from resumable import Checkpoint, Storage, resumable
 
 SECRET = "s3cret-signing-key"
 
@@ -48,7 +48,13 @@ def test_rm_of_a_signed_task_refuses_its_old_files_copied_back(
     store = tmp_path / "store"
     starts: list[int] = []
 
-    @resumable(state=0, store=str(store), key="train", signing_key=SECRET, on_success="keep")
+    @resumable(
+        state=0,
+        store=str(store),
+        key="train",
+        on_success="keep",
+        storage=Storage(signing_key=SECRET),
+    )
     def train(state: int = 0) -> Iterator[int]:
         starts.append(state)
         yield state + 1
@@ -67,7 +73,7 @@ def test_rm_of_a_signed_task_refuses_its_old_files_copied_back(
 def test_rm_of_a_signed_checkpoint_refuses_its_old_files_copied_back(tmp_path: Path) -> None:
     """A bare signed Checkpoint (signed under its URL's last segment) gets the record too."""
     folder = tmp_path / "store" / "job"
-    with Checkpoint(folder, signing_key=SECRET) as cp:
+    with Checkpoint(folder, storage=Storage(signing_key=SECRET)) as cp:
         cp.save_sync(b"one")
         cp.save_sync(b"two")
     backup = tmp_path / "backup"
@@ -75,7 +81,7 @@ def test_rm_of_a_signed_checkpoint_refuses_its_old_files_copied_back(tmp_path: P
     done = _rm(tmp_path / "store", "job", SECRET)
     assert done.returncode == 0, done.stderr
     _copy_back(backup, folder)
-    with Checkpoint(folder, signing_key=SECRET) as cp:
+    with Checkpoint(folder, storage=Storage(signing_key=SECRET)) as cp:
         assert cp.load_sync() is None
         cp.save_sync(b"three")  # a new snapshot supersedes the record
         found = cp.read_newest_with(b"".join)
@@ -87,7 +93,7 @@ def test_rm_of_a_signed_checkpoint_refuses_its_old_files_copied_back(tmp_path: P
 def test_rm_of_a_signed_task_without_its_key_is_refused(tmp_path: Path, secret: str | None) -> None:
     """Without the task's signing key rm can leave no record: it refuses and removes nothing."""
     folder = tmp_path / "store" / "job"
-    with Checkpoint(folder, signing_key=SECRET) as cp:
+    with Checkpoint(folder, storage=Storage(signing_key=SECRET)) as cp:
         cp.save_sync(b"one")
     before = sorted(p.name for p in folder.iterdir())
     done = _rm(tmp_path / "store", "job", secret)
@@ -99,7 +105,7 @@ def test_rm_of_a_signed_task_without_its_key_is_refused(tmp_path: Path, secret: 
 def test_rm_of_a_signed_task_leaves_only_the_record(tmp_path: Path) -> None:
     """After rm of a signed task its folder holds one manifest, the record: no payload, no mark."""
     folder = tmp_path / "store" / "job"
-    with Checkpoint(folder, signing_key=SECRET) as cp:
+    with Checkpoint(folder, storage=Storage(signing_key=SECRET)) as cp:
         cp.save_sync(os.urandom(200_000))  # a payload object of its own
         cp.save_sync(b"two")
         cp.mark_failed(1)

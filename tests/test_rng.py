@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from resumable import ConfigurationError, Dir, ctx, resumable
+from resumable import ConfigurationError, Dir, RetryPolicy, ctx, resumable
 from resumable.torch import capture_rng, restore_rng
 
 
@@ -97,7 +97,7 @@ STEPS = 12
 TASK = """
 import asyncio, json, os, random, sys, time
 import numpy as np
-from resumable import ctx, resumable
+from resumable import RetryPolicy, ctx, resumable
 
 STEPS = {steps}
 FAIL_AT = int(os.environ.get("FAIL_AT", "-1"))
@@ -112,7 +112,10 @@ def draw(i):
     return drawn
 
 
-@resumable(state={{"i": 0, "seq": []}}, rng=True, retries=1, wait=0, store=sys.argv[1])
+ONCE_MORE = RetryPolicy(attempts=2, wait=0)
+
+
+@resumable(state={{"i": 0, "seq": []}}, rng=True, retry=ONCE_MORE, store=sys.argv[1])
 def sync_task(state):
     if state["i"] == 0:
         random.seed(11)
@@ -124,7 +127,7 @@ def sync_task(state):
     return state["seq"]
 
 
-@resumable(state={{"i": 0, "seq": []}}, rng=True, retries=1, wait=0, store=sys.argv[1])
+@resumable(state={{"i": 0, "seq": []}}, rng=True, retry=ONCE_MORE, store=sys.argv[1])
 async def async_task(state):
     if state["i"] == 0:
         random.seed(11)
@@ -229,7 +232,7 @@ def test_rng_restored_only_from_a_snapshot(tmp_path: Path) -> None:
     """A fresh start leaves the generators alone; a resume puts them back."""
     seen: list[float] = []
 
-    @resumable(state=0, rng=True, store=tmp_path, retries=1, wait=0)
+    @resumable(state=0, rng=True, store=tmp_path, retry=RetryPolicy(attempts=2, wait=0))
     def task(state: int) -> Iterator[int]:
         for i in range(state, 3):
             seen.append(random.random())

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from resumable import Checkpoint, resumable
+from resumable import Checkpoint, RetryPolicy, resumable
 
 from .servers import SeaweedS3
 
@@ -136,7 +136,7 @@ def payload_size(length: int) -> int:
     save()
     with Checkpoint(f"{url}/k") as cp:
         info = cp.info_sync()
-        cp.clear()
+        cp.clear_sync()
     assert info is not None
     return info.size
 
@@ -292,8 +292,7 @@ def retry_in_process(store: str, background: bool, todo: list[Case]) -> dict[str
             key=case.name,
             on_success="keep",
             background=background,
-            retries=1,
-            wait=tenacity.wait_none(),
+            retry=RetryPolicy(attempts=2, wait=tenacity.wait_none()),
         )
         def task(state: Any = None, case: Case = case) -> Any:
             if state is not None:

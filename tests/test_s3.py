@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 import pytest
 
-from resumable import Checkpoint
+from resumable import Checkpoint, Storage
 from resumable._backend import open_backend
 from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
@@ -66,7 +66,7 @@ def test_large_file_round_trips_through_multipart_upload(url: str, tmp_path: Any
     source = tmp_path / "big.bin"
     data = os.urandom(20 * MiB)
     source.write_bytes(data)
-    with Checkpoint(url, storage_options=MULTIPART) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=MULTIPART)) as cp:
         cp.save_sync(source)
         (blob,) = [n for n in store_files(url) if n.endswith(".blob")]
         fs, path = _s3(url)
@@ -81,7 +81,7 @@ def test_large_file_round_trips_through_multipart_upload(url: str, tmp_path: Any
 
 def test_upload_aborted_midway_leaves_no_blob(url: str) -> None:
     """A save whose source fails after parts were uploaded leaves no object and no upload."""
-    with Checkpoint(url, storage_options=MULTIPART) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=MULTIPART)) as cp:
         cp.save_sync(b"previous")
         before = store_files(url)
         seen_upload: list[str] = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, Limits, testing
+from resumable import Checkpoint, CorruptCheckpointError, Limits, Storage, testing
 
 from .conftest import IO
 
@@ -138,7 +138,7 @@ def test_hostile_archive_alone_raises(
 def test_entry_count_bomb_is_stopped(store_url: str, io: IO) -> None:
     """An archive with more entries than Limits.max_entries is refused."""
     many = [member(f"f{i}", data=b"") for i in range(50)]
-    with Checkpoint(store_url, limits=Limits(max_entries=20)) as cp:
+    with Checkpoint(store_url, storage=Storage(limits=Limits(max_entries=20))) as cp:
         testing.store(cp).commit("dir", [tar_bytes(*many)], compression="none")
         with pytest.raises(CorruptCheckpointError, match="max_entries"):
             io.load(cp)

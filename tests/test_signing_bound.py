@@ -18,7 +18,7 @@ from typing import Any
 import fsspec
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError
+from resumable import Checkpoint, CorruptCheckpointError, Storage
 
 from .conftest import IO, as_format_1, read_object, store_files, write_object
 
@@ -35,15 +35,15 @@ def copy_all(src: str, dst: str) -> None:
 def test_signed_files_copied_to_another_task_are_refused(store_url: str, io: IO) -> None:
     """Task A's signed snapshot copied into task B's folder does not load as B's."""
     a, b = f"{store_url}/task-a", f"{store_url}/task-b"
-    with Checkpoint(b, signing_key=SECRET) as cp_b:
+    with Checkpoint(b, storage=Storage(signing_key=SECRET)) as cp_b:
         io.save(cp_b, b"b's own state")
-    with Checkpoint(a, signing_key=SECRET) as cp_a:
+    with Checkpoint(a, storage=Storage(signing_key=SECRET)) as cp_a:
         io.save(cp_a, b"a's state")
         io.save(cp_a, b"a's newer state")
     for name in store_files(a):  # A's snapshots 0 and 1 replace B's snapshot 0
         write_object(b, name, read_object(a, name))
     with (
-        Checkpoint(b, signing_key=SECRET) as cp_b,
+        Checkpoint(b, storage=Storage(signing_key=SECRET)) as cp_b,
         pytest.raises(CorruptCheckpointError, match="another checkpoint"),
     ):
         io.load(cp_b)
@@ -51,10 +51,10 @@ def test_signed_files_copied_to_another_task_are_refused(store_url: str, io: IO)
 
 def test_a_store_moved_whole_still_loads(store_url: str, io: IO) -> None:
     """Signatures name the checkpoint, not the store's place: a moved store keeps loading."""
-    with Checkpoint(f"{store_url}/old-place/task", signing_key=SECRET) as cp:
+    with Checkpoint(f"{store_url}/old-place/task", storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, b"state")
     copy_all(f"{store_url}/old-place/task", f"{store_url}/new-place/task")
-    with Checkpoint(f"{store_url}/new-place/task", signing_key=SECRET) as cp:
+    with Checkpoint(f"{store_url}/new-place/task", storage=Storage(signing_key=SECRET)) as cp:
         root = io.load(cp)
         assert root is not None
         assert (root / "payload").read_bytes() == b"state"
@@ -62,27 +62,27 @@ def test_a_store_moved_whole_still_loads(store_url: str, io: IO) -> None:
 
 def test_explicit_name_binds_signatures(store_url: str, io: IO) -> None:
     """A checkpoint given a name loads only snapshots signed under that name."""
-    with Checkpoint(store_url, signing_key=SECRET, name="proj/a/run") as cp:
+    with Checkpoint(store_url, name="proj/a/run", storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, b"state")
     with (
-        Checkpoint(store_url, signing_key=SECRET, name="proj/b/run") as cp,
+        Checkpoint(store_url, name="proj/b/run", storage=Storage(signing_key=SECRET)) as cp,
         pytest.raises(CorruptCheckpointError, match="another checkpoint"),
     ):
         io.load(cp)
-    with Checkpoint(store_url, signing_key=SECRET, name="proj/a/run") as cp:
+    with Checkpoint(store_url, name="proj/a/run", storage=Storage(signing_key=SECRET)) as cp:
         assert io.load(cp) is not None
 
 
 def test_old_signed_files_copied_back_after_clear_never_load(store_url: str, io: IO) -> None:
     """After a clear, replaying the task's own old signed files does not resurrect them."""
-    with Checkpoint(store_url, signing_key=SECRET, keep=5) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET, keep=5)) as cp:
         io.save(cp, b"step 1")
         io.save(cp, b"step 2")
         saved = {name: read_object(store_url, name) for name in store_files(store_url)}
-        cp.clear()
+        cp.clear_sync()
     for name, data in saved.items():
         write_object(store_url, name, data)
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         assert io.load(cp) is None  # as after the clear: nothing saved
         io.save(cp, b"fresh start")
         root = io.load(cp)
@@ -95,7 +95,7 @@ def test_unsigned_clear_leaves_nothing_behind(store_url: str, io: IO) -> None:
     """Without a key, clear deletes everything (there is nothing to guard against)."""
     with Checkpoint(store_url) as cp:
         io.save(cp, b"x")
-        cp.clear()
+        cp.clear_sync()
     assert store_files(store_url) == []
 
 
@@ -106,7 +106,7 @@ def plant_marks(url: str, seq: int, count: int) -> None:
 
 def test_unsigned_marks_do_not_roll_a_signed_task_back(store_url: str, io: IO) -> None:
     """Three planted unsigned failure marks do not make a signed store skip its newest."""
-    with Checkpoint(store_url, signing_key=SECRET, keep=5) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET, keep=5)) as cp:
         io.save(cp, b"old")
         io.save(cp, b"newest")
         plant_marks(store_url, 1, 3)
@@ -117,7 +117,7 @@ def test_unsigned_marks_do_not_roll_a_signed_task_back(store_url: str, io: IO) -
 
 def test_signed_marks_still_count(store_url: str, io: IO) -> None:
     """The store's own (signed) failure marks still make a poison snapshot fall back."""
-    with Checkpoint(store_url, signing_key=SECRET, keep=5) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET, keep=5)) as cp:
         io.save(cp, b"old")
         io.save(cp, b"newest")
         for _ in range(3):
@@ -129,7 +129,7 @@ def test_signed_marks_still_count(store_url: str, io: IO) -> None:
 
 def test_unsigned_store_marks_unchanged(store_url: str, io: IO) -> None:
     """Without a key, marks are counted as before (empty files)."""
-    with Checkpoint(store_url, keep=5) as cp:
+    with Checkpoint(store_url, storage=Storage(keep=5)) as cp:
         io.save(cp, b"old")
         io.save(cp, b"newest")
         plant_marks(store_url, 1, 3)
@@ -142,14 +142,14 @@ def test_manifests_signed_by_the_previous_version_still_load(
     store_url: str, io: IO, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A store signed before signatures named the checkpoint stays loadable, with a warning."""
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, b"old format")
     doc = as_format_1(store_url, 0)
     fields = [1, doc["seq"], doc["kind"], doc["size"], doc["sha256"], doc["compression"], ""]
     message = "\n".join(str(f) for f in fields).encode()
     doc["hmac"] = hmac.new(SECRET, message, hashlib.sha256).hexdigest()
     write_object(store_url, f"{0:020d}.json", json.dumps(doc).encode())
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         with caplog.at_level(logging.WARNING, logger="resumable"):
             root = io.load(cp)
         assert root is not None
@@ -164,7 +164,9 @@ def test_decorated_tasks_sign_their_whole_key(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
 
     def task_for(key: str) -> Any:
-        @resumable(state=0, store=store, key=key, signing_key=SECRET, on_success="keep")
+        @resumable(
+            state=0, store=store, key=key, on_success="keep", storage=Storage(signing_key=SECRET)
+        )
         def count(n: int, state: int = 0) -> Any:
             for i in range(state, n):
                 yield i + 1
@@ -188,7 +190,13 @@ def test_cli_verify_checks_a_decorated_task_under_its_key(
 
     store = str(tmp_path / "store")
 
-    @resumable(state=0, store=store, key="proj/a/run", signing_key=SECRET, on_success="keep")
+    @resumable(
+        state=0,
+        store=store,
+        key="proj/a/run",
+        on_success="keep",
+        storage=Storage(signing_key=SECRET),
+    )
     def count(n: int, state: int = 0) -> Any:
         for i in range(state, n):
             yield i + 1

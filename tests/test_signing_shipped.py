@@ -9,7 +9,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from resumable import ConfigurationError, resumable
+from resumable import ConfigurationError, Storage, resumable
 
 SECRET = "a-secret-that-must-not-travel-0123456789"
 
@@ -17,7 +17,13 @@ SECRET = "a-secret-that-must-not-travel-0123456789"
 def make_signed_task(store: str, signing_key: str | None) -> Any:
     """A local (by-value) generator task on ``store`` that signs with ``signing_key``."""
 
-    @resumable(state=0, store=store, key="signed", signing_key=signing_key, on_success="keep")
+    @resumable(
+        state=0,
+        store=store,
+        key="signed",
+        on_success="keep",
+        storage=Storage(signing_key=signing_key),
+    )
     def task(n: int, state: int = 0) -> Any:
         for i in range(state, n):
             yield i + 1

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from resumable import Checkpoint, RetryPolicy, StateError, StorageError, resumable
+from resumable import Checkpoint, RetryPolicy, StateError, Storage, StorageError, resumable
 from resumable._statecodec import _HEAD, MAGIC, write_state
 from resumable.testing import FaultyFileSystem
 
@@ -41,10 +41,9 @@ def test_storage_faults_while_a_large_array_state_streams_are_retried(
         state=None,
         store=store,
         key="big",
-        storage_options=faulty(seed, fail_rate=0.2),
-        storage_retry=PATIENT,
         background=background,
         on_success="keep",
+        storage=Storage(storage_options=faulty(seed, fail_rate=0.2), retry=PATIENT),
     )
     def task(state: Any = None) -> Iterator[Any]:
         yield {"w": weights, "step": 1}
@@ -52,7 +51,7 @@ def test_storage_faults_while_a_large_array_state_streams_are_retried(
     task()
     seen: list[Any] = []
 
-    @resumable(state=None, store=store, key="big", storage_options=faulty(seed))
+    @resumable(state=None, store=store, key="big", storage=Storage(storage_options=faulty(seed)))
     def resume(state: Any = None) -> None:
         seen.append(state)
 
@@ -97,9 +96,8 @@ def test_store_that_fails_every_call_raises_storage_error_for_array_state() -> N
         state=None,
         store=store,
         key="down",
-        storage_options=faulty(0, fail_rate=1.0),
-        storage_retry=few,
-        retries=0,
+        attempts=1,
+        storage=Storage(storage_options=faulty(0, fail_rate=1.0), retry=few),
     )
     def task(state: Any = None) -> Iterator[Any]:
         yield np.zeros(1 << 20)
@@ -124,7 +122,7 @@ def first_buffer_length_at(data: bytes) -> int:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"poison_after": 1, "retries": 2}],
+    [{}, {"poison_after": 1, "attempts": 3}],
     ids=["plain", "poison_after"],
 )
 def test_bit_rot_in_a_buffer_length_falls_back_to_the_older_snapshot(
@@ -132,7 +130,7 @@ def test_bit_rot_in_a_buffer_length_falls_back_to_the_older_snapshot(
 ) -> None:
     """A newest payload whose first buffer length grew by 10,000,000 loads the previous one."""
 
-    @resumable(state=None, store=tmp_path, key="t", on_success="keep", keep=3)
+    @resumable(state=None, store=tmp_path, key="t", on_success="keep", storage=Storage(keep=3))
     def task(state: Any = None) -> Iterator[Any]:
         yield {"a": np.full(300_000 // 8, 1.0), "step": 1}
         yield {"a": np.full(300_000 // 8, 2.0), "step": 2}
@@ -162,7 +160,7 @@ def test_checkpoint_read_with_read_state_falls_back_on_a_bad_length(
     """read_state handed to read_newest_with lets a digest mismatch fall back, any length."""
     from resumable._statecodec import read_state
 
-    with Checkpoint(tmp_path, keep=3) as cp:
+    with Checkpoint(tmp_path, storage=Storage(keep=3)) as cp:
         for step in (1, 2):
             out: list[Any] = []
             write_state({"a": np.full(40_000, float(step)), "step": step}, out.append)

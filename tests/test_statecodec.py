@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resumable import Checkpoint, CorruptCheckpointError, StateError, resumable
+from resumable import Checkpoint, CorruptCheckpointError, StateError, Storage, resumable
 from resumable._statecodec import (
     _HEAD,
     MAGIC,
@@ -199,7 +199,7 @@ def blobs(store: Path) -> list[Path]:
 def test_corrupt_newest_snapshot_falls_back(tmp_path: Path, where: str) -> None:
     """A flipped byte in the newest payload (in an array or the pickle) loads the previous."""
 
-    @resumable(state=None, store=tmp_path, key="t", on_success="keep", keep=3)
+    @resumable(state=None, store=tmp_path, key="t", on_success="keep", storage=Storage(keep=3))
     def task(state: Any) -> Iterator[Any]:
         yield big_state(1.0)
         yield big_state(2.0)
@@ -225,7 +225,7 @@ def test_corrupt_newest_snapshot_falls_back(tmp_path: Path, where: str) -> None:
 def test_signed_store_verifies_before_decoding(tmp_path: Path, signed: bool) -> None:
     """With a signing key a corrupt payload never reaches the decoder; without one, it may."""
     key = b"secret" if signed else None
-    with Checkpoint(tmp_path, signing_key=key, keep=3) as cp:
+    with Checkpoint(tmp_path, storage=Storage(signing_key=key, keep=3)) as cp:
         for value in (1.0, 2.0):
             out: list[Any] = []
             write_state(big_state(value), out.append)
@@ -241,7 +241,7 @@ def test_signed_store_verifies_before_decoding(tmp_path: Path, signed: bool) -> 
         state, _ = read_state(chunks)
         return state
 
-    with Checkpoint(tmp_path, signing_key=key) as cp:
+    with Checkpoint(tmp_path, storage=Storage(signing_key=key)) as cp:
         found = cp.read_newest_with(decode)
     assert found is not None
     assert found[1]["step"] == 1

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from resumable import Checkpoint, RetryPolicy, StorageError, resumable, testing
+from resumable import Checkpoint, RetryPolicy, Storage, StorageError, resumable, testing
 from resumable._statecodec import read_state
 from resumable.testing import FaultyFileSystem
 
@@ -43,9 +43,8 @@ def test_thousand_steps_with_a_fifth_of_storage_calls_failing(
         state=0,
         store=store,
         key="steps",
-        storage_options=faulty(fail_rate=0.2),
-        storage_retry=FAST,
         on_success="keep",
+        storage=Storage(storage_options=faulty(fail_rate=0.2), retry=FAST),
     )
     def steps(n: int, state: int = 0) -> Any:
         for i in range(state, n):
@@ -56,7 +55,7 @@ def test_thousand_steps_with_a_fifth_of_storage_calls_failing(
     with caplog.at_level(logging.ERROR, logger="resumable"):
         assert steps(1000) == 1000
     assert seen == list(range(1000))
-    with Checkpoint(f"{store}/steps", storage_options=faulty(), retry=FAST) as cp:
+    with Checkpoint(f"{store}/steps", storage=Storage(storage_options=faulty(), retry=FAST)) as cp:
         cp.load_sync()
         assert read_state([(cp.path / "payload").read_bytes()])[0] == 1000
 
@@ -68,7 +67,9 @@ def test_flaky_store_checkpoint_round_trips() -> None:
     # try fails 70 % of the time. Retention draws from the same seeded faults on its own
     # thread, so the sequence is not fixed: 40 tries make running out about 1e-6 per save.
     patient = RetryPolicy(attempts=40, wait=tenacity.wait_none(), timeout=30.0)
-    with Checkpoint(url, storage_options=faulty(fail_rate=0.33), retry=patient) as cp:
+    with Checkpoint(
+        url, storage=Storage(storage_options=faulty(fail_rate=0.33), retry=patient)
+    ) as cp:
         for i in range(30):
             cp.save_sync(str(i).encode() * 30_000)  # some inlined, most payload objects
         assert (cp.load_sync() / "payload").read_bytes() == b"29" * 30_000
@@ -78,7 +79,9 @@ def test_hung_store_times_out_with_storage_error() -> None:
     """A store call that hangs ends in StorageError after the policy's timeout, not a hang."""
     url = f"faulty:///hung-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=1, wait=tenacity.wait_none(), timeout=0.2)
-    cp = Checkpoint(url, storage_options=faulty(hang_rate=1.0, hang_seconds=30), retry=policy)
+    cp = Checkpoint(
+        url, storage=Storage(storage_options=faulty(hang_rate=1.0, hang_seconds=30), retry=policy)
+    )
     fs = testing.filesystem(cp)
     assert isinstance(fs, FaultyFileSystem)
     try:
@@ -93,31 +96,33 @@ def test_hung_store_times_out_with_storage_error() -> None:
 def test_gives_up_with_storage_error_that_says_previous_is_intact() -> None:
     """When every try fails, StorageError says what failed; the previous snapshot stays."""
     url = f"faulty:///down-{uuid.uuid4().hex}"
-    with Checkpoint(url, storage_options=faulty(), retry=FAST) as healthy:
+    with Checkpoint(url, storage=Storage(storage_options=faulty(), retry=FAST)) as healthy:
         healthy.save_sync(b"previous")
     policy = RetryPolicy(attempts=2, wait=tenacity.wait_none(), timeout=5)
     with (
-        Checkpoint(url, storage_options=faulty(fail_rate=1.0), retry=policy) as broken,
+        Checkpoint(
+            url, storage=Storage(storage_options=faulty(fail_rate=1.0), retry=policy)
+        ) as broken,
         pytest.raises(StorageError, match="previous snapshot is intact"),
     ):
         broken.save_sync(b"new")
-    with Checkpoint(url, storage_options=faulty(), retry=FAST) as again:
+    with Checkpoint(url, storage=Storage(storage_options=faulty(), retry=FAST)) as again:
         assert (again.load_sync() / "payload").read_bytes() == b"previous"
 
 
 def test_truncated_uploads_are_never_loaded() -> None:
     """Writes the store silently truncates are caught by verification on load."""
     url = f"faulty:///torn-{uuid.uuid4().hex}"
-    with Checkpoint(url, storage_options=faulty(), retry=FAST) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=faulty(), retry=FAST)) as cp:
         cp.save_sync(b"whole" * 20_000)
-    torn = Checkpoint(url, storage_options=faulty(truncate_rate=1.0), retry=FAST)
+    torn = Checkpoint(url, storage=Storage(storage_options=faulty(truncate_rate=1.0), retry=FAST))
     try:
         torn.save_sync(b"torn!" * 20_000)
     except StorageError:
         pass  # a truncated manifest may fail to commit at all: also fine
     finally:
         torn.close()
-    with Checkpoint(url, storage_options=faulty(), retry=FAST) as cp:
+    with Checkpoint(url, storage=Storage(storage_options=faulty(), retry=FAST)) as cp:
         assert (cp.load_sync() / "payload").read_bytes() == b"whole" * 20_000
 
 
@@ -127,7 +132,7 @@ def test_attempts_mean_attempts_never_squared(mode: str, payload: bytes) -> None
     """With every call failing, RetryPolicy(attempts=3) tries the failing call 3 times per save."""
     url = f"faulty:///down-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
-    cp = Checkpoint(url, storage_options=faulty(fail_rate=1.0), retry=policy)
+    cp = Checkpoint(url, storage=Storage(storage_options=faulty(fail_rate=1.0), retry=policy))
     fs = testing.filesystem(cp)
     assert isinstance(fs, FaultyFileSystem)
     try:
@@ -148,7 +153,7 @@ def test_a_restarted_save_shares_the_tries_of_its_calls(mode: str) -> None:
     url = f"faulty:///restart-{uuid.uuid4().hex}"
     policy = RetryPolicy(attempts=3, wait=tenacity.wait_none(), timeout=5)
     # Fail every upload write, and nothing else: each restart lists again, then fails to write.
-    cp = Checkpoint(url, storage_options=faulty(), retry=policy)
+    cp = Checkpoint(url, storage=Storage(storage_options=faulty(), retry=policy))
     fs = testing.filesystem(cp)
     real_enter = fs.enter_call
 

@@ -113,7 +113,7 @@ def test_clear_after_killed_saves_removes_the_folder(holder: Path, tmp_path: Pat
     Checkpoint(folder).save_sync(b"a committed snapshot")
     kill_mid_save(holder, folder, times=3, mib=8)
     assert temps(folder), "a killed save leaves its temp file"
-    Checkpoint(folder).clear()
+    Checkpoint(folder).clear_sync()
     LocalBackend(folder).remove_root_if_empty()
     assert not folder.exists()
 
@@ -145,7 +145,7 @@ def test_a_live_writers_temp_file_stays(holder: Path, tmp_path: Path) -> None:
     folder = tmp_path / "store" / "task"
     with spawn_holding(holder, folder, mib=4) as proc:
         (held,) = temps(folder)
-        Checkpoint(folder).clear()
+        Checkpoint(folder).clear_sync()
         LocalBackend(folder).remove_root_if_empty()
         LocalBackend(folder).create_exclusive("other", b"")  # a first write sweeps too
         assert held.exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError, ResumableError, testing
+from resumable import Checkpoint, CorruptCheckpointError, ResumableError, Storage, testing
 
 from .conftest import IO, delete_object, read_object, store_files, write_object
 
@@ -168,7 +168,10 @@ def test_load_relists_when_another_writer_pruned_what_it_listed(
     store_url: str, io: IO, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A load whose listed snapshots were all pruned meanwhile lists again and finds newer ones."""
-    with Checkpoint(store_url, keep=2) as reader, Checkpoint(store_url, keep=2) as writer:
+    with (
+        Checkpoint(store_url, storage=Storage(keep=2)) as reader,
+        Checkpoint(store_url, storage=Storage(keep=2)) as writer,
+    ):
         io.save(writer, b"one")
         io.save(writer, b"two")
         backend = testing.backend(reader)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, CorruptCheckpointError
+from resumable import Checkpoint, CorruptCheckpointError, Storage
 
 from .conftest import IO, read_object, set_digest, store_files, write_object
 
@@ -58,7 +58,7 @@ def test_folder_manifest_records_tar_size_and_members(
     store_url: str, io: IO, tmp_path: Path
 ) -> None:
     """A folder snapshot's manifest records its tar stream's size and member count."""
-    with Checkpoint(store_url, compression="gzip") as cp:
+    with Checkpoint(store_url, storage=Storage(compression="gzip")) as cp:
         io.save(cp, folder(tmp_path, files=3))
     doc = manifest(store_url, 0)
     assert doc["members"] == 3
@@ -80,7 +80,7 @@ def test_signed_store_refuses_a_swapped_payload_before_extracting(
         real(chunks, dest, *args)
 
     monkeypatch.setattr(restore_module, "extract_tar", spy)
-    with Checkpoint(store_url, signing_key=SECRET) as cp:
+    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
         io.save(cp, b"previous")
         io.save(cp, folder(tmp_path))
         write_object(store_url, blob(store_url, 1), zeros_bomb(8 << 20))  # no key needed

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from resumable import _engines, resumable
+from resumable import RetryPolicy, _engines, resumable
 
 KINDS = ["sync", "async"]
 
@@ -144,12 +144,12 @@ def test_resume_line_names_the_store(
             failed.append(1)
             raise OSError("flaky")
 
-    @resumable(state=0, store="store", key="k", retries=1, wait=0)
+    @resumable(state=0, store="store", key="k", retry=RetryPolicy(attempts=2, wait=0))
     def task(state: int = 0) -> Iterator[int]:
         yield state + 1
         fail_once()
 
-    @resumable(state=0, store="store", key="k", retries=1, wait=0)
+    @resumable(state=0, store="store", key="k", retry=RetryPolicy(attempts=2, wait=0))
     async def atask(state: int = 0) -> AsyncIterator[int]:
         yield state + 1
         fail_once()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, resumable
+from resumable import Checkpoint, RetryPolicy, resumable
 from resumable._owner import MARKER, machine, me, read_marker
 from resumable._workspace import remove_abandoned
 
@@ -34,7 +34,9 @@ def test_saving_and_pickled_state_make_no_workspace(tmp: Path, tmp_path: Path) -
         cp.save_sync(b"x")
         assert list(tmp.iterdir()) == []
 
-        @resumable(state=0, store=str(tmp_path / "store"), key="t", retries=1, wait=0)
+        @resumable(
+            state=0, store=str(tmp_path / "store"), key="t", retry=RetryPolicy(attempts=2, wait=0)
+        )
         def task(state: int = 0) -> int:
             return state
 

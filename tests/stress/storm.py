@@ -33,7 +33,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resumable import ConcurrentWriterError, Dir, resumable
+from resumable import ConcurrentWriterError, Dir, Storage, resumable
 from resumable._checkpoint import Checkpoint
 from resumable._errors import ResumableError
 from resumable._statecodec import read_state
@@ -549,9 +549,9 @@ def _state_task(store: str, keep: int, poison_after: int | None, big: bool) -> C
         state=None,
         store=store,
         key=KEY,
-        keep=keep,
         on_success="keep",
         poison_after=poison_after,
+        storage=Storage(keep=keep),
     )
     def task(state: dict[str, object] | None = None) -> Generator[dict[str, object], None, None]:
         counter = 0 if state is None else check_state(state)
@@ -569,9 +569,9 @@ def _dir_task(store: str, keep: int, poison_after: int | None, folder: str) -> C
         state=Dir(folder),
         store=store,
         key=KEY,
-        keep=keep,
         on_success="keep",
         poison_after=poison_after,
+        storage=Storage(keep=keep),
     )
     def task(state: Path | None = None) -> Generator[None, None, None]:
         assert state is not None  # injected: the folder, restored from the newest snapshot
@@ -619,7 +619,7 @@ def writer_child(tag: str, store: str, keep: int, yields: int) -> int:
     done = 0
     conflicts = 0
 
-    @resumable(state=None, store=store, key=KEY, keep=keep, on_success="keep")
+    @resumable(state=None, store=store, key=KEY, on_success="keep", storage=Storage(keep=keep))
     def task(state: dict[str, object] | None = None) -> Generator[dict[str, object], None, None]:
         nonlocal done
         counter = 0 if state is None else check_state(state)

@@ -13,7 +13,7 @@ from typing import Any, assert_type
 
 import fsspec.callbacks
 
-from resumable import Checkpoint, latest_checkpoint, resumable
+from resumable import Checkpoint, Storage, latest_checkpoint, resumable
 
 
 def checkpoint_types() -> None:
@@ -23,9 +23,9 @@ def checkpoint_types() -> None:
     cp.save_sync("a/path")
     cp.save_sync(Path("a/path"))
     newest: Path | None = latest_checkpoint(".")
-    Checkpoint("memory://typing", progress=True)
-    Checkpoint("memory://typing", progress=fsspec.callbacks.TqdmCallback())
-    Checkpoint("memory://typing", progress=None)
+    Checkpoint("memory://typing", storage=Storage(progress=True))
+    Checkpoint("memory://typing", storage=Storage(progress=fsspec.callbacks.TqdmCallback()))
+    Checkpoint("memory://typing", storage=Storage(progress=None))
     del root, newest
 
 
