@@ -17,7 +17,6 @@ pipelining) under a ``SnapshotStore``, as its :class:`~resumable.Storage` option
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -27,18 +26,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from . import _forks
+from . import _forks, _snapshot
 from ._archive import Limits
 from ._background import Background
-from ._errors import (
-    CorruptCheckpointError,
-    ResumableError,
-    StorageError,
-)
+from ._errors import CorruptCheckpointError, ResumableError
 from ._manifest import Manifest
 from ._options import Storage, storage_from_deprecated
 from ._progress import make_progress
-from ._retry import retry_call, storage_policy
+from ._retry import retry_call, storage_errors, storage_policy
 from ._snapshot import Captured, CheckpointInfo, SaveData, capture
 from ._stack import open_stack, resolve_signing_key
 from ._statecodec import read_state
@@ -53,13 +48,6 @@ __all__ = ["Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
 log = logging.getLogger("resumable")
 
 T = TypeVar("T")
-
-
-#: Locations already warned about holding objects but no snapshot (one warning each).
-_warned_foreign: set[str] = set()
-_warned_lock = threading.Lock()
-#: How many of the objects found there the warning names.
-_NAMES_SHOWN = 5
 
 
 class Checkpoint:
@@ -197,37 +185,16 @@ class Checkpoint:
         return await run_async(self.load_sync)
 
     def _warn_if_foreign(self) -> None:
-        """After a load found nothing: warn, once per location, when it holds other objects.
-
-        A location with files but no snapshot is often a checkpoint another tool wrote (such
-        as flyte's), or a store whose tasks are its sub-folders: ``load`` cannot read either.
-        """
-        if self.uri in _warned_foreign:
+        """After a load found nothing: warn, once per location, when it holds other objects."""
+        if _snapshot.warned_foreign(self.uri):
             return
         try:
             found = self._store.foreign_objects()
             folders = self._folder.list_children()
         except OSError:
             return  # a warning is not worth a storage error
-        if found is None:
-            return  # snapshots exist (cleared, for one): not a foreign location
-        found += [f"{folder}/" for folder in folders]
-        if not found:
-            return
-        with _warned_lock:
-            if self.uri in _warned_foreign:
-                return
-            _warned_foreign.add(self.uri)
-        more = len(found) - _NAMES_SHOWN
-        shown = ", ".join(found[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
-        log.warning(
-            "%s holds objects but no snapshot (%s): load() returns None. It is not a "
-            "resumable checkpoint: files another tool wrote (flyte's checkpoint files, say) "
-            "are read as they are, with fsspec; a @resumable store keeps each task's snapshots "
-            "in a folder of its own (<store>/<key>)",
-            self.uri,
-            shown,
-        )
+        if found is not None:  # None: snapshots exist (cleared, for one): not foreign
+            _snapshot.warn_foreign(self.uri, found + [f"{folder}/" for folder in folders])
 
     # -- metadata -----------------------------------------------------------------------
 
@@ -250,7 +217,7 @@ class Checkpoint:
         """
         self._bg.flush()  # background saves made before this call count
         return self._retried(
-            lambda: _info(self._store.newest_manifest()),
+            lambda: _snapshot.info_of(self._store.newest_manifest()),
             f"reading the newest manifest of {self.uri}",
         )
 
@@ -426,8 +393,8 @@ class Checkpoint:
             )
 
         what = f"saving a snapshot to {self.uri}"
-        with self._lock, _storage_errors(what):
-            return _found(retry_call(commit, self._retry, what))
+        with self._lock, storage_errors(what):
+            return _snapshot.committed_info(retry_call(commit, self._retry, what))
 
     def commit_in_background(self, captured: Captured, *, attempt: int = 0) -> None:
         """Commit a (frozen) capture on a worker; a newer one replaces one still waiting.
@@ -462,8 +429,8 @@ class Checkpoint:
         is skipped. Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
-        seen = _shown(accept)
-        return _info(
+        seen = _snapshot.shown_as_info(accept)
+        return _snapshot.info_of(
             self._poison_tolerant(
                 lambda after: self._store.restore_into(folder, self._limits, seen, after),
                 poison_after,
@@ -522,14 +489,14 @@ class Checkpoint:
         accept: Callable[[CheckpointInfo], None] | None,
         poison_after: int | None,
     ) -> tuple[CheckpointInfo, T] | None:
-        seen = _shown(accept)
+        seen = _snapshot.shown_as_info(accept)
         found = self._poison_tolerant(
             lambda after: self._store.read_newest_with(decode, seen, after), poison_after
         )
         if found is None:
             return None
         m, made = found
-        return _found(m), made
+        return _snapshot.committed_info(m), made
 
     def _poison_tolerant(self, load: Callable[[int | None], T], poison_after: int | None) -> T:
         """``load(poison_after)``; when that leaves nothing valid, ``load(None)``.
@@ -603,39 +570,12 @@ class Checkpoint:
         await run_async(self.clear_sync)
 
     def _retried(self, fn: Callable[[], T], what: str) -> T:
-        with self._lock, _storage_errors(what):
+        with self._lock, storage_errors(what):
             return retry_call(fn, self._retry, what)
 
     def _check_open(self) -> None:
         if not self._cleanup.alive:
             raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-
-
-def _info(m: Manifest | None) -> CheckpointInfo | None:
-    """What a manifest tells a ``Checkpoint``'s user, or None for no manifest."""
-    if m is None:
-        return None
-    return CheckpointInfo(
-        seq=m.seq,
-        kind=m.kind,  # type: ignore[arg-type]  # a committed snapshot is never "cleared"
-        size=m.size,
-        created=m.created,
-        attempt=m.attempt,
-        signed="hmac" in m.extra,
-    )
-
-
-def _found(m: Manifest) -> CheckpointInfo:
-    info = _info(m)
-    assert info is not None
-    return info
-
-
-def _shown(accept: Callable[[CheckpointInfo], None] | None) -> Callable[[Manifest], None] | None:
-    """``accept`` of a ``CheckpointInfo``, as the store calls it: with each manifest."""
-    if accept is None:
-        return None
-    return lambda m: accept(_found(m))
 
 
 def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
@@ -649,18 +589,3 @@ def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
         return
     for root in workspaces:
         release(root)
-
-
-@contextlib.contextmanager
-def _storage_errors(what: str) -> Iterator[None]:
-    """Report the store's own errors as StorageError: a library error, never a task's.
-
-    A ``StorageError`` is not retried by ``@resumable`` and never counts against a snapshot
-    as a crash of the task. The library's own errors and a vanished source pass unchanged.
-    """
-    try:
-        yield
-    except ResumableError:
-        raise
-    except OSError as exc:
-        raise StorageError(f"{what} failed: {exc!r}; the previous snapshot is intact") from exc

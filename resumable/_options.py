@@ -343,6 +343,16 @@ def _every(every: int | datetime.timedelta) -> tuple[int, float | None]:
     return _whole("every", every, 1), None
 
 
+def _storage(storage: Storage | None) -> Storage:
+    if storage is not None and not isinstance(storage, Storage):
+        raise ConfigurationError(f"storage must be a Storage or None, got {storage!r}")
+    return storage or Storage()
+
+
+def _poison_after(value: int | None) -> int | None:
+    return None if value is None else _whole("poison_after", value, 1)
+
+
 def _key(key: str | Callable[..., str] | None) -> str | Callable[..., str] | None:
     if isinstance(key, str):
         return check_key(key)
@@ -371,8 +381,6 @@ def make_spec(
     initial = None if folder is not None or state is OMITTED else dumps_state(state)
     if on_success not in ("clear", "keep"):
         raise ConfigurationError(f"on_success must be 'clear' or 'keep', got {on_success!r}")
-    if storage is not None and not isinstance(storage, Storage):
-        raise ConfigurationError(f"storage must be a Storage or None, got {storage!r}")
     every_yields, every_seconds = _every(every)
     spec = Spec(
         initial=initial,
@@ -385,10 +393,10 @@ def make_spec(
         every_seconds=every_seconds,
         background=_flag("background", background),
         on_success=on_success,
-        poison_after=None if poison_after is None else _whole("poison_after", poison_after, 1),
+        poison_after=_poison_after(poison_after),
         preemptible=_flag("preemptible", preemptible),
         rng=_flag("rng", rng),
-        storage=storage or Storage(),
+        storage=_storage(storage),
     )
     if spec.rng and (folder is not None or not spec.inject):
         raise ConfigurationError(

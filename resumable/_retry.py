@@ -22,11 +22,12 @@ thread cannot be stopped, and a daemon thread does not keep the interpreter from
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ __all__ = [
     "finite_seconds",
     "never_retried",
     "retry_call",
+    "storage_errors",
     "storage_policy",
 ]
 
@@ -154,13 +156,7 @@ class RetryPolicy:
     no_retry_on: ExceptionTypes = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool):
-            raise ConfigurationError(f"attempts must be a whole number, got {self.attempts!r}")
-        if self.attempts < 1:
-            raise ConfigurationError(
-                f"attempts must be at least 1 (it counts tries, the first included), got "
-                f"{self.attempts}"
-            )
+        _check_attempts(self.attempts)
         if not (self.wait is None or callable(self.wait) or finite_seconds(self.wait)):
             raise ConfigurationError(
                 f"wait must be finite seconds (>= 0), a tenacity wait strategy or None, got "
@@ -169,14 +165,7 @@ class RetryPolicy:
         timeout = self.timeout
         if timeout is not None and not (finite_seconds(timeout) and timeout > 0):
             raise ConfigurationError(f"timeout must be a positive number, got {timeout!r}")
-        if self.retry_on is not None and not isinstance(self.retry_on, retry_base):
-            types = exception_types(self.retry_on)
-            if not types:
-                raise ConfigurationError(
-                    "retry_on must be an exception type, a tuple of them or a tenacity retry "
-                    f"strategy, got {self.retry_on!r}"
-                )
-            object.__setattr__(self, "retry_on", types)
+        object.__setattr__(self, "retry_on", _retry_on(self.retry_on))
         never = exception_types(self.no_retry_on)
         if never is None:
             raise ConfigurationError(
@@ -195,6 +184,28 @@ class RetryPolicy:
         if not isinstance(exc, retry_on) or isinstance(exc, never):
             return False
         return not (isinstance(exc, OSError) and exc.errno in _ANSWER_ERRNOS)
+
+
+def _check_attempts(attempts: object) -> None:
+    if not isinstance(attempts, int) or isinstance(attempts, bool):
+        raise ConfigurationError(f"attempts must be a whole number, got {attempts!r}")
+    if attempts < 1:
+        raise ConfigurationError(
+            f"attempts must be at least 1 (it counts tries, the first included), got {attempts}"
+        )
+
+
+def _retry_on(value: object) -> tuple[type[BaseException], ...] | retry_base | None:
+    """``retry_on`` checked: None, a tenacity strategy, or exception types as a tuple."""
+    if value is None or isinstance(value, retry_base):
+        return value
+    types = exception_types(value)
+    if not types:
+        raise ConfigurationError(
+            "retry_on must be an exception type, a tuple of them or a tenacity retry "
+            f"strategy, got {value!r}"
+        )
+    return types
 
 
 def never_retried(policy: RetryPolicy) -> tuple[type[BaseException], ...]:
@@ -508,3 +519,18 @@ class RetryingBackend(ForwardingBackend):
                 raise
 
         _retrying(with_deadline, self.policy, what, self._retried)
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Report the store's own errors as StorageError: a library error, never a task's.
+
+    A ``StorageError`` is not retried by ``@resumable`` and never counts against a snapshot
+    as a crash of the task. The library's own errors and a vanished source pass unchanged.
+    """
+    try:
+        yield
+    except ResumableError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"{what} failed: {exc!r}; the previous snapshot is intact") from exc

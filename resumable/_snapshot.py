@@ -13,7 +13,9 @@ These are the types the public methods of ``Checkpoint`` name; both are public
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -21,11 +23,25 @@ from typing import Any, Literal
 from ._archive import Compression, TarFacts, gzip_members, iter_tar
 from ._errors import UnsupportedDataError
 from ._files import check_source, iter_file
-from ._manifest import Kind
+from ._manifest import Kind, Manifest
 from ._store import Producer
 from ._stream import Chunk, Spool, discard
 
-__all__ = ["Captured", "CheckpointInfo", "Kind", "SaveData", "Source", "capture"]
+__all__ = [
+    "Captured",
+    "CheckpointInfo",
+    "Kind",
+    "SaveData",
+    "Source",
+    "capture",
+    "committed_info",
+    "info_of",
+    "shown_as_info",
+    "warn_foreign",
+    "warned_foreign",
+]
+
+log = logging.getLogger("resumable")
 
 #: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
 Source = Callable[[], Iterable[Chunk] | Producer]
@@ -136,3 +152,69 @@ def capture(data: SaveData, *, compression: Compression = "gzip", frozen: bool =
 
 def _bytes_capture(frozen: bytes) -> Captured:
     return Captured("bytes", lambda: (frozen,))
+
+
+def info_of(m: Manifest | None) -> CheckpointInfo | None:
+    """What a manifest tells a ``Checkpoint``'s user, or None for no manifest."""
+    if m is None:
+        return None
+    return CheckpointInfo(
+        seq=m.seq,
+        kind=m.kind,  # type: ignore[arg-type]  # a committed snapshot is never "cleared"
+        size=m.size,
+        created=m.created,
+        attempt=m.attempt,
+        signed="hmac" in m.extra,
+    )
+
+
+def committed_info(m: Manifest) -> CheckpointInfo:
+    """What a committed snapshot's manifest tells a ``Checkpoint``'s user."""
+    info = info_of(m)
+    assert info is not None
+    return info
+
+
+def shown_as_info(
+    accept: Callable[[CheckpointInfo], None] | None,
+) -> Callable[[Manifest], None] | None:
+    """``accept`` of a ``CheckpointInfo``, as the store calls it: with each manifest."""
+    if accept is None:
+        return None
+    return lambda m: accept(committed_info(m))
+
+
+#: Locations already warned about holding objects but no snapshot (one warning each).
+_warned_foreign: set[str] = set()
+_warned_lock = threading.Lock()
+#: How many of the objects found there the warning names.
+_NAMES_SHOWN = 5
+
+
+def warned_foreign(uri: str) -> bool:
+    """Whether :func:`warn_foreign` already warned about ``uri`` in this process."""
+    return uri in _warned_foreign
+
+
+def warn_foreign(uri: str, found: list[str]) -> None:
+    """Warn, once per location, that ``uri`` holds objects (``found``) but no snapshot.
+
+    A location with files but no snapshot is often a checkpoint another tool wrote (such as
+    flyte's), or a store whose tasks are its sub-folders: ``load`` cannot read either.
+    """
+    if not found:
+        return
+    with _warned_lock:
+        if uri in _warned_foreign:
+            return
+        _warned_foreign.add(uri)
+    more = len(found) - _NAMES_SHOWN
+    shown = ", ".join(found[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    log.warning(
+        "%s holds objects but no snapshot (%s): load() returns None. It is not a "
+        "resumable checkpoint: files another tool wrote (flyte's checkpoint files, say) "
+        "are read as they are, with fsspec; a @resumable store keeps each task's snapshots "
+        "in a folder of its own (<store>/<key>)",
+        uri,
+        shown,
+    )

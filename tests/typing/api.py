@@ -13,7 +13,7 @@ from typing import Any, assert_type
 
 import fsspec.callbacks
 
-from resumable import Checkpoint, Storage, latest_checkpoint, resumable
+from resumable import Checkpoint, RetryPolicy, Storage, latest_checkpoint, resumable
 
 
 def checkpoint_types() -> None:
@@ -89,3 +89,21 @@ async def decorator_types() -> None:
     assert_type(await Trainer().afit(3), int)
     counter("three")  # type: ignore[arg-type]  # parameter types are kept
     await counter(3)  # type: ignore[misc]  # a generator task is not awaitable
+
+
+def options_types() -> None:
+    storage = Storage(keep=3, retry=RetryPolicy(attempts=5, timeout=30.0))
+    with Checkpoint("memory://typing", storage=storage) as cp:
+        info = cp.info_sync()
+        assert_type(info.seq if info is not None else 0, int)
+
+    @resumable(state=0, attempts=3, store="memory://typing", storage=storage)
+    def once(state: int = 0) -> int:
+        return state
+
+    @resumable(state=0, retry=RetryPolicy(attempts=2, retry_on=ConnectionError, wait=0.0))
+    def flaky(state: int = 0) -> int:
+        return state
+
+    assert_type(once(), int)
+    assert_type(flaky(), int)
