@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -39,7 +39,7 @@ from ._stack import open_stack, resolve_signing_key
 from ._statecodec import read_state
 from ._store import SnapshotStore
 from ._stream import Chunk
-from ._threads import EXIT_TIMEOUT, close_at_exit, run_async
+from ._threads import EXIT_TIMEOUT, async_twin, close_at_exit, run_async
 from ._workspace import create as create_workspace
 from ._workspace import keep_until_exit, release
 
@@ -298,8 +298,11 @@ class Checkpoint:
         """
         self.commit_in_background(self.capture(data, frozen=True))
 
-    async def save_background(self, data: SaveData) -> None:
+    def save_background(self, data: SaveData) -> Awaitable[None]:
         """Async twin of :meth:`save_background_sync`: the capture runs off the event loop.
+
+        Called from sync code (no running event loop), as before it became async, it saves
+        at once and warns (``DeprecationWarning``): write ``save_background_sync`` there.
 
         Example:
             >>> import asyncio, tempfile
@@ -310,7 +313,7 @@ class Checkpoint:
             ...     asyncio.run(main(cp))
 
         """
-        await run_async(self.save_background_sync, data)
+        return async_twin(self.save_background_sync, "Checkpoint.save_background", data)
 
     def flush_sync(self) -> None:
         """Wait until background saves are committed and retention is done.
@@ -559,15 +562,18 @@ class Checkpoint:
 
         self._retried(clear, f"clearing {self.uri}")
 
-    async def clear(self) -> None:
+    def clear(self) -> Awaitable[None]:
         """Async twin of :meth:`clear_sync`.
+
+        Called from sync code (no running event loop), as before it became async, it clears
+        at once and warns (``DeprecationWarning``): write ``clear_sync`` there.
 
         Example:
             >>> import asyncio, tempfile
             >>> asyncio.run(Checkpoint(tempfile.mkdtemp()).clear())
 
         """
-        await run_async(self.clear_sync)
+        return async_twin(self.clear_sync, "Checkpoint.clear")
 
     def _retried(self, fn: Callable[[], T], what: str) -> T:
         with self._lock, storage_errors(what):

@@ -44,8 +44,9 @@ import functools
 import logging
 import queue
 import threading
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
@@ -56,6 +57,7 @@ __all__ = [
     "CPU_WORKERS",
     "EXIT_TIMEOUT",
     "IO_IDLE",
+    "async_twin",
     "call_with_deadline",
     "close_at_exit",
     "run_async",
@@ -224,3 +226,33 @@ def _close_all() -> None:
             obj.close()
         except BaseException:
             log.exception("at exit, closing %r failed: a background save may be lost", obj)
+
+
+class _Done:
+    """An awaitable that is already done (awaiting it, or not, is the same)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+def async_twin(sync: Callable[..., None], name: str, *args: Any) -> Awaitable[None]:
+    """The async twin of ``sync``; from sync code, ``sync`` itself and a deprecation warning.
+
+    For methods that were sync before they became async twins (``Checkpoint.clear``): a
+    sync caller that was not changed would get a coroutine it never awaits, and the work
+    would silently not happen. Without a running event loop the call cannot be meant as a
+    coroutine, so it is done now, and the warning says what to write.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        warnings.warn(
+            f"{name}() is async: from sync code call {name}_sync() "
+            f"(done now; in a later release {name}() without await does nothing)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        sync(*args)
+        return _Done()
+    return run_async(sync, *args)
