@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from . import _forks, _restore
 from ._backend import Backend, Entry
-from ._codec import Limits
+from ._archive import Limits
 from ._errors import ConcurrentWriterError, CorruptCheckpointError
 from ._manifest import (
     MANIFEST_MAX,
