@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from . import _forks, _restore
-from ._backend import Backend, Entry
 from ._archive import Limits
+from ._backend import Backend, Entry
 from ._errors import ConcurrentWriterError, CorruptCheckpointError
 from ._manifest import (
     MANIFEST_MAX,
