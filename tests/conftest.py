@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.ensure_newline()
             reporter.write_line(f"no test is marked remote, yet servers started: {STARTED}")
+
+
+@pytest.fixture(name="tmp")
+def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder of its own for this test (and its subprocesses): workspaces go there."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
 
 
 @pytest.fixture(name="store_url", params=STORES)

@@ -9,23 +9,12 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from resumable import Checkpoint
-
-
-@pytest.fixture(name="tmp")
-def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temp folder of its own for this test (and its subprocesses)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    monkeypatch.setenv("TMPDIR", str(folder))
-    return folder
 
 
 def test_loaded_folder_outlives_its_collected_checkpoint(tmp: Path, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,16 +22,6 @@ from resumable import Checkpoint
 from resumable._owner import MARKER, Owner, machine, start_time
 
 LOOKALIKES = ["resumable-2024-06-01", "resumable-4000000-7-backup"]
-
-
-@pytest.fixture(name="tmp")
-def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temp folder of its own for this test (and its subprocesses)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    monkeypatch.setenv("TMPDIR", str(folder))
-    return folder
 
 
 def _user_folder(path: Path) -> Path:

@@ -7,25 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from resumable import Checkpoint, RetryPolicy, resumable
 from resumable._owner import MARKER, machine, me, read_marker
 from resumable._workspace import remove_abandoned
-
-
-@pytest.fixture(name="tmp")
-def _tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A temp folder of its own for this test (and its subprocesses)."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    monkeypatch.setenv("TMPDIR", str(folder))
-    return folder
 
 
 def test_saving_and_pickled_state_make_no_workspace(tmp: Path, tmp_path: Path) -> None:
