@@ -3,8 +3,9 @@
 Hypothesis generates arbitrary JSON documents, valid manifests with one field replaced by an
 arbitrary JSON value, and arbitrary bytes. Parsing (and, with a signing key, checking the
 signature) must succeed or raise ``CorruptCheckpointError``; anything else would crash a load
-instead of skipping the snapshot and using the previous one. ``_manifest`` is pure: no store,
-no backend, only bytes in and a manifest or an error out.
+instead of skipping the snapshot and using the previous one. And a signed manifest with any
+field its signature covers changed is corrupt or fails its signature check. ``_manifest`` is
+pure: no store, no backend, only bytes in and a manifest or an error out.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from resumable import CorruptCheckpointError
+from resumable import CorruptCheckpointError, SignatureError
 from resumable._manifest import Manifest, check_signature, sign
 
 SEQ = 1
@@ -129,3 +130,39 @@ def test_nesting_beyond_the_recursion_limit() -> None:
     """JSON nested deeper than Python's recursion limit is corrupt, not a RecursionError."""
     check(b"[" * 200_000 + b"]" * 200_000)
     check(b'{"format": 1, "seq": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+
+
+#: The fields a version 3 signature covers (the digest under its algorithm's name).
+SIGNED = ["format", "seq", "kind", "size", "blake3", "compression", "blob", "raw_size", "members"]
+
+plausible_values = st.one_of(
+    json_values,
+    st.integers(min_value=0, max_value=2**64),
+    st.sampled_from([0, 1, 2, 3, 1024, 1025, True, False, 1.0, 2.0, 3.0]),
+    st.sampled_from(["bytes", "file", "dir", "state", "cleared", "gzip", "none", "sha256"]),
+    st.text("0123456789abcdef", min_size=64, max_size=64),
+    st.builds(
+        "{:020d}.{}.blob".format,
+        st.integers(0, 3),
+        st.text("0123456789abcdef", min_size=8, max_size=64),
+    ),
+)
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(field=st.sampled_from(SIGNED), value=plausible_values)
+def test_a_signed_field_changed_is_refused(field: str, value: Any) -> None:
+    """A signed manifest with any signed field changed is corrupt or fails its signature."""
+    doc = valid_doc()
+    assume(json.dumps(value) != json.dumps(doc.get(field)))
+    # The signature covers ``blob or ""``: beside an inline payload a falsy blob signs as none.
+    assume(field != "blob" or bool(value))
+    try:
+        m = Manifest.from_json(dumps({**doc, field: value}), SEQ)
+    except CorruptCheckpointError:
+        return
+    try:
+        check_signature(m, KEY, NAME)
+    except SignatureError:
+        return
+    raise AssertionError(f"{field}={value!r} kept a valid signature")
