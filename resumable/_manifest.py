@@ -230,7 +230,7 @@ def _whole(value: object) -> bool:
 
 
 def _seq_problem(m: Manifest, seq: int) -> str | None:
-    if m.seq != seq or isinstance(m.seq, bool):
+    if not _whole(m.seq) or m.seq != seq:
         return f"says seq {m.seq!r} but is named {seq}"
     return None
 
@@ -274,7 +274,9 @@ def _bounds_problem(m: Manifest, seq: int) -> str | None:
 
 def _blob_problem(m: Manifest, seq: int) -> str | None:
     if m.inline is not None:
-        return None
+        # Writers put null here; "" signs the same (the signature covers ``blob or ""``).
+        # Anything else would reach code that takes it for a name (gc's set of names).
+        return None if m.blob in (None, "") else f"has an inline payload and a blob {m.blob!r}"
     blob = parse(m.blob) if isinstance(m.blob, str) else None
     if blob is None or blob.kind != "blob" or blob.seq != seq:
         return f"points to a payload that is not its own ({m.blob!r})"

@@ -378,3 +378,37 @@ def test_mark_signature_is_the_documented_hmac() -> None:
     mark = f"{SEQ:020d}.failed.0123456789abcdef"
     assert mark_signature(KEY, NAME, mark) == mac(["resumable-mark", NAME, mark])
     assert mark_signature(None, NAME, mark) == ""
+
+
+@pytest.mark.parametrize(
+    "blob", [[], {}, 5, [1, 2], {"a": 1}, "00000000000000000000.00000000aaaaaaaa.blob"]
+)
+def test_an_inline_manifests_blob_is_null(blob: Any) -> None:
+    """A manifest with an inline payload and a blob other than null (or "") is corrupt."""
+    doc = json.loads(_inline_manifest().to_json())
+    doc["blob"] = blob
+    with pytest.raises(CorruptCheckpointError):
+        Manifest.from_json(json.dumps(doc).encode(), 0)
+
+
+def test_seq_is_a_whole_number() -> None:
+    """A manifest whose seq is the float 0.0 is corrupt (like size, it must be an int)."""
+    doc = json.loads(_inline_manifest().to_json())
+    doc["seq"] = 0.0
+    with pytest.raises(CorruptCheckpointError):
+        Manifest.from_json(json.dumps(doc).encode(), 0)
+
+
+def _inline_manifest() -> Manifest:
+    return Manifest(
+        seq=0,
+        kind="bytes",
+        size=3,
+        digest="a" * 64,
+        compression="none",
+        blob=None,
+        inline=b"abc",
+        created=1.0,
+        attempt=0,
+        writer="ab",
+    )
