@@ -35,7 +35,7 @@ ProgressArg: TypeAlias = bool | Callback | None
 class TqdmBars(Callback):  # type: ignore[misc]  # fsspec has no type hints
     """``progress=True``: a tqdm bar per transfer, each an fsspec ``TqdmCallback``.
 
-    Needs tqdm (``pip install "resumable[progress]"``).
+    Needs tqdm (``pip install "resumable-tasks[progress]"``).
 
     Example:
         >>> import tempfile
@@ -51,7 +51,7 @@ class TqdmBars(Callback):  # type: ignore[misc]  # fsspec has no type hints
             import tqdm  # noqa: F401  # fail now, not at the first transfer
         except ImportError as exc:
             raise ConfigurationError(
-                'progress=True needs tqdm: pip install "resumable[progress]"'
+                'progress=True needs tqdm: pip install "resumable-tasks[progress]"'
             ) from exc
         super().__init__()
 

@@ -17,7 +17,7 @@ newest one back — on this machine or a fresh one — and returns the path to r
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[mirror])
     trainer.train(resume_from_checkpoint=mirror.restore(args.output_dir))  # None: a fresh run
 
-Install with ``pip install "resumable[huggingface]"``.
+Install with ``pip install "resumable-tasks[huggingface]"``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ._options import Storage, storage_from_deprecated
 
 __all__ = ["ResumableCallback"]
 
-_EXTRA = 'resumable.huggingface needs transformers: pip install "resumable[huggingface]"'
+_EXTRA = 'resumable.huggingface needs transformers: pip install "resumable-tasks[huggingface]"'
 
 try:
     _TrainerCallback: Any = importlib.import_module("transformers").TrainerCallback

@@ -12,7 +12,7 @@ would find nothing. Give the plugin the ``ModelCheckpoint``'s ``dirpath``: it th
 store's ``last*.ckpt`` files into that folder when it is created, before ``fit`` looks for
 them, and ``ckpt_path="last"`` resumes from the store. Only public hooks are used.
 
-Install with ``pip install "resumable[lightning]"`` (the ``lightning`` package; the older
+Install with ``pip install "resumable-tasks[lightning]"`` (the ``lightning`` package; the older
 ``pytorch_lightning`` package is not supported).
 
 Example::
@@ -46,7 +46,7 @@ from ._options import Storage, storage_from_deprecated
 
 __all__ = ["ResumableCheckpointIO"]
 
-_EXTRA = 'resumable.lightning needs Lightning: pip install "resumable[lightning]"'
+_EXTRA = 'resumable.lightning needs Lightning: pip install "resumable-tasks[lightning]"'
 
 try:
     _io: Any = importlib.import_module("lightning.pytorch.plugins.io")

@@ -8,7 +8,7 @@ the state a generator task yields, a run killed at any moment resumes to the sam
 run never interrupted. docs/howto-pytorch.md walks through the whole loop.
 
 This module imports torch only where it needs it (:meth:`ResumableSampler.generator`);
-install it with ``pip install "resumable[torch]"``.
+install it with ``pip install "resumable-tasks[torch]"``.
 
 Example:
     >>> from resumable.torch import ResumableSampler
@@ -145,7 +145,7 @@ class ResumableSampler:
             torch = importlib.import_module("torch")
         except ImportError as exc:
             raise ImportError(
-                'ResumableSampler.generator() needs torch: pip install "resumable[torch]"'
+                'ResumableSampler.generator() needs torch: pip install "resumable-tasks[torch]"'
             ) from exc
         return torch.Generator().manual_seed(self._epoch_seed() % 2**63)
 
