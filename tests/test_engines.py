@@ -174,7 +174,9 @@ def dask_client(env: dict[str, str]) -> Iterator[Any]:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        # Any free port: with None the scheduler still serves HTTP on 8787, and a second
+        # cluster at the same time (another worker's test) warns that it is taken.
+        dashboard_address="127.0.0.1:0",
         env=env,
     )
     pids: set[int] = set()
