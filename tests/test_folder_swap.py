@@ -72,20 +72,24 @@ def test_symlinked_dir_is_restored_into_its_target(tmp_path: Path) -> None:
 
 def test_checkpoint_restore_into_a_link_keeps_the_link(tmp_path: Path) -> None:
     """``Checkpoint.restore_into`` of a link replaces the target's content, never the link."""
+    real = tmp_path / "real"
+    restore_through_link(tmp_path, real, tmp_path / "link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "src", "store"]
+
+
+def restore_through_link(tmp_path: Path, real: Path, link: Path) -> None:
+    """Save a one-file folder, restore it into ``link`` -> ``real`` (which held a stale file)."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("snapshot")
-    real = tmp_path / "real"
     real.mkdir()
     (real / "stale.txt").write_text("stale")
-    link = tmp_path / "link"
     link.symlink_to(real)
     with Checkpoint(tmp_path / "store") as cp:
         cp.save_sync(src)
         assert cp.restore_into(link) is not None
     assert link.is_symlink()
     assert sorted(p.name for p in real.iterdir()) == ["a.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "src", "store"]
 
 
 @pytest.mark.parametrize("what", ["dangling", "file"])
@@ -238,18 +242,7 @@ def test_symlinked_dir_on_another_filesystem_is_restored_there(tmp_path: Path) -
         pytest.skip("needs a second filesystem (/dev/shm)")
     real = Path(tempfile.mkdtemp(dir=shm)) / "outputs"
     try:
-        real.mkdir()
-        (real / "stale.txt").write_text("stale")
-        src = tmp_path / "src"
-        src.mkdir()
-        (src / "a.txt").write_text("snapshot")
-        link = tmp_path / "outputs"
-        link.symlink_to(real)
-        with Checkpoint(tmp_path / "store") as cp:
-            cp.save_sync(src)
-            assert cp.restore_into(link) is not None
-        assert link.is_symlink()
-        assert sorted(p.name for p in real.iterdir()) == ["a.txt"]
+        restore_through_link(tmp_path, real, tmp_path / "outputs")
         assert sorted(p.name for p in real.parent.iterdir()) == ["outputs"]
     finally:
         shutil.rmtree(real.parent)
