@@ -150,41 +150,104 @@ def key_parts(key: str) -> list[str]:
     return check_key(key).split("/")
 
 
+#: The one rule for what may be part of a derived key, in :func:`_canonical`'s order:
+#: plain values, NumPy scalars (by their Python value), a few library types by their
+#: documented string form, and lists, tuples, sets, dicts and dataclasses of these. Anything
+#: else (an array, a tensor, a model, a lock) has no value that is equal across processes
+#: exactly when it is equal here, and is refused with a ``StateError`` that says to pass
+#: ``key=``. The forms of values accepted before must never change: they are in stored keys.
+_ALLOWED = (
+    "None, bool, int, float, str, bytes, enums, paths, dates, times, timedeltas, Decimal, "
+    "UUID, NumPy scalars and dtypes, torch.device and torch.dtype, and lists, tuples, sets, "
+    "dicts and dataclasses of these"
+)
+
+#: Types whose ``str()`` is stable and documented, keyed by ``module.qualname`` (so that
+#: checking them imports nothing), tagged so that ``torch.device("cpu")`` is not ``"cpu"``.
+_BY_STRING = frozenset({"torch.device", "torch.dtype"})
+
+
+def _plain(value: Any, where: str) -> Any:
+    return value
+
+
+def _sequence(value: list[Any] | tuple[Any, ...], where: str) -> Any:
+    return {type(value).__name__: [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+
+
+def _set(value: set[Any] | frozenset[Any], where: str) -> Any:
+    items = [_canonical(v, f"{where} item") for v in value]
+    # Sets iterate in hash order, which differs between processes (PYTHONHASHSEED).
+    return {"set": sorted(items, key=lambda v: json.dumps(v, sort_keys=True))}
+
+
+def _mapping(value: Mapping[Any, Any], where: str) -> Any:
+    pairs = [
+        [_canonical(k, f"{where} key"), _canonical(v, f"{where}[{k!r}]")] for k, v in value.items()
+    ]
+    # Sorted by key: equal dicts built in any insertion order get one form.
+    return {"map": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+
+
+#: (types, canonical form), first match wins: ``bool`` before ``int``, and ``int`` before
+#: ``enum.Enum`` (an ``IntEnum`` member has always been keyed as its int).
+_RULES: tuple[tuple[type | tuple[type, ...], Callable[[Any, str], Any]], ...] = (
+    ((type(None), bool, str), _plain),
+    (int, lambda v, _: {"int": str(v)}),
+    (float, lambda v, _: {"float": v.hex()}),
+    ((bytes, bytearray), lambda v, _: {"bytes": bytes(v).hex()}),
+    (enum.Enum, lambda v, _: {"enum": f"{type(v).__qualname__}.{v.name}"}),
+    (PurePath, lambda v, _: {"path": os.fspath(v)}),
+    (
+        (datetime.date, datetime.time, datetime.timedelta, Decimal, uuid.UUID),
+        lambda v, _: {type(v).__name__: str(v)},
+    ),
+    ((list, tuple), _sequence),
+    ((set, frozenset), _set),
+    (Mapping, _mapping),
+)
+
+
 def _canonical(value: Any, where: str) -> Any:
-    """A JSON-able form of ``value`` that is equal across processes exactly when values are."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return {"int": str(value)}
-    if isinstance(value, float):
-        return {"float": value.hex()}
-    if isinstance(value, bytes | bytearray):
-        return {"bytes": bytes(value).hex()}
-    if isinstance(value, enum.Enum):
-        return {"enum": f"{type(value).__qualname__}.{value.name}"}
-    if isinstance(value, PurePath):
-        return {"path": os.fspath(value)}
-    if isinstance(value, datetime.date | datetime.time | datetime.timedelta | Decimal | uuid.UUID):
-        return {type(value).__name__: str(value)}
-    if isinstance(value, list | tuple):
-        return {type(value).__name__: [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]}
-    if isinstance(value, set | frozenset):
-        items = [_canonical(v, f"{where} item") for v in value]
-        return {"set": sorted(items, key=lambda v: json.dumps(v, sort_keys=True))}
-    if isinstance(value, Mapping):
-        pairs = [
-            [_canonical(k, f"{where} key"), _canonical(v, f"{where}[{k!r}]")]
-            for k, v in value.items()
-        ]
-        return {"map": sorted(pairs, key=lambda kv: json.dumps(kv[0], sort_keys=True))}
+    """A JSON-able form of ``value`` that is equal across processes exactly when values are.
+
+    Example:
+        >>> _canonical([3, "a", None], "arguments")
+        {'list': [{'int': '3'}, 'a', None]}
+
+    """
+    for types, form in _RULES:
+        if isinstance(value, types):
+            return form(value, where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         return {type(value).__qualname__: _canonical(fields, where)}
+    return _library_value(value, where)
+
+
+def _library_value(value: Any, where: str) -> Any:
+    """The form of a NumPy or torch value the key rule accepts; ``StateError`` for others.
+
+    A NumPy scalar is keyed as its Python value (``.item()``), so ``np.int64(3)`` and ``3``
+    give one key, as ``np.float64(0.5)`` (a ``float``) and ``0.5`` always have. Neither
+    library is imported here: a value of theirs means the caller has imported them.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        item = value.item()
+        # np.longdouble's item is itself; a complex is no key: refused as the NumPy type.
+        if not isinstance(item, numpy.generic):
+            with contextlib.suppress(StateError):
+                return _canonical(item, where)
+    if numpy is not None and isinstance(value, numpy.dtype):
+        return {"numpy.dtype": str(value)}
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    if name in _BY_STRING:
+        return {name: str(value)}
     raise StateError(
-        f"cannot derive a checkpoint key from argument {where} of type "
-        f"{type(value).__name__}: only plain values (numbers, strings, bytes, paths, lists, "
-        "dicts, dataclasses, ...) have a stable digest. Pass key= to @resumable, e.g. "
-        "key=lambda *args, **kwargs: 'my-task'."
+        f"cannot derive a checkpoint key from {where}, of type {name}: keys are "
+        f'derived from {_ALLOWED}. Pass key= to @resumable: a string such as key="train/v2", '
+        "or a callable of the arguments that returns one."
     )
 
 
