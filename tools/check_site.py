@@ -6,7 +6,10 @@ Builds the site strictly (``mkdocs build --strict``, warnings are errors) into b
 serves it on 127.0.0.1, opens the home page and the ``Checkpoint`` reference page in
 headless Chromium (Debian's ``chromium`` package), checks the rendered DOM for the expected
 headings and the ``Checkpoint.save_sync`` signature, and saves a screenshot of each page
-under build/screenshots/. Exits non-zero, saying what is missing, when a check fails.
+under build/screenshots/. Before that it reads every built page (``scan_site``): no Sphinx
+role left as text (``:meth:``), no private name (``resumable._checkpoint``, ``_OMITTED``), no
+page of the docs named in a docstring without a link, and a sitemap that lists the pages.
+Exits non-zero, saying what is missing, when a check fails.
 """
 
 from __future__ import annotations
@@ -85,15 +88,87 @@ def save_sync_signature() -> re.Pattern[str]:
     return re.compile(r"save_sync\s*\(\s*" + r"\s*,\s*".join(parts) + r"\s*\)\s*->\s*" + returns)
 
 
-def build() -> None:
-    """``mkdocs build --strict``: any warning fails the build."""
+def build(site: Path = SITE) -> None:
+    """``mkdocs build --strict`` into ``site``: any warning fails the build."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
         cwd=ROOT,
         env=env,
         check=True,
     )
+
+
+#: A Sphinx role left as text: griffe renders ``:meth:`x``` as ``:meth:<code>x</code>``.
+_ROLE = re.compile(r":(?:py:)?(?:meth|class|func|attr|data|exc|mod|obj):")
+#: A private name of the package, in text or in an attribute (a link's tooltip).
+_PRIVATE = re.compile(r"\bresumable(?:\.\w+)*\._[a-z]\w*|\b_OMITTED\b")
+#: Any private module path (``package._module``): on the API reference pages.
+_PRIVATE_PATH = re.compile(r"\b[A-Za-z]\w*\._[a-z]\w*")
+#: A page of the docs named as a path.
+_PAGE = re.compile(r"\bdocs/[a-z0-9-]+\.md\b")
+
+
+class PlainText(HTMLParser):
+    """The text of a page outside links, code, scripts and styles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self._inside = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Enter a link, code or a script: its text is not plain."""
+        if tag in ("a", "code", "pre", "script", "style"):
+            self._inside += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        """Leave it."""
+        if tag in ("a", "code", "pre", "script", "style"):
+            self._inside -= 1
+
+    def handle_data(self, data: str) -> None:
+        """Collect plain text."""
+        if not self._inside:
+            self.text.append(data)
+
+
+def _around(text: str, match: re.Match[str]) -> str:
+    return " ".join(text[max(0, match.start() - 60) : match.end() + 40].split())
+
+
+def scan_site(site: Path) -> list[str]:
+    """What the built site must not show: roles, private names, unlinked pages; the sitemap."""
+    problems = []
+    for page in sorted(site.rglob("*.html")):
+        name = page.relative_to(site).as_posix()
+        markup = page.read_text(encoding="utf-8")
+        reference = name.startswith("reference/")
+        checks = [("a Sphinx role left as text", _ROLE), ("a private name", _PRIVATE)]
+        if reference:
+            checks.append(("a private module path", _PRIVATE_PATH))
+        for what, pattern in checks:
+            problems += [
+                f"{name}: {what}: ...{_around(markup, m)}..." for m in pattern.finditer(markup)
+            ]
+        if reference:
+            parser = PlainText()
+            parser.feed(markup)
+            text = "".join(parser.text)
+            problems += [
+                f"{name}: a page named without a link: ...{_around(text, m)}..."
+                for m in _PAGE.finditer(text)
+            ]
+    sitemap = site / "sitemap.xml"
+    pages = {p.parent for p in site.rglob("index.html")}
+    listed = (
+        re.findall(r"<loc>([^<]+)</loc>", sitemap.read_text(encoding="utf-8"))
+        if sitemap.is_file()
+        else []
+    )
+    if len(listed) < len(pages):  # every page; empty without site_url in mkdocs.yml
+        problems.append(f"sitemap.xml lists {len(listed)} pages of {len(pages)}: is site_url set?")
+    return problems
 
 
 def chromium(*args: str) -> str:
@@ -164,6 +239,11 @@ def main() -> int:
         build()
     if not (SITE / "index.html").is_file():
         sys.exit(f"no site at {SITE.relative_to(ROOT)}: build it first")
+    scanned = scan_site(SITE)
+    for problem in scanned:
+        print(f"FAIL {problem}", file=sys.stderr)
+    if scanned:
+        return 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     handler = functools.partial(QuietHandler, directory=str(SITE))
