@@ -29,7 +29,7 @@ import tenacity
 
 from resumable import Checkpoint, RetryPolicy, resumable
 
-from .servers import SeaweedS3
+from ..servers import SeaweedS3
 
 try:
     import numpy as np
@@ -52,7 +52,7 @@ LIBRARY_CONSTANTS = [
     ("resumable._pipe", "_READ_BLOCK"),
 ]
 #: The repository root, put on the children's ``sys.path`` so they import this module.
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: What the saving child's task returns.
 SAVED = "saved"
 
@@ -234,7 +234,7 @@ def child_main(argv: list[str]) -> int:
 CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from tests.test_roundtrip_boundaries import child_main
+from tests.codec.test_roundtrip_boundaries import child_main
 sys.exit(child_main(sys.argv[2:]))
 """
 

@@ -9,7 +9,7 @@ import pytest
 
 from resumable import Checkpoint
 
-from .conftest import IO
+from ..conftest import IO
 
 MiB = 1 << 20
 

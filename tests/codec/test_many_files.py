@@ -9,7 +9,7 @@ from pathlib import Path
 
 from resumable import Checkpoint, latest_checkpoint, testing
 
-from .conftest import IO
+from ..conftest import IO
 
 
 def test_many_small_files_round_trip(tmp_path: Path, io: IO) -> None:

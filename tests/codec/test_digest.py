@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from resumable import Checkpoint, Storage
 from resumable._stream import DIGESTS, Digest
 
-from .conftest import IO, as_format_1, read_object, store_files, write_object
+from ..conftest import IO, as_format_1, read_object, store_files, write_object
 
 SECRET = b"digest secret"
 BIG = bytes(range(256)) * 1024  # 256 KiB: stored as a payload object, not inline
