@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import SeaweedS3
+from ..servers import SeaweedS3
 
 TASK = textwrap.dedent(
     """

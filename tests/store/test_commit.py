@@ -19,7 +19,7 @@ import resumable._snapshot as snapshot_module
 from resumable import Checkpoint, Storage, testing
 from resumable._checkpoint import Captured
 
-from .conftest import IO, store_files
+from ..conftest import IO, store_files
 
 
 def boom_after(chunks: int) -> Iterator[bytes]:

@@ -22,7 +22,7 @@ import pytest
 from resumable import Checkpoint, Storage, resumable, testing
 from resumable._backend import open_backend
 
-from .conftest import IO, store_files
+from ..conftest import IO, store_files
 
 
 def manifests(url: str) -> list[str]:
