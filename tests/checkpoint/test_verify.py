@@ -16,7 +16,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, ResumableError, Storage, testing
 
-from .conftest import IO, delete_object, read_object, store_files, write_object
+from ..conftest import IO, delete_object, read_object, store_files, write_object
 
 NEWEST = "00000000000000000001"
 

@@ -14,7 +14,7 @@ from fsspec.callbacks import Callback, TqdmCallback
 
 from resumable import Checkpoint, ConfigurationError, Storage, testing
 
-from .conftest import IO
+from ..conftest import IO
 
 Event = tuple[int | None, int] | str
 

@@ -24,7 +24,7 @@ from resumable import (
     UnsupportedDataError,
 )
 
-from .conftest import IO, read_object, store_files
+from ..conftest import IO, read_object, store_files
 
 
 def make_tree(root: Path) -> Path:

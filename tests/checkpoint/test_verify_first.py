@@ -22,7 +22,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, Storage
 
-from .conftest import IO, read_object, set_digest, store_files, write_object
+from ..conftest import IO, read_object, set_digest, store_files, write_object
 
 SECRET = b"signing secret"
 
