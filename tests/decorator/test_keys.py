@@ -36,7 +36,7 @@ def test_same_call_same_key_in_another_process() -> None:
     """A fresh interpreter derives the same key for the same call."""
     here = call_key(job, (3, ["a", "b"]), {"opts": {"x": 1.5, "y": {2, 1}}}, "state")
     code = (
-        "from tests.test_keys import job\n"
+        "from tests.decorator.test_keys import job\n"
         "from resumable._keys import call_key\n"
         "print(call_key(job, (3, ['a', 'b']), {'opts': {'y': {1, 2}, 'x': 1.5}}, 'state'))"
     )
@@ -90,7 +90,7 @@ def test_task_name_is_a_safe_path_segment() -> None:
 
     name = task_name(inner)
     assert "<" not in name
-    assert name.startswith("tests.test_keys.")
+    assert name.startswith("tests.decorator.test_keys.")
 
 
 @pytest.mark.parametrize("bad", ["", "/", "a/../b", "..", "a//b", "a\\b", "a::b", "a b", "x?y"])
@@ -169,7 +169,7 @@ def _keys_of(args: list[str], cwd: Path, path: Path | None = None) -> list[str]:
     """The keys the tasks of the jobs script give when run with ``python *args``."""
     env = {k: v for k, v in os.environ.items() if k != "RESUMABLE_STORE"}
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), *([str(path)] if path else [])]
+        [str(Path(__file__).resolve().parents[2]), *([str(path)] if path else [])]
     )
     done = subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, check=False

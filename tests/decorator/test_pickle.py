@@ -25,7 +25,7 @@ import pytest
 
 from resumable import ctx, resumable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DUMPS: dict[str, Callable[[Any], bytes]] = {
     "pickle": pickle.dumps,
     "cloudpickle": cloudpickle.dumps,
@@ -217,7 +217,7 @@ def test_local_task_pickles_by_value_and_resumes(kind: str, dumps: str, tmp_path
     assert convention(loaded) == convention(task)
     key, uri, start = run(loaded(5, True))
     assert start == 2  # resumed from the original's snapshot: same key, store and state=
-    assert key.startswith("tests.test_pickle.make_local._locals_.task-")
+    assert key.startswith("tests.decorator.test_pickle.make_local._locals_.task-")
     assert uri.startswith(str(tmp_path / "store"))
     assert (key, uri) == run(task(5, True))[:2]
 
@@ -255,7 +255,7 @@ def test_process_pool_resumes_a_local_task(
         run(task(5, True))
     key, uri, start = pool.submit(call_in_worker, task, 5, True).result(timeout=60)
     assert start == 2
-    assert key.startswith("tests.test_pickle.make_local._locals_.task-")
+    assert key.startswith("tests.decorator.test_pickle.make_local._locals_.task-")
     assert uri.startswith(str(tmp_path / "store"))
 
 

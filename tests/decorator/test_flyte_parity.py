@@ -29,7 +29,7 @@ from resumable import (
     resumable,
 )
 
-from .conftest import IO, store_files, write_object
+from ..conftest import IO, store_files, write_object
 
 KINDS = ["function", "generator", "coroutine", "async generator"]
 

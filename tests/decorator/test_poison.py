@@ -13,7 +13,7 @@ import pytest
 
 from resumable import RetryPolicy, resumable
 
-from .conftest import store_files
+from ..conftest import store_files
 
 
 def _flaky_steps(failures: int) -> tuple[list[int], object, object]:

@@ -29,7 +29,7 @@ from resumable import (
     resumable,
 )
 
-from .conftest import store_files
+from ..conftest import store_files
 
 
 def run(result: Any) -> Any:
