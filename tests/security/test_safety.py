@@ -10,7 +10,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, Limits, Storage, testing
 
-from .conftest import IO
+from ..conftest import IO
 
 
 def tar_bytes(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 import resumable._restore as restore_module
 from resumable import Checkpoint, ConfigurationError, CorruptCheckpointError, Dir, resumable
 
-from .conftest import read_object, store_files, write_object
+from ..conftest import read_object, store_files, write_object
 
 # -- overlaps ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from resumable import (
 from resumable._checkpoint import Captured
 from resumable._statecodec import read_state
 
-from .conftest import IO, read_object, store_files, write_object
+from ..conftest import IO, read_object, store_files, write_object
 
 KEY = b"a secret only the writers know"
 

@@ -20,7 +20,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, Storage
 
-from .conftest import IO, as_format_1, read_object, store_files, write_object
+from ..conftest import IO, as_format_1, read_object, store_files, write_object
 
 SECRET = b"signing secret"
 

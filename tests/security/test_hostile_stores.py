@@ -27,7 +27,7 @@ import pytest
 from resumable import Checkpoint, CorruptCheckpointError, Limits, Storage, testing
 from resumable._checkpoint import Captured
 
-from .conftest import IO, delete_object, read_object, store_files, write_object
+from ..conftest import IO, delete_object, read_object, store_files, write_object
 
 SECRET = b"signing secret"
 NEWEST = "00000000000000000001"
