@@ -20,8 +20,8 @@ from resumable._backend import open_backend
 from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
 
-from .conftest import read_object, store_files
-from .servers_gcs_azure import AzuriteBlob, FakeGCS
+from ..conftest import read_object, store_files
+from ..servers_gcs_azure import AzuriteBlob, FakeGCS
 
 pytestmark = pytest.mark.remote  # every test here needs the GCS or the Azure server
 

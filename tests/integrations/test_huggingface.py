@@ -16,7 +16,7 @@ pytest.importorskip("accelerate")
 
 from resumable.huggingface import ResumableCallback
 
-RUN = Path(__file__).with_name("huggingface_run.py")
+RUN = Path(__file__).resolve().parents[1] / "huggingface_run.py"
 
 
 def start(workdir: Path, store: Path, max_steps: int) -> subprocess.Popen[str]:

@@ -29,11 +29,11 @@ from typing import Any
 
 import pytest
 
-from . import engine_tasks
-from .engine_tasks import EVERY, Listener, executed_steps
-from .servers import SeaweedS3
+from .. import engine_tasks
+from ..engine_tasks import EVERY, Listener, executed_steps
+from ..servers import SeaweedS3
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 20
 HANG = 8
 #: The newest snapshot when the first attempt blocks after step HANG.

@@ -20,8 +20,8 @@ from resumable._backend import open_backend
 from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
 
-from .conftest import store_files
-from .servers import SeaweedS3
+from ..conftest import store_files
+from ..servers import SeaweedS3
 from .test_gcs_azure import (  # noqa: F401  the same tests, collected here with this ``url``
     test_second_exclusive_create_raises_file_exists,
     test_second_store_committing_the_same_seq_loses_cleanly,

@@ -16,7 +16,7 @@ import pytest
 
 from resumable._backend import open_backend
 
-from .servers import SeaweedS3
+from ..servers import SeaweedS3
 
 pytestmark = pytest.mark.remote  # needs the S3 server
 

@@ -14,7 +14,7 @@ pytest.importorskip("lightning")
 
 from resumable.lightning import ResumableCheckpointIO
 
-RUN = Path(__file__).with_name("lightning_run.py")
+RUN = Path(__file__).resolve().parents[1] / "lightning_run.py"
 
 
 def start(workdir: Path, store: Path, dirpath: str, max_steps: int) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ pytest.importorskip("numpy")
 
 from resumable.torch import ResumableSampler  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pytorch_resume.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pytorch_resume.py"
 
 
 def start(workdir: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
