@@ -4,7 +4,7 @@ Each checker's whole output for ``decorated.py`` -- every revealed type and ever
 the negative cases -- must equal the checked-in ``decorated.<checker>.out``. After a change
 that is meant to alter them, rewrite the expected files and review the diff::
 
-    RESUMABLE_UPDATE_GOLDEN=1 python -m pytest tests/test_typing.py
+    RESUMABLE_UPDATE_GOLDEN=1 python -m pytest tests/project/test_typing.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "typing_golden"
 CASES = GOLDEN / "decorated.py"
 RELATIVE = CASES.relative_to(ROOT).as_posix()

@@ -58,7 +58,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
@@ -178,7 +178,7 @@ status = 0  # of the last shell command: what `$?` says
 for block in blocks:
     if block["language"] != "python":
         # The checks live with the test; the repository's root is on PYTHONPATH.
-        from tests.test_docs import run_shell
+        from tests.project.test_docs import run_shell
         status = run_shell(block["page"], block["line"], block["language"], block["code"], status)
         continue
     # Blank lines up front make tracebacks give the block's line in the Markdown file.

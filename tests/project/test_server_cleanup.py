@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from .servers import WATCHDOG
+from ..servers import WATCHDOG
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 #: A stand-in server: prints its pid, then waits for a signal.
 STAND_IN = [

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "guarantees.md"
 _SPAN = re.compile(r"`([^`]+)`")
-_FILE = re.compile(r"^(?:tests/)?((?:stress/)?test_\w+\.py|stress/\w+\.py)(?:::(\w+))?")
+_FILE = re.compile(r"^(?:tests/)?((?:[a-z_]+/)?test_\w+\.py|stress/\w+\.py)(?:::(\w+))?")
 _TEST = re.compile(r"^::(\w+)")
 
 
@@ -37,7 +37,7 @@ def test_the_page_names_tests() -> None:
     """The reader finds the page's references (a broken pattern would check nothing)."""
     refs = references()
     assert len(refs) > 100
-    assert ("test_commit.py", "test_manifest_is_written_after_payload") in refs
+    assert ("store/test_commit.py", "test_manifest_is_written_after_payload") in refs
 
 
 def test_every_named_test_exists() -> None:
