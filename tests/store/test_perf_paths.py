@@ -1,0 +1,158 @@
+"""Fast paths of the store's local side, each held to a slow, obviously correct twin.
+
+- A workspace keeps its emptied restore staging for the next load, instead of making and
+  removing a marked folder per load; what a load hands out is the same either way.
+- ``empty_folder`` (scan, unlink, rmtree subfolders) against ``empty_folder_slow`` (rmtree the
+  folder, make it again), on random trees with links that must not be followed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from resumable import Checkpoint
+from resumable._workspace import NEW, empty_folder, empty_folder_slow
+
+# -- staging reuse -------------------------------------------------------------------------
+
+
+def hidden(folder: Path) -> list[str]:
+    """The names beside a workspace's root: its marker and stagings."""
+    return sorted(p.name for p in folder.iterdir() if p.name != "root")
+
+
+def test_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
+    """Repeated loads into a workspace keep one emptied staging; each returns its snapshot."""
+    root: Path | None = None
+    with Checkpoint(tmp / "store") as cp:
+        for i in range(4):
+            cp.save_sync(f"state {i}".encode())
+            root = cp.load_sync()
+            assert root is not None
+            assert sorted(p.name for p in root.iterdir()) == ["payload"]
+            assert (root / "payload").read_bytes() == f"state {i}".encode()
+            names = hidden(root.parent)
+            assert len(names) == 2, names  # the owner marker and one staging
+            [staging] = [root.parent / n for n in names if ".root.resumable-" in n]
+            assert os.listdir(staging / NEW) == []  # emptied: no copy of the old snapshot
+    assert root is not None
+    assert not root.parent.exists()  # close() removes the workspace, its staging with it
+
+
+def test_a_load_replaces_files_a_user_added_to_the_workspace(tmp: Path) -> None:
+    """What the user put into the workspace goes at the next load, as without reuse."""
+    with Checkpoint(tmp / "store") as cp:
+        cp.save_sync(b"one")
+        root = cp.load_sync()
+        assert root is not None
+        (root / "mine.txt").write_text("user data")
+        (root / "sub").mkdir()
+        (root / "sub" / "x").write_bytes(b"x")
+        cp.save_sync(b"two")
+        assert cp.load_sync() == root
+        assert sorted(p.name for p in root.iterdir()) == ["payload"]
+        assert (root / "payload").read_bytes() == b"two"
+
+
+def test_a_tampered_spare_staging_is_not_reused(tmp: Path) -> None:
+    """A spare staging that no longer holds just an empty NEW is left alone for a new one."""
+    with Checkpoint(tmp / "store") as cp:
+        cp.save_sync(b"one")
+        root = cp.load_sync()
+        assert root is not None
+        [staging] = [p for p in root.parent.iterdir() if ".root.resumable-" in p.name]
+        (staging / NEW / "intruder").write_bytes(b"?")
+        cp.save_sync(b"two")
+        cp.load_sync()
+        assert (root / "payload").read_bytes() == b"two"
+        assert (staging / NEW / "intruder").read_bytes() == b"?"  # not taken, not emptied
+        assert (root / "intruder").exists() is False
+
+
+def test_a_folder_snapshot_loads_through_a_reused_staging(tmp: Path) -> None:
+    """Folder snapshots swap in through the reused staging too: the tree is exactly the new one."""
+    src = tmp / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "f").write_bytes(b"first")
+    with Checkpoint(tmp / "store") as cp:
+        cp.save_sync(src)
+        root = cp.load_sync()
+        assert root is not None
+        (src / "a" / "b" / "f").unlink()
+        (src / "g").write_bytes(b"second")
+        cp.save_sync(src)
+        cp.load_sync()
+        found = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        assert found == ["a", "a/b", "g"]
+
+
+# -- empty_folder against its twin ---------------------------------------------------------
+
+#: A tree: names mapped to file contents (bytes), subtrees (dicts), or links ("->" + target).
+Tree = dict[str, object]
+
+names = st.sampled_from(["a", "b", "c", ".hidden", "d d", "é"])
+leaves = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from(["->outside-file", "->outside-dir", "->missing", "->.."]),
+)
+trees = st.recursive(
+    st.dictionaries(names, leaves, max_size=4),
+    lambda children: st.dictionaries(names, st.one_of(leaves, children), max_size=4),
+    max_leaves=20,
+)
+modes = st.sampled_from([0o700, 0o755, 0o750])
+
+
+def build(folder: Path, tree: Tree, outside: Path) -> None:
+    """Make ``tree`` inside ``folder`` (which exists)."""
+    for name, value in tree.items():
+        path = folder / name
+        if isinstance(value, bytes):
+            path.write_bytes(value)
+        elif isinstance(value, str):
+            target = value[2:]
+            os.symlink(outside / target if target.startswith("outside") else target, path)
+        else:
+            assert isinstance(value, dict)
+            path.mkdir()
+            build(path, value, outside)
+
+
+def outcome(folder: Path, outside: Path) -> tuple[list[str], int, list[str]]:
+    """What a run left: the folder's entries, its mode, and the untouched outside world."""
+    left = sorted(os.listdir(folder))
+    mode = stat.S_IMODE(folder.lstat().st_mode)
+    world = sorted(str(p.relative_to(outside)) for p in outside.rglob("*"))
+    return left, mode, world
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(tree=trees, mode=modes)
+def test_empty_folder_matches_its_slow_twin(tmp: Path, tree: Tree, mode: int) -> None:
+    """Both leave the folder empty, with its mode, and touch nothing a link points to."""
+    results = []
+    for name, empty in (("fast", empty_folder), ("slow", empty_folder_slow)):
+        base = tmp / f"{name}-{len(os.listdir(tmp))}"
+        outside = base / "outside"
+        (outside / "outside-dir").mkdir(parents=True)
+        (outside / "outside-dir" / "keep").write_bytes(b"keep")
+        (outside / "outside-file").write_bytes(b"keep")
+        folder = base / "folder"
+        folder.mkdir()
+        build(folder, tree, outside)
+        folder.chmod(mode)
+        empty(folder)
+        results.append(outcome(folder, outside))
+    assert results[0] == results[1]
+    left, got_mode, world = results[0]
+    assert left == []
+    assert got_mode == mode
+    assert world == ["outside-dir", "outside-dir/keep", "outside-file"]
