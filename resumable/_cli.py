@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _version
-from ._errors import CorruptCheckpointError, ResumableError
+from ._errors import ConfigurationError, CorruptCheckpointError, ResumableError
 from ._inspect import (
     ROOT_KEY,
     Garbage,
@@ -40,6 +40,7 @@ from ._inspect import (
     task_folder,
     task_store,
 )
+from ._options import STORE_ENV, resolve_store
 
 __all__ = ["main"]
 
@@ -50,6 +51,8 @@ EXIT_ERROR = 2
 _EPILOG = f"""\
 A store is a local folder or any fsspec URL holding one folder per task key. The key
 {ROOT_KEY!r} names the store's own folder (where a bare Checkpoint(url) keeps its snapshots).
+Without STORE, the store is the one @resumable uses by default: ${STORE_ENV}, else
+./.resumable. A folder that holds other files and no snapshot is not walked as a store.
 
 exit codes:
   0  ok
@@ -386,7 +389,12 @@ def _seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document")
-    common.add_argument("store", metavar="STORE", help="a local folder or an fsspec URL")
+    common.add_argument(
+        "store",
+        metavar="STORE",
+        nargs="?",
+        help=f"a local folder or an fsspec URL (default: ${STORE_ENV}, else ./.resumable)",
+    )
 
     parser = argparse.ArgumentParser(
         prog="resumable",
@@ -441,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    defaulted = args.store is None
     # The library's warnings (a snapshot skipped while checking) would repeat what the
     # report says; without logging configured they are not printed.
     quiet = logging.NullHandler()
@@ -448,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not log.handlers and not logging.getLogger().handlers:
         log.addHandler(quiet)
     try:
+        if defaulted:  # the rule of @resumable's default store, in this folder
+            args.store = resolve_store(None)
         code: int = args.run(args)
     except BrokenPipeError:
         # The reader (`| head`) went away: not an error worth a message. Point stdout at
@@ -459,8 +470,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # any store problem (botocore's NoCredentialsError, ...)
+    except Exception as exc:  # any store problem (a raw client error, ...)
         _error(args.command, exc)
+        if defaulted and isinstance(exc, ConfigurationError):
+            print(
+                f"resumable {args.command}: that is the default store (${STORE_ENV}, else "
+                "./.resumable): give STORE to use another one",
+                file=sys.stderr,
+            )
         return EXIT_ERROR
     finally:
         log.removeHandler(quiet)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import warnings
+from collections.abc import Awaitable, Callable, Generator
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +54,16 @@ class TaskContext:
 
     """
 
-    __slots__ = ("_attempt", "_preempted", "_save", "_save_sync", "checkpoint", "key")
+    __slots__ = (
+        "_asynchronous",
+        "_attempt",
+        "_loop",
+        "_preempted",
+        "_save",
+        "_save_sync",
+        "checkpoint",
+        "key",
+    )
 
     def __init__(
         self,
@@ -63,8 +74,12 @@ class TaskContext:
         save_sync: Callable[[Any], None],
         save: Callable[[Any], Awaitable[None]],
         preempted: Callable[[], bool],
+        asynchronous: bool = False,
     ) -> None:
-        """Made by ``@resumable`` for each attempt; tasks get it from :func:`ctx`."""
+        """Made by ``@resumable`` for each attempt; tasks get it from :func:`ctx`.
+
+        ``asynchronous``: whether the task is a coroutine or an async generator.
+        """
         #: The task's :class:`~resumable.Checkpoint`, at ``<store>/<key>``.
         self.checkpoint = checkpoint
         #: The task's key under its store.
@@ -73,6 +88,9 @@ class TaskContext:
         self._save_sync = save_sync
         self._save = save
         self._preempted = preempted
+        self._asynchronous = asynchronous
+        # The loop a sync task was called in (Jupyter's), if any: its code cannot await.
+        self._loop = None if asynchronous else _running_loop()
 
     def __repr__(self) -> str:
         return f"TaskContext(key={self.key!r}, attempt={self._attempt})"
@@ -102,9 +120,50 @@ class TaskContext:
         """
         self._save_sync(state)
 
-    async def save(self, state: Any = _MISSING) -> None:
-        """Async twin of :meth:`save_sync`."""
-        await self._save(state)
+    def save(self, state: Any = _MISSING) -> Awaitable[None]:
+        """Async twin of :meth:`save_sync`: ``await ctx().save(state)`` in an async task.
+
+        In a sync task nothing could await it, and the snapshot would be lost with only
+        Python's "never awaited" warning: there it saves at once, as :meth:`save_sync`, and
+        warns (``RuntimeWarning``) to write ``ctx().save_sync(state)``. A coroutine that a
+        sync task runs on a loop of its own (``asyncio.run``) awaits it as usual.
+
+        Example:
+            >>> import asyncio
+            >>> from resumable import resumable, ctx
+            >>> @resumable(store="memory://doc-ctx-save")
+            ... async def task():
+            ...     await ctx().save(b"step 1")
+            >>> asyncio.run(task())
+
+        """
+        if not self._asynchronous and _running_loop() is self._loop:
+            warnings.warn(
+                "ctx().save() is for async tasks, and this task is sync: nothing can await "
+                "it here. Write ctx().save_sync(state) (the state was saved now).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._save_sync(state)
+            return _Saved()
+        return self._save(state)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class _Saved:
+    """An awaitable that is already done: awaiting it or not is the same, and never warns."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("resumable_task", default=None)

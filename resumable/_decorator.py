@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import dis
 import inspect
 import logging
 import os
@@ -34,7 +35,13 @@ from ._backend import is_local, local_path
 from ._checkpoint import Checkpoint, CheckpointInfo
 from ._context import TaskContext, enter_task, leave_task
 from ._engines import warn_if_unshared
-from ._errors import ConfigurationError, ResumableError, StateError
+from ._errors import (
+    ConfigurationError,
+    NonRetryableError,
+    ResumableError,
+    StateError,
+    unpickle_error,
+)
 from ._keys import call_arguments, call_key, check_key, pin_task_name
 from ._options import OMITTED, Dir, Spec, Storage, make_spec, refuse_removed_options
 from ._persist import Persister
@@ -227,13 +234,18 @@ def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            call = _Call(spec, wrapped, instance, args, kwargs)
+            if driver is _drive_async_generator and _caller_iterates(_ASYNC_ITERATION):
+                raise _not_an_iterator(target, asynchronous=True)
+            call = _Call(spec, wrapped, instance, args, kwargs, asynchronous=is_async)
             if is_async:
                 return _closing_async(driver(call), call)
             try:
-                return driver(call)
+                result = driver(call)
             finally:
                 call.close()
+            if driver is _drive_generator and not _iterable(result) and _caller_iterates():
+                raise _not_an_iterator(target, asynchronous=False)
+            return result
 
         # The marker sits inside, so the outermost object is a Task, which pickles; the
         # Task forwards __code__ to it, so inspect sees the calling convention of the call.
@@ -241,6 +253,52 @@ def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
         return Task(inner, wrapper, spec=_Rebuild(spec), source=fn)
 
     return decorate
+
+
+#: Opcodes that iterate over the value just computed: a ``for``, a comprehension, ``yield
+#: from``, unpacking.
+_ITERATION = frozenset({"GET_ITER", "GET_YIELD_FROM_ITER", "UNPACK_SEQUENCE", "UNPACK_EX"})
+_ASYNC_ITERATION = frozenset({"GET_AITER"})
+
+
+def _iterable(value: object) -> bool:
+    return hasattr(type(value), "__iter__") or hasattr(type(value), "__getitem__")
+
+
+def _caller_iterates(opcodes: frozenset[str] = _ITERATION) -> bool:
+    """Whether the code that called the task iterates over the call's value right away.
+
+    Read from the caller's next instruction (``for step in train(): ...``), past the frames
+    of the wrapper; only ever used to replace an error Python would raise anyway.
+    """
+    frame = inspect.currentframe()
+    while frame is not None and str(frame.f_globals.get("__name__", "")).partition(".")[0] in (
+        "resumable",
+        "wrapt",
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    after = (i.opname for i in dis.get_instructions(frame.f_code) if i.offset > frame.f_lasti)
+    return next(after, None) in opcodes
+
+
+def _not_an_iterator(fn: Callable[..., Any], *, asynchronous: bool) -> TypeError:
+    # A TypeError like the one Python would raise here, saying why: a decorated generator
+    # is driven by the decorator, and its call returns what the generator returns.
+    name = getattr(fn, "__qualname__", repr(fn))
+    if asynchronous:
+        return TypeError(
+            f"{name}() is a @resumable async generator task, not an async iterator: awaiting "
+            f"the call runs the generator to its end (each yield a snapshot) and returns the "
+            f"last value it yielded. Write `last = await {name}(...)`."
+        )
+    return TypeError(
+        f"{name}() is a @resumable generator task: the call ran the generator to its end "
+        "(each yield a snapshot) and returned what the generator returned, which cannot be "
+        "iterated over. It is not a generator to loop over: return the values the caller "
+        "needs from the generator (`return results`), or call it without iterating."
+    )
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -265,6 +323,7 @@ def _check_dir(folder: Path, store: str) -> None:
     Restoring makes the folder identical to a snapshot, deleting whatever else it holds; a
     folder that contains the store would delete the store, and snapshot it into itself.
     """
+    _check_folder_path(folder)
     real = Path(os.path.realpath(folder))
     fix = 'use a Dir of its own (e.g. Dir("outputs")), or a store outside it (store=...)'
     if real == Path(real.anchor):
@@ -288,6 +347,23 @@ def _check_dir(folder: Path, store: str) -> None:
             )
 
 
+def _check_folder_path(folder: Path) -> None:
+    """Refuse a ``Dir`` that is a file, or lies under one: no attempt could ever restore it.
+
+    Found when the call starts, as a ``ConfigurationError`` (never retried), instead of the
+    ``FileExistsError`` of every attempt's restore, which the task's policy would retry.
+    """
+    for place in (folder, *folder.parents):
+        if place.is_dir() or place.is_symlink():
+            return  # a link to a non-folder: the restore names where it points
+        if os.path.lexists(place):
+            where = "" if place == folder else f" is inside {str(place)!r}, which"
+            raise ConfigurationError(
+                f"Dir({str(folder)!r}){where} is a file, not a folder: give Dir() a folder's "
+                "path (it is made if missing), or move the file away"
+            )
+
+
 def _restore_dir(
     cp: Checkpoint,
     folder: Path,
@@ -307,6 +383,23 @@ def _restore_dir(
     return m
 
 
+def _read_newest_state(
+    cp: Checkpoint, accept: Callable[[CheckpointInfo], None], poison_after: int | None
+) -> tuple[CheckpointInfo, Any, dict[str, Any]] | None:
+    """``cp.read_newest_state``, whose unpickling errors say what fixes them.
+
+    A module or class missing from this process is fixed by making it importable, not by
+    deleting the snapshot: the error names what is missing.
+    """
+    try:
+        return cp.read_newest_state(accept=accept, poison_after=poison_after)
+    except StateError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ImportError | AttributeError):
+            raise unpickle_error(cause) from cause
+        raise
+
+
 class _Call:
     """One call of a decorated task: its key, checkpoint, persister and retry policy."""
 
@@ -317,9 +410,12 @@ class _Call:
         instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        asynchronous: bool = False,
     ) -> None:
         self.spec = spec
         self.wrapped = wrapped
+        self.asynchronous = asynchronous  # a coroutine or an async generator
         self.args = args
         self.kwargs = {k: v for k, v in kwargs.items() if not (spec.inject and k == spec.arg)}
         self.key = self._key(instance)
@@ -411,6 +507,7 @@ class _Call:
                 save_sync=persister.force_sync,
                 save=persister.force,
                 preempted=lambda: persister.preempted,
+                asynchronous=self.asynchronous,
             )
         )
 
@@ -450,8 +547,10 @@ class _Call:
         if self.spec.poison_after is None or seq is None:
             return
         # Kills, interrupts, preemption and the library's own errors say nothing about the
-        # snapshot; only the task's own exceptions do.
-        if not isinstance(exc, Exception) or isinstance(exc, ResumableError):
+        # snapshot; only the task's own exceptions do (NonRetryableError is one of them).
+        if not isinstance(exc, Exception):
+            return
+        if isinstance(exc, ResumableError) and not isinstance(exc, NonRetryableError):
             return
         with contextlib.suppress(Exception):
             # Nothing committed since the attempt started: the snapshot it started from is
@@ -480,7 +579,7 @@ class _Call:
             value: Any = folder
         else:
             # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
-            found = cp.read_newest_state(accept=self._accept, poison_after=poison_after)
+            found = _read_newest_state(cp, self._accept, poison_after)
             if found is None:
                 m, value = None, self.spec.initial_state()
             else:

@@ -14,6 +14,7 @@ process), and the ones that point at a mistake the caller *fixes* (the message s
     │   └── DeadlineExceeded (TimeoutError)     a storage call did not answer in time
     ├── ConcurrentWriterError (FileExistsError) another writer committed the same snapshot
     ├── Preempted (RuntimeError)                the process was asked to stop (SIGTERM)
+    ├── NonRetryableError                       raised by a task: fail now, never retry
     │   (to fix: a mistake in the calling code or its data)
     ├── ConfigurationError (ValueError)         a bad argument to resumable() or Checkpoint()
     ├── StateError (TypeError)                  state that cannot be pickled, unpickled or
@@ -31,6 +32,10 @@ option, ``UnsafeSymlinkError`` about a folder's content (both ``ValueError``). F
 would save a name but make the one left vaguer, and a caller who wants them all already
 catches ``ResumableError``.
 
+``NonRetryableError`` is the one a task raises itself: a marker with no builtin base besides
+``Exception``, since what it marks can be any kind of failure (subclass it together with the
+builtin that fits, as ``class BadInput(NonRetryableError, ValueError)``).
+
 Example:
     >>> from resumable import ResumableError, CorruptCheckpointError
     >>> issubclass(CorruptCheckpointError, ValueError)
@@ -40,12 +45,15 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ConcurrentWriterError",
     "ConfigurationError",
     "CorruptCheckpointError",
     "DeadlineExceeded",
     "NoTaskContextError",
+    "NonRetryableError",
     "Preempted",
     "ResumableError",
     "SignatureError",
@@ -271,3 +279,72 @@ class Preempted(ResumableError, RuntimeError):
         ...         sys.exit(143)  # the scheduler restarts the job, which resumes
 
     """
+
+
+class NonRetryableError(ResumableError):
+    """Raised by a task's own code: the call fails at once, whatever its retry policy says.
+
+    Code deep inside a task can stop the retries of every ``@resumable`` task that calls it
+    without each decorator listing the error in ``no_retry_on`` (flyte's
+    ``NonRecoverableError``). Raise it ``from`` the error that caused it, or subclass it
+    together with the builtin that fits. The failure still counts against the snapshot the
+    attempt started from (``poison_after``), as the task's other exceptions do.
+
+    Example:
+        >>> from resumable import RetryPolicy, resumable
+        >>> class BadInput(NonRetryableError, ValueError):
+        ...     pass
+        >>> tries = []
+        >>> @resumable(state=0, retry=RetryPolicy(attempts=5, wait=0), store="memory://doc-nr")
+        ... def ingest(path: str, state: int = 0):
+        ...     tries.append(state)
+        ...     if not path.endswith(".csv"):
+        ...         raise BadInput(f"{path} is not a CSV file: retrying cannot fix that")
+        ...     yield state + 1
+        >>> try:
+        ...     ingest("data.json")
+        ... except BadInput as exc:
+        ...     print(exc, len(tries))
+        data.json is not a CSV file: retrying cannot fix that 1
+
+    """
+
+
+# Python's own messages for a pickle that names what this process cannot find.
+_NO_ATTRIBUTE = re.compile(r"Can't get attribute '([^']+)' on <module '([^']+)'")
+
+
+def unpickle_error(exc: BaseException) -> StateError:
+    """The ``StateError`` for state that failed to unpickle with ``exc``, with the advice that fits.
+
+    A module or a name missing from this process is fixed there (the snapshot is fine);
+    anything else is probably state written by another version of the code, which only
+    starting over fixes. Not in ``__all__``: a helper of the codec, not an error class.
+
+    Example:
+        >>> missing = ModuleNotFoundError("No module named 'mymodels'", name="mymodels")
+        >>> print(unpickle_error(missing))
+        cannot unpickle the saved task state: it needs module 'mymodels', ...
+
+    """
+    head = "cannot unpickle the saved task state"
+    keep = "the snapshot itself is fine: do not delete it"
+    if isinstance(exc, ImportError) and exc.name:
+        return StateError(
+            f"{head}: it needs module {exc.name!r}, which cannot be imported in this process "
+            f"({exc}). Make it importable here (install it, add its folder to PYTHONPATH or "
+            f"sys.path, or run from the folder the task ran from); {keep}."
+        )
+    found = _NO_ATTRIBUTE.search(str(exc)) if isinstance(exc, AttributeError) else None
+    if found is not None:
+        name, module = found.groups()
+        return StateError(
+            f"{head}: it needs {name!r} from module {module!r}, which has no such name now "
+            f"({exc}). Make it available there under that name (a class that was renamed or "
+            f"moved: keep an alias, `{name.rsplit('.', 1)[-1]} = TheNewName`, in {module}); "
+            f"{keep}."
+        )
+    return StateError(
+        f"{head}: {exc}. Was it written by another version of the task's code? Delete the "
+        "snapshot (resumable rm) to start over."
+    )

@@ -157,11 +157,31 @@ def _join(prefix: str, name: str) -> str:
     return name if prefix == ROOT_KEY else f"{prefix}/{name}"
 
 
+def _foreign(entries: list[Entry]) -> list[str]:
+    """Names of files that are not a store's: neither snapshot objects nor hidden files."""
+    return sorted(e.name for e in entries if not _is_ours(e.name) and not e.name.startswith("."))
+
+
+def _not_a_store(url: str, foreign: list[str]) -> ConfigurationError:
+    shown = ", ".join(repr(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    return ConfigurationError(
+        f"{url} is not a store: it holds files that are not snapshots ({shown}), and no "
+        "snapshot. Give the store itself (a task's store=, by default ./.resumable), or a "
+        "Checkpoint's own folder; walking a folder such as the temp folder or a home folder "
+        "would go through everything under it"
+    )
+
+
 def find_task_folders(store: AdminBackend) -> list[TaskFolder]:
     """Folders holding snapshot objects (manifests, payloads or temp files), sorted by key.
 
     Every folder of the store, at any depth (``proj/exp/run1``, and ``a/b`` under a task
     ``a``). Links are not followed: a local store lists no folder that is a symlink.
+
+    A store holds task folders, and folders of nested keys that hold only folders. A folder
+    that holds other files (hidden ones aside) and no snapshot object is not part of the
+    store and is not walked; when that is the store's own folder, ``ConfigurationError``:
+    the walk would go through everything under a folder such as the temp folder.
     """
     found: list[TaskFolder] = []
 
@@ -169,6 +189,10 @@ def find_task_folders(store: AdminBackend) -> list[TaskFolder]:
         entries = backend.entries()
         if any(_is_ours(e.name) for e in entries):
             found.append(TaskFolder(key, backend, entries))
+        elif foreign := _foreign(entries):
+            if key == ROOT_KEY:
+                raise _not_a_store(backend.url, foreign)
+            return
         if depth < MAX_DEPTH:
             for name in backend.list_children():
                 visit(_join(key, name), backend.child(name), depth + 1)

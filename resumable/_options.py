@@ -24,6 +24,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import tenacity
 
 from ._archive import Compression, Limits
+from ._backend import check_store_url
 from ._errors import ConfigurationError, ResumableError
 from ._keys import check_key
 from ._progress import ProgressArg
@@ -38,6 +39,7 @@ __all__ = [
     "Storage",
     "make_spec",
     "refuse_removed_options",
+    "resolve_store",
     "storage_from_deprecated",
 ]
 
@@ -49,6 +51,28 @@ OMITTED: Any = object()
 
 #: Where snapshots live when neither ``store=`` nor ``$RESUMABLE_STORE`` says.
 DEFAULT_STORE = ".resumable"
+#: The environment variable that names the default store.
+STORE_ENV = "RESUMABLE_STORE"
+
+
+def resolve_store(store: str | os.PathLike[str] | None = None) -> str:
+    """The store to use now: ``store``, else ``$RESUMABLE_STORE``, else ``./.resumable``.
+
+    The one rule for the default store, of ``@resumable`` (per call) and of the
+    ``resumable`` command. A path is made absolute in the current folder; a URL is kept as
+    it is; a URL missing its ``//`` is refused (``ConfigurationError``).
+
+    Example:
+        >>> import os
+        >>> resolve_store("s3://bucket/runs")
+        's3://bucket/runs'
+        >>> resolve_store("runs") == os.path.abspath("runs")
+        True
+
+    """
+    chosen = os.fspath(store) if store else os.environ.get(STORE_ENV) or DEFAULT_STORE
+    check_store_url(chosen)
+    return chosen if "://" in chosen else os.path.abspath(chosen)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,7 +97,14 @@ class Storage:
             past its timeout, a ``StorageError`` says so and the previous snapshot stays
             intact. Separate from ``@resumable(attempts=...)``, which retries the task.
         compression: ``"gzip"`` (default: a fast, adaptive ``.tar.gz``) or ``"none"``, for
-            folders; bytes, files and state are stored as they are.
+            folders saved whole (``incremental=False``); bytes, files and state are stored as
+            they are.
+        incremental: ``True`` (default): a folder snapshot stores only what changed since the
+            previous one: its files are listed, their content is stored in pieces (deflated
+            where it pays) that later snapshots reuse, and unchanged files are not even read.
+            ``False``: each folder snapshot is one ``.tar.gz`` of the whole folder, readable
+            with ``tar`` alone and by releases before incremental snapshots. See
+            docs/howto-dir-state.md.
         limits: caps on what restoring a folder may write (tar bombs); default ``Limits()``.
         progress: ``True`` for a tqdm progress bar per transfer (the ``progress`` extra), or
             an ``fsspec.callbacks.Callback``: each save and load is reported to
@@ -100,6 +131,7 @@ class Storage:
     compression: Compression = "gzip"
     limits: Limits | None = None
     progress: ProgressArg = False
+    incremental: bool = True
 
     def __post_init__(self) -> None:
         check_keep(self.keep)
@@ -107,6 +139,8 @@ class Storage:
             raise ConfigurationError(
                 f"compression must be 'gzip' or 'none', got {self.compression!r}"
             )
+        if not isinstance(self.incremental, bool):
+            raise ConfigurationError(f"incremental must be True or False, got {self.incremental!r}")
         if self.retry is not None and not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy or None, got {self.retry!r}")
         storage_policy(self.retry)  # refuses what storage retries cannot do
@@ -272,10 +306,9 @@ class Spec:
     def resolve_store(self) -> str:
         """The store of a call made now: ``store=``, ``$RESUMABLE_STORE``, else ``.resumable``.
 
-        A path is made absolute in the folder the call runs in.
+        A path is made absolute in the folder the call runs in (see :func:`resolve_store`).
         """
-        store = self.store or os.environ.get("RESUMABLE_STORE") or DEFAULT_STORE
-        return store if "://" in store else os.path.abspath(store)
+        return resolve_store(self.store)
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether the task's exception may be retried by type (``retry_on``, ``no_retry_on``)."""
@@ -343,6 +376,12 @@ def _every(every: int | datetime.timedelta) -> tuple[int, float | None]:
     return _whole("every", every, 1), None
 
 
+def _store(store: str | os.PathLike[str]) -> str:
+    text = os.fspath(store)
+    check_store_url(text)  # now, where the decorator is written, not at the first call
+    return text
+
+
 def _storage(storage: Storage | None) -> Storage:
     if storage is not None and not isinstance(storage, Storage):
         raise ConfigurationError(f"storage must be a Storage or None, got {storage!r}")
@@ -386,7 +425,7 @@ def make_spec(
         initial=initial,
         folder=folder,
         inject=state is not OMITTED,
-        store=None if store is None else os.fspath(store),
+        store=None if store is None else _store(store),
         key=_key(key),
         retry=_task_retry(attempts, retry),
         every=every_yields,

@@ -25,6 +25,7 @@ EXPECTED = [
     "Dir",
     "Limits",
     "NoTaskContextError",
+    "NonRetryableError",
     "Preempted",
     "ResumableError",
     "RetryPolicy",
@@ -55,11 +56,14 @@ def test_all_is_pinned_and_sorted() -> None:
 
 
 def test_every_error_is_a_resumable_error_and_a_builtin() -> None:
-    """Each exception derives from ResumableError and from a builtin users already catch."""
+    """Each exception derives from ResumableError and from a builtin users already catch.
+
+    NonRetryableError is the exception: a marker a task raises for any kind of failure.
+    """
     for name in _errors.__all__:
         cls = getattr(_errors, name)
         assert issubclass(cls, resumable.ResumableError)
-        if cls is not resumable.ResumableError:
+        if cls not in (resumable.ResumableError, resumable.NonRetryableError):
             bases = [b for b in cls.__mro__[1:] if b.__module__ == "builtins"]
             assert set(bases) - {Exception, BaseException, object}, name
 
