@@ -288,10 +288,11 @@ def _not_an_iterator(fn: Callable[..., Any], *, asynchronous: bool) -> TypeError
     # is driven by the decorator, and its call returns what the generator returns.
     name = getattr(fn, "__qualname__", repr(fn))
     if asynchronous:
+        short = getattr(fn, "__name__", name)
         return TypeError(
             f"{name}() is a @resumable async generator task, not an async iterator: awaiting "
             f"the call runs the generator to its end (each yield a snapshot) and returns the "
-            f"last value it yielded. Write `last = await {name}(...)`."
+            f"last value it yielded. Write `last = await {short}(...)`."
         )
     return TypeError(
         f"{name}() is a @resumable generator task: the call ran the generator to its end "
