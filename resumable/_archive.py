@@ -35,12 +35,16 @@ from ._stream import CHUNK_SIZE, Chunk, ordered_map
 
 __all__ = [
     "Compression",
+    "Guard",
     "Limits",
     "TarFacts",
     "extract_tar",
     "gunzip_members",
     "gzip_members",
     "iter_tar",
+    "link_target",
+    "safe_mode",
+    "walk",
 ]
 
 #: How a folder's tar stream is stored: gzip members, or as it is.
@@ -135,7 +139,7 @@ class _TarBuilder:
             yield self._take()
 
 
-def _entries(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
+def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
     """Every path under ``root`` (sorted, links not followed) with its archive name."""
     stack = [root]
     while stack:
@@ -150,7 +154,7 @@ def _entries(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
                 stack.append(path)
 
 
-def _link_target(root: Path, path: Path) -> str:
+def link_target(root: Path, path: Path) -> str:
     """The relative target of a symlink under ``root``; refuse one that leaves it."""
     target = os.readlink(path)
     resolved = os.path.normpath(os.path.join(path.parent, target))
@@ -179,7 +183,7 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
     if check_source(root) != "dir":
         raise UnsupportedDataError(f"{str(root)!r} is not a folder")
     builder = _TarBuilder(chunk_size)
-    for path, name, st in _entries(root):
+    for path, name, st in walk(root):
         facts.members += 1
         info = _tar_info(root, path, name, st)
         yield from builder.put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
@@ -203,7 +207,7 @@ def _tar_info(root: Path, path: Path, name: str, st: os.stat_result) -> tarfile.
         info.type = tarfile.DIRTYPE
     elif stat.S_ISLNK(st.st_mode):
         info.type = tarfile.SYMTYPE
-        info.linkname = _link_target(root, path)
+        info.linkname = link_target(root, path)
     elif stat.S_ISREG(st.st_mode):
         info.size = st.st_size
     else:
@@ -250,7 +254,7 @@ def _refuse(member: tarfile.TarInfo, why: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(f"member {member.name!r} refused: {why}")
 
 
-class _Guard:
+class Guard:
     """Checks each member before it is extracted, lexically, without asking the filesystem.
 
     ``tarfile``'s ``data`` filter resolves paths on disk, which unfixed CPython releases let a
@@ -427,9 +431,15 @@ def _mtime_ns(member: tarfile.TarInfo) -> int:
         return 0
 
 
-def _data_mode(member: tarfile.TarInfo) -> int:
-    """A file's mode as ``tarfile``'s ``data`` filter sets it: no high bits, no go-w, u+rw."""
-    mode = member.mode & 0o755
+def safe_mode(mode: int) -> int:
+    """A file's mode as ``tarfile``'s ``data`` filter sets it: no high bits, no go-w, u+rw.
+
+    Example:
+        >>> oct(safe_mode(0o4777)), oct(safe_mode(0o644))
+        ('0o755', '0o644')
+
+    """
+    mode &= 0o755
     if not mode & 0o100:
         mode &= ~0o111
     return mode | 0o600
@@ -442,11 +452,11 @@ def extract_tar(
 
     With ``expected`` (what the manifest records), an archive longer or with more members
     than that is refused as soon as it exceeds it. ``dest`` must be a new, empty folder.
-    Every member is checked by :class:`_Guard` (lexically) and gets the attributes that
+    Every member is checked by :class:`Guard` (lexically) and gets the attributes that
     ``tarfile``'s ``data`` filter would give it; zero blocks of large files become holes.
     """
     reader = _Forward(chunks if expected is None else _bounded(chunks, expected.raw_size))
-    guard = _Guard(limits, expected)
+    guard = Guard(limits, expected)
     writer = TreeWriter(dest)
     try:
         with tarfile.open(  # type: ignore[call-overload]
@@ -473,9 +483,9 @@ def _extract(
         writer.link(rel, member.linkname, ns)
     elif member.size <= SMALL_FILE and member.sparse is None:
         data = reader.read_at(member.offset_data, member.size)
-        writer.small(rel, data, _data_mode(member), ns)
+        writer.small(rel, data, safe_mode(member.mode), ns)
     else:
         source = tar.extractfile(member)
         assert source is not None
         with source:
-            writer.large(rel, source, member.size, _data_mode(member), ns)
+            writer.large(rel, source, member.size, safe_mode(member.mode), ns)

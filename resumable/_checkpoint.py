@@ -31,6 +31,7 @@ from ._archive import Limits
 from ._background import Background
 from ._errors import CorruptCheckpointError, ResumableError
 from ._manifest import Manifest
+from ._names import PIECES
 from ._options import Storage, storage_from_deprecated
 from ._progress import make_progress
 from ._retry import retry_call, storage_errors, storage_policy
@@ -102,14 +103,17 @@ class Checkpoint:
         self._limits = storage.limits or Limits()
         backend = open_stack(uri, storage.storage_options, retry=storage.retry, policy=self._retry)
         # The folder's own housekeeping (removing it once empty, listing its sub-folders)
-        # goes to the backend; snapshots go through the store.
+        # goes to the backend; snapshots go through the store. The packs of folder snapshots
+        # by content live in a folder beside them (read even when saves do not make them).
         self._folder = backend
+        self._pieces = backend.child(PIECES)
         self._store = SnapshotStore(
             backend,
             keep=storage.keep,
             signing_key=key,
             progress=make_progress(storage.progress),
             name=name,
+            pieces=self._pieces,
         )
         self._lock = threading.RLock()
         _forks.track(self)
@@ -376,7 +380,13 @@ class Checkpoint:
             'bytes'
 
         """
-        return capture(data, compression=self.storage.compression, frozen=frozen)
+        folders = self._store.tree_save if self.storage.incremental else None
+        return capture(
+            data,
+            compression=self.storage.compression,
+            frozen=frozen,
+            folders=None if folders is None else lambda root, now: folders(root, frozen=now),
+        )
 
     def commit(self, captured: Captured, *, attempt: int = 0) -> CheckpointInfo:
         """Write a captured snapshot and commit it, retrying it whole on transient errors.
@@ -558,6 +568,7 @@ class Checkpoint:
                 self._store.mark_cleared(newest + 1)
             # Temp files of killed saves (of provably gone writers) go too, and the task's
             # folder with them when nothing is left in it.
+            self._pieces.remove_root_if_empty()
             self._folder.remove_root_if_empty()
 
         self._retried(clear, f"clearing {self.uri}")

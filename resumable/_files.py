@@ -91,7 +91,7 @@ def check_source(path: Path) -> Literal["file", "dir"]:
 
 
 class HoleWriter:
-    """Writes a file's bytes at increasing offsets, seeking over zero blocks (holes).
+    """Writes a file's bytes at increasing offsets from ``at``, seeking over zero blocks (holes).
 
     Example:
         >>> import tempfile
@@ -104,9 +104,9 @@ class HoleWriter:
 
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, at: int = 0) -> None:
         self._fd = fd
-        self._pos = 0
+        self._pos = at
 
     def write(self, data: Chunk) -> None:
         """Append ``data``; zero blocks of 64 KiB are skipped, not written."""

@@ -43,7 +43,9 @@ from ._stream import DIGESTS, NEW_DIGEST
 __all__ = [
     "FORMAT",
     "MANIFEST_MAX",
+    "PIECES_FORMAT",
     "SIGNATURE",
+    "WRITTEN_FORMAT",
     "Kind",
     "Manifest",
     "check_signature",
@@ -52,9 +54,15 @@ __all__ = [
     "sign",
 ]
 
-#: Version of the manifest format this library writes; it reads this one and every older one.
-#: 1: the payload's digest is always ``sha256``; 2: it is named by its field (``blake3``).
-FORMAT = 2
+#: The newest manifest format this library reads; it reads every older one too. 1: the
+#: payload's digest is always ``sha256``; 2: it is named by its field (``blake3``); 3: a
+#: folder may be stored by content (compression ``pieces``: the payload is its index).
+FORMAT = 3
+#: The format new snapshots are written in, but for folders by content: a reader of format 2
+#: reads them.
+WRITTEN_FORMAT = 2
+#: The format of folder snapshots by content: older readers refuse them, saying to upgrade.
+PIECES_FORMAT = 3
 #: Version of the manifest signature this library writes (it reads 1 to 3). 3 names the
 #: digest's algorithm; 1 and 2 are accepted on sha256 manifests only, which is all they signed.
 SIGNATURE = 3
@@ -69,7 +77,7 @@ Kind = Literal["bytes", "file", "dir", "state", "cleared"]
 _KINDS = ("bytes", "file", "dir", "state", "cleared")
 _HEX64 = frozenset("0123456789abcdef")
 #: Manifest fields beyond the core ones that a reader keeps (in ``Manifest.extra``).
-_EXTRA = ("hmac", "hmac_version", "raw_size", "members")
+_EXTRA = ("hmac", "hmac_version", "raw_size", "members", "added")
 
 
 def checkpoint_name(url: str) -> str:
@@ -103,7 +111,7 @@ class Manifest:
     size: int
     #: Lowercase hex digest of the payload as stored, by :attr:`algorithm`.
     digest: str
-    #: ``"gzip"`` (a folder's archive) or ``"none"``.
+    #: ``"gzip"`` (a folder's archive), ``"pieces"`` (a folder by content) or ``"none"``.
     compression: str
     #: The payload's object name; ``None`` when the payload is inlined.
     blob: str | None
@@ -120,7 +128,7 @@ class Manifest:
     #: The digest's algorithm, the manifest field holding the digest.
     algorithm: str = NEW_DIGEST
     #: The format version the manifest was written in.
-    format: int = FORMAT
+    format: int = WRITTEN_FORMAT
 
     def to_json(self) -> bytes:
         """The manifest document."""
@@ -260,11 +268,17 @@ def _format_problem(m: Manifest, seq: int) -> str | None:
 def _compression_problem(m: Manifest, seq: int) -> str | None:
     if m.compression in ("gzip", "none"):
         return None
+    if m.compression == "pieces":
+        if m.format < PIECES_FORMAT or m.kind != "dir":
+            return f"stores a {m.kind} by pieces in format {m.format}"
+        if "raw_size" not in m.extra:
+            return "stores a folder by pieces without its size and entries"
+        return None
     return f"has unknown compression {m.compression!r}"
 
 
 def _bounds_problem(m: Manifest, seq: int) -> str | None:
-    for name in ("raw_size", "members"):
+    for name in ("raw_size", "members", "added"):
         if name in m.extra:
             _count(m.extra[name])
     if m.kind == "dir" and ("raw_size" in m.extra) != ("members" in m.extra):

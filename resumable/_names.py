@@ -7,6 +7,9 @@
     00000000000000000042.failed.5e1d0c2b9a8f7e6d a failure of the task from snapshot 42
     .<name>.<stamp>.<random>.tmp                 an object being written (local disk), named
                                                  with its maker (``_owner.stamp()``)
+    ~pieces/<random>.pack                        pieces of folder snapshots (``_index``)
+
+``~pieces`` cannot be a task's folder: a task key never holds ``~``.
 
 Example:
     >>> manifest_name(42)
@@ -35,12 +38,15 @@ from typing import Literal
 from ._owner import Owner, parse_stamp, stamp
 
 __all__ = [
+    "PIECES",
     "ObjectName",
     "blob_name",
+    "is_pack",
     "is_temp",
     "manifest_name",
     "manifest_seqs",
     "mark_name",
+    "pack_name",
     "parse",
     "seq_prefix",
     "temp_maker",
@@ -50,7 +56,11 @@ __all__ = [
 _MANIFEST = re.compile(r"^(\d{20})\.json$")
 _BLOB = re.compile(r"^(\d{20})\.[0-9a-f]{8,64}\.blob$")
 _MARK = re.compile(r"^(\d{20})\.failed\.[0-9a-f]{16}$")
+_PACK = re.compile(r"^[0-9a-f]{32}\.pack$")
 _TEMP_STAMPED = re.compile(r"^\..+\.([0-9a-f]{12}-\d+-\d+)\.[0-9a-f]{8}\.tmp$")
+
+#: The folder beside a task's snapshots that holds the packs of its folder snapshots.
+PIECES = "~pieces"
 
 ObjectKind = Literal["manifest", "blob", "mark"]
 
@@ -81,6 +91,22 @@ def blob_name(seq: int, token: str) -> str:
 def mark_name(seq: int) -> str:
     """A new failure mark's name for snapshot ``seq`` (unique: two may be made at once)."""
     return f"{seq:020d}.failed.{secrets.token_hex(8)}"
+
+
+def pack_name() -> str:
+    """A new pack's object name (in :data:`PIECES`): random, never written twice."""
+    return f"{secrets.token_hex(16)}.pack"
+
+
+def is_pack(name: str) -> bool:
+    """Whether ``name`` is a pack's object name.
+
+    Example:
+        >>> is_pack(pack_name()), is_pack("../x.pack")
+        (True, False)
+
+    """
+    return _PACK.match(name) is not None
 
 
 @functools.lru_cache(maxsize=4)

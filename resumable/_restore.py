@@ -24,8 +24,10 @@ from typing import TypeVar
 from ._archive import Limits, TarFacts, extract_tar, gunzip_members
 from ._errors import CorruptCheckpointError
 from ._files import write_file
+from ._index import Index
 from ._manifest import Manifest
 from ._stream import Chunk, Spool
+from ._tree import Fetch, write_tree
 from ._workspace import NEW, destination, discard, recover, stage, swap, sweep_beside
 
 __all__ = ["Consume", "Load", "decoder", "restore_into", "unpack"]
@@ -42,9 +44,22 @@ Load = Callable[[Consume[T]], tuple[Manifest, T] | None]
 _IN_MEMORY = 16 << 20
 
 
-def unpack(m: Manifest, chunks: Iterator[Chunk], folder: Path, limits: Limits) -> None:
-    """Write a verified-as-it-streams payload into ``folder``: a tree, or ``payload``."""
-    if m.kind == "dir":
+def unpack(
+    m: Manifest,
+    chunks: Iterator[Chunk],
+    folder: Path,
+    limits: Limits,
+    fetch: Fetch | None = None,
+    have: Path | None = None,
+) -> None:
+    """Write a verified-as-it-streams payload into ``folder``: a tree, or ``payload``.
+
+    A folder by content (compression ``pieces``) takes its pieces from ``fetch``, or from
+    ``have`` (the folder it replaces) where that holds the same bytes.
+    """
+    if m.compression == "pieces":
+        _unpack_tree(m, chunks, folder, limits, fetch, have)
+    elif m.kind == "dir":
         data = gunzip_members(chunks) if m.compression == "gzip" else chunks
         expected = None
         if "raw_size" in m.extra:  # recorded since 0.x; older manifests are bounded by Limits
@@ -57,8 +72,30 @@ def unpack(m: Manifest, chunks: Iterator[Chunk], folder: Path, limits: Limits) -
         write_file(folder / "payload", chunks)
 
 
+def _unpack_tree(
+    m: Manifest,
+    chunks: Iterator[Chunk],
+    folder: Path,
+    limits: Limits,
+    fetch: Fetch | None,
+    have: Path | None,
+) -> None:
+    index = Index.from_json(b"".join(chunks))  # verified once read to its end
+    if (index.logical_size(), len(index.nodes)) != (m.extra["raw_size"], m.extra["members"]):
+        raise CorruptCheckpointError("folder index does not hold what its manifest records")
+    if fetch is None:
+        raise CorruptCheckpointError("a folder snapshot by content, where no pieces are kept")
+    write_tree(index, folder, limits, fetch, have)
+
+
 def restore_into(
-    folder: Path, limits: Limits, *, signed: bool, load: Load[None]
+    folder: Path,
+    limits: Limits,
+    *,
+    signed: bool,
+    load: Load[None],
+    fetch: Fetch | None = None,
+    have: bool = True,
 ) -> Manifest | None:
     """Make ``folder`` hold the snapshot ``load`` finds; its manifest, or None if none.
 
@@ -74,21 +111,25 @@ def restore_into(
     is read. A swap that a killed process left halfway is put back first (see
     ``_workspace``), and the stagings of gone processes beside the folder are removed
     only once this restore has succeeded.
+
+    A folder snapshot by content takes its pieces from ``fetch``; with ``have``, those that
+    the folder being replaced already holds are copied from it instead.
     """
     target = destination(folder)
     recover(target)
 
     def into_target(m: Manifest, chunks: Iterator[Chunk]) -> None:
         staging = stage(target)
+        old = target if have and target.is_dir() else None
         try:
             if signed:
                 spool = Spool(chunks)  # read to its end: the digest is checked there
                 try:
-                    unpack(m, iter(spool()), staging / NEW, limits)
+                    unpack(m, iter(spool()), staging / NEW, limits, fetch, old)
                 finally:
                     spool.close()
             else:
-                unpack(m, chunks, staging / NEW, limits)
+                unpack(m, chunks, staging / NEW, limits, fetch, old)
             swap(staging, target)
         finally:
             discard(staging, target)  # the failed or the replaced tree

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from . import _forks
@@ -38,9 +39,20 @@ _RETIRE_EVERY = 0.05
 class Retention:
     """The known snapshots of one store, and the thread that deletes those beyond ``keep``."""
 
-    def __init__(self, backend: Backend, keep: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        keep: int,
+        *,
+        before: Callable[[list[int]], None] | None = None,
+        after: Callable[[list[int]], None] | None = None,
+    ) -> None:
         self._backend = backend
         self.keep = keep
+        # Told which snapshots are about to be deleted, and which were: the packs of folder
+        # snapshots follow them (``_pieces.Packs``).
+        self._before = before
+        self._after = after
         # The objects of each snapshot committed or listed, oldest first. The lock guards it
         # and ``_retiring`` between the caller and the thread; ``settle`` sets ``_hurry`` to
         # skip the pause between batches.
@@ -138,27 +150,32 @@ class Retention:
                 return
             self._hurry.wait(batch_started + _RETIRE_EVERY - time.monotonic())
 
-    def drop(self, seqs: list[int]) -> None:
+    def drop(self, seqs: list[int], *, told: bool = True) -> None:
         """Delete known snapshots ``seqs`` in one batch, in that order: each manifest first.
 
         Oldest first: a load racing us never falls back past a snapshot we keep. The names
         come from what this store committed or listed, not from a new listing. They are
         forgotten only once deleted, so a failed batch is retried by the next commit.
+        ``told``: whether the hooks hear of it (a clear deletes the packs itself).
         """
         try:
-            self._delete(seqs)
+            self._delete(seqs, told)
         except Exception:
             if len(seqs) == 1:
                 raise
             # A batch that failed may be mostly gone, and a large one may keep failing on
             # some name: one snapshot at a time instead, so each success is kept.
             for seq in seqs:
-                self._delete([seq])
+                self._delete([seq], told)
 
-    def _delete(self, seqs: list[int]) -> None:
+    def _delete(self, seqs: list[int], told: bool = True) -> None:
         with self._lock:
             names = [n for seq in seqs for n in self._known.get(seq, [manifest_name(seq)])]
+        if told and self._before is not None:
+            self._before(seqs)
         self._backend.delete_many(names)
         with self._lock:
             for seq in seqs:
                 self._known.pop(seq, None)
+        if told and self._after is not None:
+            self._after(seqs)

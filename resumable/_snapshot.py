@@ -24,6 +24,7 @@ from ._archive import Compression, TarFacts, gzip_members, iter_tar
 from ._errors import UnsupportedDataError
 from ._files import check_source, iter_file
 from ._manifest import Kind, Manifest
+from ._pieces import TreeSave
 from ._store import Producer
 from ._stream import Chunk, Spool, discard
 
@@ -113,12 +114,36 @@ class Captured:
         discard(self.source)
 
 
-def capture(data: SaveData, *, compression: Compression = "gzip", frozen: bool = False) -> Captured:
+#: Makes the snapshot of a folder by content (``SnapshotStore.tree_save``): root, frozen.
+Folders = Callable[[Path, bool], TreeSave]
+
+
+class _TreeSource:
+    """The source of a folder snapshot by content: the same save on every call."""
+
+    def __init__(self, tree: TreeSave) -> None:
+        self.tree = tree
+
+    def __call__(self) -> TreeSave:
+        return self.tree
+
+    def close(self) -> None:
+        self.tree.release()
+
+
+def capture(
+    data: SaveData,
+    *,
+    compression: Compression = "gzip",
+    frozen: bool = False,
+    folders: Folders | None = None,
+) -> Captured:
     """What kind of snapshot ``data`` makes, and a source of its bytes (``Checkpoint.capture``).
 
     Bytes are copied at once. A file or folder is read when the snapshot is written,
-    unless ``frozen``: then it is copied now (to a temp file). A folder is archived with
-    ``compression``.
+    unless ``frozen``: then it is copied now (to a temp file). With ``folders``, a folder is
+    saved by content (only what the previous snapshot lacks is stored; frozen: its changes
+    are spooled now); else it is archived with ``compression``.
 
     Example:
         >>> capture(b"abc").kind
@@ -134,6 +159,9 @@ def capture(data: SaveData, *, compression: Compression = "gzip", frozen: bool =
             if frozen:
                 return Captured("file", Spool.of_file(path))
             return Captured("file", lambda: iter_file(path))
+        if folders is not None:
+            tree = folders(path, frozen)
+            return Captured("dir", _TreeSource(tree), tree.fields)
         gzip = compression == "gzip"
         counted = [TarFacts()]  # of the latest stream: a retried save streams anew
 

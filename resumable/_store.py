@@ -32,8 +32,11 @@ from . import _forks, _restore
 from ._archive import Limits
 from ._backend import Backend, Entry
 from ._errors import ConcurrentWriterError, CorruptCheckpointError
+from ._index import INDEX_MAX, Index, Piece
 from ._manifest import (
     MANIFEST_MAX,
+    PIECES_FORMAT,
+    WRITTEN_FORMAT,
     Kind,
     Manifest,
     check_signature,
@@ -44,6 +47,7 @@ from ._manifest import (
 from ._marks import FailureMarks
 from ._names import blob_name, is_temp, manifest_name, manifest_seqs, parse, seq_prefix
 from ._payload import INLINE_MAX, PayloadWriter, Producer, read_payload
+from ._pieces import Packs, TreeSave, fetch, remove_all
 from ._progress import Progress, transfer
 from ._retention import Retention
 from ._stream import Chunk, Digest
@@ -117,6 +121,8 @@ class SnapshotStore:
         signing_key: signs every manifest and mark, and refuses unsigned ones.
         progress: reports each transfer.
         name: the identity signatures cover (default: :func:`checkpoint_name` of the URL).
+        pieces: where the packs of folder snapshots by content go (the ``~pieces`` folder
+            beside the snapshots); without, folders are saved as archives only.
 
     """
 
@@ -128,6 +134,7 @@ class SnapshotStore:
         signing_key: bytes | None = None,
         progress: Progress | None = None,
         name: str | None = None,
+        pieces: Backend | None = None,
     ) -> None:
         self.backend = backend
         self.signing_key = signing_key
@@ -138,7 +145,19 @@ class SnapshotStore:
         # (first save, or after a failure that may or may not have committed), so the next
         # commit lists first. The objects of each snapshot are known by ``_retention``.
         self._next: int | None = None
-        self._retention = Retention(backend, keep)
+        #: The packs of folder snapshots by content, if this store makes them.
+        self.packs = None if pieces is None else Packs(pieces, self.read_index)
+        # The newest folder snapshot by content this store knows (its number and index): the
+        # next folder save stores only what it does not have. ``_looked``: whether the store
+        # was asked for it (once: then this process's commits keep it up to date).
+        self._base: tuple[int, Index] | None = None
+        self._looked = False
+        self._retention = Retention(
+            backend,
+            keep,
+            before=None if self.packs is None else self.packs.dropping,
+            after=None if self.packs is None else self._collect,
+        )
         self._marks = FailureMarks(backend, signing_key, self.name)
         _forks.track(self)
 
@@ -223,6 +242,10 @@ class SnapshotStore:
         seq = self._next
         token = secrets.token_hex(8)
         payload = self._write_payload(seq, token, chunks)
+        tree = chunks if isinstance(chunks, TreeSave) else None
+        if tree is not None:
+            compression = "pieces"
+            self._check_base(tree, payload.blob if payload.inline is None else None)
         manifest = Manifest(
             seq=seq,
             kind=kind,
@@ -234,12 +257,16 @@ class SnapshotStore:
             created=time.time(),
             attempt=attempt,
             writer=token,
+            format=PIECES_FORMAT if compression == "pieces" else WRITTEN_FORMAT,
         )
         if facts is not None:  # what the stream held, known once it is written
             manifest.extra.update(facts())
         sign(manifest, self.signing_key, self.name)
-        self._publish(manifest)
+        self._publish(manifest, tree)
         self._next = seq + 1
+        if tree is not None and tree.index is not None and self.packs is not None:
+            self.packs.used(seq, tree.index)
+            self._base, self._looked = (seq, tree.index), True
         self._retention.committed(seq, [manifest_name(seq), *filter(None, [manifest.blob])])
         if manifest.size >= _LOG_SIZE:
             log.info(
@@ -267,7 +294,7 @@ class SnapshotStore:
             raise
         return payload
 
-    def _publish(self, manifest: Manifest) -> None:
+    def _publish(self, manifest: Manifest, tree: TreeSave | None = None) -> None:
         """Create the manifest: the commit. Refused when another writer took the number."""
         seq = manifest.seq
         try:
@@ -277,6 +304,7 @@ class SnapshotStore:
             _contested[self.backend.url] = time.monotonic() + _CONTESTED_FOR
             if manifest.blob is not None:
                 self.backend.delete(manifest.blob)
+            self._discard_packs(tree)
             with contextlib.suppress(Exception):  # else the next commit lists
                 self._learn(self.backend.entries())  # what the other writer committed
             raise ConcurrentWriterError(
@@ -288,12 +316,98 @@ class SnapshotStore:
             self._forget()  # the manifest may or may not exist now: the next commit lists
             raise
 
-    def clear(self) -> None:
-        """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest."""
+    # -- folder snapshots by content ----------------------------------------------------
+
+    def tree_save(self, root: Path, *, frozen: bool = False) -> TreeSave:
+        """A folder snapshot by content of ``root``, storing what the newest one lacks.
+
+        ``frozen``: the folder is read now (its new pieces spooled), so that later changes
+        cannot reach the snapshot.
+        """
+        if self.packs is None:
+            raise ValueError("this store keeps no pieces: folders are saved as archives")
+        return TreeSave(root, self.packs.backend, self.tree_base(), frozen=frozen)
+
+    def tree_base(self) -> tuple[int, Index] | None:
+        """The newest folder snapshot by content (number and index) a save can build on.
+
+        Asked of the store once (the newest manifest, and its index when it is one); then
+        kept up to date by this store's commits. None when there is none, or it cannot be
+        read (the save then stores everything).
+        """
+        if not self._looked:
+            self._looked = True
+            try:
+                m = self.newest_manifest()
+                if m is not None and m.compression == "pieces":
+                    self.check_signature(m)
+                    self._base = (m.seq, self._index_of(m))
+            except CorruptCheckpointError as exc:
+                log.info("%s: the newest folder snapshot is unreadable (%s)", self.backend.url, exc)
+        return self._base
+
+    def read_index(self, seq: int) -> Index | None:
+        """The index of snapshot ``seq``, verified; None when it is not a folder by content."""
+        m = self.manifest(seq)
+        if m.compression != "pieces":
+            return None
+        self.check_signature(m)
+        return self._index_of(m)
+
+    def _index_of(self, m: Manifest) -> Index:
+        if m.size > INDEX_MAX:
+            raise CorruptCheckpointError(f"folder index of {m.size} bytes is larger than any")
+        return Index.from_json(b"".join(self.payload(m)))
+
+    def _check_base(self, tree: TreeSave, blob: str | None) -> None:
+        """Before a commit that reuses the base's packs: make sure they cannot be gone.
+
+        This process's retention gives them up (``Packs.rescue``); another writer's deletes
+        the base snapshot before any pack of it, so the base must still exist (or have been
+        deleted here). Otherwise the save gives up, and the next one stores everything.
+        """
+        reused = tree.reused()
+        if not reused or tree.base is None or self.packs is None:
+            return
+        base = tree.base[0]
+        if self.packs.rescue(reused) and (
+            self.packs.dropped_here(base) or self._exists(manifest_name(base))
+        ):
+            return
+        self._base = None
         self._forget()
+        if blob is not None:
+            self.backend.delete(blob)
+        self._discard_packs(tree)
+        raise ConcurrentWriterError(
+            17,
+            f"snapshot {base} of {self.backend.url}, whose pieces this folder snapshot reuses, "
+            "was deleted by another writer while it was saved; this snapshot was discarded "
+            "and the next one stores every piece. Is the same task running twice?",
+        )
+
+    def _discard_packs(self, tree: TreeSave | None) -> None:
+        """Delete the packs a save made that will never be committed (they are its own)."""
+        if tree is not None and self.packs is not None and tree.made():
+            with contextlib.suppress(OSError):
+                self.packs.backend.delete_many(tree.made())
+
+    def _collect(self, seqs: list[int]) -> None:
+        """After retention deleted ``seqs``: condemn their packs, delete those due."""
+        assert self.packs is not None
+        self.packs.dropped(seqs)
+        self.packs.collect(lambda: manifest_seqs(names_of(self.backend.entries())))
+
+    def clear(self) -> None:
+        """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest.
+
+        Then every pack of its folder snapshots by content.
+        """
+        self._forget()
+        self._base, self._looked = None, False
         entries = self.backend.entries()
         seqs = self._learn(entries)
-        self._retention.drop(seqs[::-1])
+        self._retention.drop(seqs[::-1], told=False)
         dropped = set(seqs)
         orphans = []  # payloads and marks of snapshots without a manifest
         for e in entries:
@@ -301,6 +415,9 @@ class SnapshotStore:
             if kind is not None and kind.kind != "manifest" and kind.seq not in dropped:
                 orphans.append(e.name)
         self.backend.delete_many(orphans)
+        if self.packs is not None:
+            self.packs.forget()
+            remove_all(self.packs.backend)
         self._forget()  # the next commit starts over at 0, as on an empty store
 
     # -- failure marks (poison snapshots, see ``_marks``) -------------------------------
@@ -361,6 +478,11 @@ class SnapshotStore:
         """The payload's bytes, checked against the manifest's size and digest on the way."""
         return read_payload(self.backend, m, self.progress)
 
+    def _fetch(self, pack: str, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]:
+        if self.packs is None:
+            raise CorruptCheckpointError("a folder snapshot by content, in a store without pieces")
+        return fetch(self.packs.backend, pack, pieces)
+
     def _skip(self, seq: int, exc: CorruptCheckpointError) -> str:
         log.warning(
             "skipping snapshot %d of %s: %s; trying the previous one", seq, self.backend.url, exc
@@ -384,6 +506,7 @@ class SnapshotStore:
             limits,
             signed=self.signing_key is not None,
             load=lambda consume: self._load(consume, accept, poison_after),
+            fetch=self._fetch,
         )
 
     def read_newest_with(
@@ -422,6 +545,8 @@ class SnapshotStore:
                 limits or Limits(),
                 signed=self.signing_key is not None,
                 load=lambda consume: self._load(consume, None, None, only=seq),
+                fetch=self._fetch,
+                have=False,
             )
 
     def _load(

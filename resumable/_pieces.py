@@ -1,0 +1,367 @@
+"""The pieces of incremental folder snapshots on a backend: packs written, read, and collected.
+
+A folder snapshot by content (see ``_index``) is its index (the snapshot's payload) plus the
+packs of the task's ``~pieces/`` folder that hold its pieces. This module is everything that
+touches packs:
+
+- :class:`PackSink` stores new pieces back to back, ``PACK_TARGET`` bytes per pack: uploaded
+  as they fill, or spooled to a local temp file and uploaded when the snapshot is written (a
+  capture that must not see later changes of the folder);
+- :class:`TreeSave` is a folder snapshot being saved: its packs first, its index last (as
+  the payload the store commits);
+- :func:`fetch` reads pieces back from one pack, each verified;
+- :class:`Packs` collects the packs no snapshot uses any more, safely (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from ._backend import Backend, BlobWriter
+from ._errors import CorruptCheckpointError
+from ._index import Index, Piece
+from ._names import is_pack, pack_name
+from ._stream import CHUNK_SIZE, Chunk
+from ._tree import ScanFacts, decode, scan
+
+__all__ = ["PACK_GRACE", "PACK_TARGET", "PackSink", "Packs", "TreeSave", "fetch", "remove_all"]
+
+log = logging.getLogger("resumable")
+
+#: A pack is closed once it holds this many bytes: few requests per save on object stores,
+#: and little left unused when some of its pieces are no longer needed.
+PACK_TARGET = 16 << 20
+#: A pack no snapshot uses is deleted only this long after that was first seen, and only if
+#: a fresh listing still shows no snapshot using it: a save of another writer that decided to
+#: reuse it has committed (or given up) by then. See :class:`Packs`.
+PACK_GRACE = 600.0
+
+#: Reads the index of snapshot ``seq``; None when it is not a folder snapshot by content.
+ReadIndex = Callable[[int], Index | None]
+
+
+class PackSink:
+    """Packs new pieces back to back and stores the packs: uploaded, or spooled first.
+
+    With a backend, each pack is streamed to it as it fills. Without (``spool``), the packs
+    go to one local temp file, and :meth:`upload` writes them later (again on a retry).
+    """
+
+    def __init__(self, backend: Backend | None) -> None:
+        self._backend = backend
+        #: The names of the packs made so far.
+        self.packs: list[str] = []
+        self._spool: IO[bytes] | None = None
+        if backend is None:
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - close() closes it
+        self._spans: list[tuple[str, int, int]] = []  # spooled packs: name, start, end
+        self._writer: BlobWriter | None = None
+        self._name = ""
+        self._size = 0
+        self._start = 0
+
+    def add(self, digest: str, size: int, data: Chunk, codec: str) -> Piece:
+        """Append a coded piece to the open pack (a new one when none is open)."""
+        if not self._name:
+            self._open()
+        piece = Piece(digest, size, self._name, self._size, len(data), codec)
+        if self._writer is not None:
+            self._writer.write(data)
+        else:
+            assert self._spool is not None
+            self._spool.write(data)
+        self._size += len(data)
+        if self._size >= PACK_TARGET:
+            self._close()
+        return piece
+
+    def _open(self) -> None:
+        self._name = pack_name()
+        self._size = 0
+        self.packs.append(self._name)
+        if self._backend is not None:
+            self._writer = self._backend.writer(self._name)
+        else:
+            assert self._spool is not None
+            self._start = self._spool.tell()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.commit()  # durable, under its final name
+            self._writer = None
+        elif self._name:
+            self._spans.append((self._name, self._start, self._start + self._size))
+        self._name = ""
+
+    def finish(self) -> None:
+        """Close the last pack."""
+        self._close()
+
+    def upload(self, backend: Backend) -> None:
+        """Write the spooled packs to ``backend`` (all of them, again on every call)."""
+        assert self._spool is not None
+        for name, start, end in self._spans:
+            writer = backend.writer(name)
+            try:
+                self._spool.seek(start)
+                left = end - start
+                while left:
+                    data = self._spool.read(min(left, CHUNK_SIZE))
+                    writer.write(data)
+                    left -= len(data)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+
+    def close(self) -> None:
+        """Throw away a pack being written and the spool."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        if self._spool is not None:
+            self._spool.close()
+
+
+class TreeSave:
+    """A folder snapshot by content being saved: a producer of its payload, the index.
+
+    Called with the store's ``write``, it stores the pieces the base snapshot (``base``: its
+    sequence number and index) does not have, then writes the index. ``frozen``: the folder
+    is scanned now, its new pieces spooled locally, so later changes cannot reach the
+    snapshot; calling it uploads them. Otherwise the folder is scanned when called (again
+    on every call: a retried save starts over).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        pieces: Backend,
+        base: tuple[int, Index] | None,
+        *,
+        frozen: bool = False,
+    ) -> None:
+        self.root = root
+        self.base = base
+        self._pieces = pieces
+        #: The index written (once called), and what its scan did.
+        self.index: Index | None = None
+        self.facts = ScanFacts()
+        self._spooled: PackSink | None = None
+        self._made: list[str] = []  # the packs the last call wrote (not frozen)
+        if frozen:
+            self._spooled = PackSink(None)
+            try:
+                self.index, self.facts = self._scan(self._spooled)
+            except BaseException:
+                self._spooled.close()
+                raise
+
+    def _scan(self, sink: PackSink) -> tuple[Index, ScanFacts]:
+        index, facts = scan(self.root, None if self.base is None else self.base[1], sink)
+        sink.finish()
+        return index, facts
+
+    def reused(self) -> set[str]:
+        """The packs the index uses that this save did not write (the base snapshot's)."""
+        if self.base is None or self.index is None:
+            return set()
+        return self.index.packs().difference(self.made())
+
+    def made(self) -> list[str]:
+        """The packs this save wrote."""
+        return self._spooled.packs if self._spooled is not None else self._made
+
+    def __call__(self, write: Callable[[Chunk], None]) -> None:
+        if self._spooled is not None:
+            self._spooled.upload(self._pieces)
+        else:
+            sink = PackSink(self._pieces)
+            try:
+                self.index, self.facts = self._scan(sink)
+            finally:
+                sink.close()
+            self._made = sink.packs
+        assert self.index is not None
+        write(self.index.to_json())
+
+    def fields(self) -> dict[str, Any]:
+        """Manifest fields: its files' bytes and entries (bounds a load checks), bytes added."""
+        assert self.index is not None
+        return {
+            "raw_size": self.index.logical_size(),
+            "members": len(self.index.nodes),
+            "added": self.facts.bytes_added,
+        }
+
+    def release(self) -> None:
+        """Free the spool of a frozen save."""
+        if self._spooled is not None:
+            self._spooled.close()
+
+
+def fetch(backend: Backend, pack: str, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]:
+    """The ``pieces`` of ``pack`` (in offset order), each decoded and verified.
+
+    A missing pack, or one that holds other bytes, is ``CorruptCheckpointError``.
+    """
+    if not is_pack(pack):
+        raise CorruptCheckpointError(f"{pack!r} is not a pack's name")
+    try:
+        stream = backend.open_read(pack)
+    except FileNotFoundError:
+        raise CorruptCheckpointError(f"pack {pack} is missing") from None
+    with stream:
+        at = 0
+        for piece in pieces:
+            if piece.offset < at:
+                raise CorruptCheckpointError(f"pieces of pack {pack} overlap")
+            try:
+                _skip(stream, piece.offset - at)
+                data = _read_exactly(stream, piece.stored)
+            except FileNotFoundError:  # deleted mid-read (object stores say so late)
+                raise CorruptCheckpointError(f"pack {pack} disappeared while read") from None
+            at = piece.offset + len(data)
+            yield piece, decode(piece, data)
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    """Move ``count`` bytes ahead: by reading, as a stream downloaded ahead cannot seek."""
+    while count > 0:
+        skipped = len(stream.read(min(count, CHUNK_SIZE)))
+        if not skipped:
+            return
+        count -= skipped
+
+
+def _read_exactly(stream: IO[bytes], count: int) -> bytes:
+    """``count`` bytes, or fewer only at the end of the stream."""
+    parts = []
+    while count > 0:
+        part = stream.read(count)
+        if not part:
+            break
+        parts.append(part)
+        count -= len(part)
+    return b"".join(parts)
+
+
+class Packs:
+    """Which packs the snapshots of one task use, and the deletion of those none uses.
+
+    When retention drops snapshots, the packs they used that no known snapshot uses are
+    *condemned*; a condemned pack is deleted at a later retention pass, once
+    :data:`PACK_GRACE` has passed and a fresh listing shows no snapshot using it. Only packs
+    of dropped snapshots are ever candidates: a pack that a save in flight is writing is used
+    by no snapshot yet, and is never condemned.
+
+    The race this closes: another writer's save that decided to reuse a pack (its base
+    snapshot used it), while this one drops that base. That save checks, just before it
+    commits, that its base still exists (else it gives up: ``ConcurrentWriterError``); if
+    it existed then, none of its packs was condemned before, so none is deleted before the
+    grace period has passed, by when its manifest is listed.
+    """
+
+    def __init__(self, pieces: Backend, read_index: ReadIndex) -> None:
+        self.backend = pieces
+        self.grace = PACK_GRACE
+        self._read_index = read_index
+        self._lock = threading.Lock()
+        self._uses: dict[int, frozenset[str]] = {}  # snapshot -> its packs, where known
+        self._condemned: dict[str, float] = {}  # pack -> when (time.monotonic())
+        self._dropped: set[int] = set()  # snapshots this process's retention deleted
+        self._gone: set[str] = set()  # packs deleted, or being deleted, by this process
+
+    def used(self, seq: int, index: Index) -> None:
+        """Snapshot ``seq`` is committed (or read) and uses the packs of ``index``."""
+        with self._lock:
+            self._uses[seq] = frozenset(index.packs())
+
+    def forget(self) -> None:
+        """Know no snapshot (a clear)."""
+        with self._lock:
+            self._uses.clear()
+            self._condemned.clear()
+
+    def dropping(self, seqs: list[int]) -> None:
+        """Before snapshots ``seqs`` are deleted: learn the packs of those not known yet."""
+        for seq in seqs:
+            if seq in self._uses:
+                continue
+            with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
+                index = self._read_index(seq)
+                with self._lock:
+                    self._uses[seq] = frozenset(index.packs() if index else ())
+
+    def dropped(self, seqs: list[int]) -> None:
+        """Snapshots ``seqs`` are deleted: condemn their packs that no known snapshot uses."""
+        now = time.monotonic()
+        with self._lock:
+            self._dropped.update(seqs)
+            freed = set().union(*(self._uses.pop(seq, frozenset()) for seq in seqs))
+            freed.difference_update(*self._uses.values())
+            for pack in freed:
+                self._condemned.setdefault(pack, now)
+
+    def collect(self, manifests: Callable[[], list[int]]) -> list[str]:
+        """Delete the condemned packs whose grace has passed and that no snapshot uses.
+
+        ``manifests`` lists the snapshots there are now. Returns the packs deleted.
+        """
+        with self._lock:
+            due = [p for p, t in self._condemned.items() if time.monotonic() - t >= self.grace]
+            self._gone.update(due)  # from now on no save may rescue them
+        if not due:
+            return []
+        used: set[str] = set()
+        for seq in manifests():
+            if seq not in self._uses:
+                with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
+                    index = self._read_index(seq)
+                    with self._lock:
+                        self._uses[seq] = frozenset(index.packs() if index else ())
+            used.update(self._uses.get(seq, ()))
+        doomed = [p for p in due if p not in used]
+        self.backend.delete_many(doomed)
+        with self._lock:
+            for pack in due:
+                self._condemned.pop(pack, None)
+            self._gone.difference_update(p for p in due if p in used)
+        if doomed:
+            log.debug("%s: deleted %d unused packs", self.backend.url, len(doomed))
+        return doomed
+
+    def rescue(self, packs: set[str]) -> bool:
+        """A save about to commit uses ``packs``: none may be deleted. False if one may be gone.
+
+        Takes them off the condemned list; fails when this process deleted one (or is
+        deleting it now).
+        """
+        with self._lock:
+            if packs & self._gone:
+                return False
+            for pack in packs:
+                self._condemned.pop(pack, None)
+            return True
+
+    def dropped_here(self, seq: int) -> bool:
+        """Whether this process's retention deleted snapshot ``seq``."""
+        with self._lock:
+            return seq in self._dropped
+
+    def pending(self) -> int:
+        """How many condemned packs wait for their grace period."""
+        with self._lock:
+            return len(self._condemned)
+
+
+def remove_all(pieces: Backend) -> None:
+    """Delete every pack (a clear); other objects there are left alone."""
+    pieces.delete_many([e.name for e in pieces.entries() if is_pack(e.name)])
