@@ -5,6 +5,12 @@ a new temp folder (the default store ``./.resumable`` lands there): a block may 
 earlier block of the same page defined. A failure names the page and the Markdown line of the
 block (the blocks are compiled with that file name and line numbers).
 
+The tutorial, the how-to guides and the migration guide are run as a reader types them: each
+line at the interactive prompt of a fresh interpreter (``code.InteractiveConsole``), a block
+ended by an empty line, so that a blank line inside a function body or a statement right after
+an indented block, which a script accepts and the prompt does not, fails the page. Each section
+of the tutorial also runs alone in a fresh interpreter: a reader may start at any of them.
+
 A block that needs a server, a cluster or a package of the ``integrations`` group is preceded
 by ``<!-- needs: ... -->`` naming them (``s3 gcs azure``, ``dask ray``, ``torch lightning
 transformers``): the page's fast run leaves it out, and a second run of the whole page, marked
@@ -164,22 +170,49 @@ RUN = {
 }
 NOT_RUN = [b for b in ALL if b.not_run is not None]
 
-# Runs the blocks of one page, given as JSON on stdin, in one namespace, as a script would.
+#: The pages a reader types into the interactive interpreter, block by block: the tutorial,
+#: the how-to guides and the migration guide.
+TYPED = sorted(
+    p for p in RUN if p in ("docs/tutorial.md", "docs/migrating-from-flyte.md") or "/howto-" in p
+)
+
+# Runs the blocks of one page, given as JSON on stdin, in one namespace: as a script would, or
+# typed line by line at the interactive prompt (``typed``), where a blank line ends a
+# compound statement and a statement right after an indented block is a syntax error.
 _RUNNER = """
-import json, sys, threading
+import code, json, sys, threading
 def failed_thread(args):  # an exception in a thread a block started fails the page too
     threading.__excepthook__(args)
     failures.append(args)
 failures = []
 threading.excepthook = failed_thread
-blocks = json.load(sys.stdin)
+payload = json.load(sys.stdin)
 namespace = {"__name__": "__main__"}
+where = ""  # the Markdown line being typed
+
+
+class Prompt(code.InteractiveConsole):
+    def showsyntaxerror(self, *args, **kwargs):
+        super().showsyntaxerror(*args, **kwargs)
+        raise SystemExit(f"{where}: a syntax error when typed at the interactive prompt")
+
+    def showtraceback(self, *args, **kwargs):
+        super().showtraceback(*args, **kwargs)
+        raise SystemExit(f"{where}: typed at the interactive prompt, this raised")
+
+
+prompt = Prompt(namespace)
 status = 0  # of the last shell command: what `$?` says
-for block in blocks:
+for block in payload["blocks"]:
     if block["language"] != "python":
         # The checks live with the test; the repository's root is on PYTHONPATH.
         from tests.project.test_docs import run_shell
         status = run_shell(block["page"], block["line"], block["language"], block["code"], status)
+        continue
+    if payload["typed"]:
+        for offset, line in enumerate([*block["code"].splitlines(), ""]):
+            where = f"{block['page']}:{block['line'] + offset}"
+            prompt.push(line)
         continue
     # Blank lines up front make tracebacks give the block's line in the Markdown file.
     code = compile("\\n" * (block["line"] - 1) + block["code"], block["page"], "exec")
@@ -207,8 +240,29 @@ def _full_runs() -> list[Any]:
 
 @pytest.mark.parametrize("page", sorted(p for p, b in RUN.items() if b))
 def test_page_runs(page: str, tmp_path: Path) -> None:
-    """The page's blocks that need no server run in order, in a fresh process, in a new folder."""
-    run_page(page, [b for b in RUN[page] if not b.needs], tmp_path, {})
+    """The page's blocks that need no server run in order, in a fresh process, in a new folder.
+
+    The tutorial and the guides are typed at the interactive prompt, as a reader would.
+    """
+    run_page(page, [b for b in RUN[page] if not b.needs], tmp_path, {}, typed=page in TYPED)
+
+
+def _sections(page: str) -> dict[str, list[Block]]:
+    """The page's blocks that need nothing, by the ``## `` section they are in."""
+    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    found: dict[str, list[Block]] = {}
+    for block in RUN[page]:
+        if not block.needs:
+            heading = next(h for h in reversed(lines[: block.line]) if h.startswith("## "))
+            found.setdefault(heading.removeprefix("## "), []).append(block)
+    return found
+
+
+@pytest.mark.parametrize("section", sorted(_sections("docs/tutorial.md")))
+def test_tutorial_section_runs_alone(section: str, tmp_path: Path) -> None:
+    """Each section of the tutorial, typed on its own in a fresh interpreter, runs."""
+    blocks = _sections("docs/tutorial.md")[section]
+    run_page("docs/tutorial.md", blocks, tmp_path, {}, typed=True)
 
 
 @pytest.mark.parametrize("page", _full_runs())
@@ -224,16 +278,21 @@ def test_page_runs_with_servers(page: str, tmp_path: Path, request: pytest.Fixtu
     run_page(page, RUN[page], tmp_path, env)
 
 
-def run_page(page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, str]) -> None:
-    """Run ``run`` as one program in a fresh process in ``tmp_path``; fail with its traceback."""
+def run_page(
+    page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, str], *, typed: bool = False
+) -> None:
+    """Run ``run`` as one program in a fresh process in ``tmp_path``; fail with its traceback.
+
+    ``typed``: each line is typed at the interactive prompt instead, each block ended by an
+    empty line.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESUMABLE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])  # modules a block writes
     # The `resumable` command of this environment, for blocks that run it.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(extra_env)
-    payload = [
-        {"page": b.page, "line": b.line, "code": b.code, "language": b.language} for b in run
-    ]
+    blocks = [{"page": b.page, "line": b.line, "code": b.code, "language": b.language} for b in run]
+    payload = {"typed": typed, "blocks": blocks}
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER],
         input=json.dumps(payload),
@@ -245,7 +304,8 @@ def run_page(page: str, run: list[Block], tmp_path: Path, extra_env: dict[str, s
         check=False,
     )
     assert result.returncode == 0, (
-        f"a code block of {page} failed (the traceback names its line):\n{result.stderr[-6000:]}"
+        f"a code block of {page} failed (the traceback, or the last line, names its line):\n"
+        f"{result.stderr[-6000:]}"
     )
 
 
@@ -436,9 +496,10 @@ def test_shell_blocks_run_in_order_and_fail_on_drift(tmp_path: Path) -> None:
         run_page("page.md", blocks(docs / "page.md", root=docs), work, {})
 
     run(
-        '```python\nopen("f", "w").write("made  by   python\\n")\n```\n\n'
+        '```python\nopen("f", "w").write("made  by   python\\n")\n'
+        'from resumable import Checkpoint\nCheckpoint("store/k").save_sync(b"x")\n```\n\n'
         "```console\n$ cat f\nmade by python\n$ resumable ls nosuch\n...\n$ echo $?\n2\n```\n\n"
-        "```bash\nresumable ls .\n```\n"
+        "```bash\nresumable ls store\n```\n"
     )
     with pytest.raises(AssertionError, match=r"page\.md:3: `cat f` \(exit 0\) printed"):
         run("```console\n\n$ cat f\nmade by bash\n```\n")
