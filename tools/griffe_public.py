@@ -70,10 +70,10 @@ def _public_names(pkg: griffe.Module) -> dict[str, str]:
                 continue
             member = module.members[name]
             try:
-                target = member.final_target if member.is_alias else member
+                target = member.final_target if isinstance(member, griffe.Alias) else member
             except (griffe.AliasResolutionError, griffe.CyclicAliasError):
                 continue  # defined outside the package
-            add(target, f"{module.path}.{name}")  # type: ignore[arg-type]
+            add(target, f"{module.path}.{name}")
     return public
 
 
