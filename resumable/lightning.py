@@ -110,6 +110,9 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         self.storage = storage_from_deprecated(storage, deprecated, "ResumableCheckpointIO")
         self._local: Any = _io.TorchCheckpointIO()
         self._checkpoints: dict[str, Checkpoint] = {}
+        self._dirpath = None if dirpath is None else Path(dirpath).absolute()
+        #: The local folders each checkpoint's save created, deepest first, by its path.
+        self._made: dict[str, list[Path]] = {}
         if dirpath is not None:
             self.restore_last(dirpath)
 
@@ -128,7 +131,10 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
             ... )
 
         """
+        made = _missing_folders(path)
         self._local.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        if made:
+            self._made[os.fspath(path)] = made
         self._checkpoint(path).save_sync(os.fspath(path))
 
     def load_checkpoint(
@@ -163,7 +169,12 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         return result
 
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Remove ``path``'s checkpoint locally and from the store.
+        """Remove ``path``'s checkpoint locally and from the store, with the folders made for it.
+
+        A ``ModelCheckpoint`` whose ``filename`` has folders (``"{epoch}/{step}"``) gets a
+        local folder per checkpoint: once the checkpoint is gone, those folders go too when
+        they are empty, if its save created them, or if they are inside ``dirpath``. Other
+        folders (``dirpath`` itself, one that held files before) stay.
 
         Example:
             >>> import pytest; _ = pytest.importorskip("lightning")
@@ -177,7 +188,11 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
 
         """
         self._local.remove_checkpoint(path)
-        self._checkpoint(path).clear_sync()
+        self._checkpoint(path).clear_sync()  # its folder in the store goes with its snapshots
+        # Lightning never writes a removed name again: one Checkpoint per name would pile up.
+        self._checkpoints.pop(Path(path).name).close()
+        made = self._made.pop(os.fspath(path), [])
+        _remove_empty_folders([*made, *_folders_inside(path, self._dirpath)])
 
     def teardown(self) -> None:
         """Close the store's connections and workspaces (Lightning calls this at the end)."""
@@ -245,6 +260,44 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
         if name not in self._checkpoints:
             self._checkpoints[name] = Checkpoint(f"{self.uri}/{name}", storage=self.storage)
         return self._checkpoints[name]
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    """Whether Lightning writes ``path`` to local disk (not to an fsspec URL of its own)."""
+    return "://" not in os.fspath(path)
+
+
+def _missing_folders(path: str | os.PathLike[str]) -> list[Path]:
+    """The folders a save to the local ``path`` will create, deepest first."""
+    if not _is_local(path):
+        return []
+    missing = []
+    folder = Path(path).absolute().parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _folders_inside(path: str | os.PathLike[str], dirpath: Path | None) -> list[Path]:
+    """The folders between ``dirpath`` and the file ``path`` in it, deepest first."""
+    if dirpath is None or not _is_local(path):
+        return []
+    folder = Path(path).absolute().parent
+    if not folder.is_relative_to(dirpath):
+        return []
+    return [folder, *folder.parents][: len(folder.relative_to(dirpath).parts)]
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty; stop at one that is not."""
+    for folder in sorted(set(folders), key=lambda f: len(f.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty (another checkpoint is in it), or not ours to remove
+            return
 
 
 def _keep_on_saved_device(storage: Any, location: Any) -> Any:
