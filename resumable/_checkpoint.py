@@ -95,6 +95,7 @@ class Checkpoint:
         **deprecated: Any,
     ) -> None:
         storage = storage_from_deprecated(storage, deprecated, "Checkpoint")
+        #: The local folder or fsspec URL it was made with, as a str.
         self.uri = os.fspath(uri)
         #: How its snapshots are stored.
         self.storage = storage

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from . import _forks
 from ._backend import Backend, BlobWriter
 from ._errors import CorruptCheckpointError
 from ._index import Index, Piece
@@ -278,6 +279,11 @@ class Packs:
         self._condemned: dict[str, float] = {}  # pack -> when (time.monotonic())
         self._dropped: set[int] = set()  # snapshots this process's retention deleted
         self._gone: set[str] = set()  # packs deleted, or being deleted, by this process
+        _forks.track(self)
+
+    def _after_fork(self) -> None:
+        """A child forked while retention held the lock gets a new one."""
+        self._lock = threading.Lock()
 
     def used(self, seq: int, index: Index) -> None:
         """Snapshot ``seq`` is committed (or read) and uses the packs of ``index``."""
