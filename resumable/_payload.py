@@ -16,7 +16,7 @@ from typing import Any
 from ._backend import Backend, BlobWriter, iter_read
 from ._errors import CorruptCheckpointError
 from ._manifest import Manifest
-from ._progress import Progress, transfer
+from ._progress import Progress, loading
 from ._stream import Chunk, Digest
 
 __all__ = ["INLINE_MAX", "PayloadWriter", "Producer", "read_payload"]
@@ -94,7 +94,7 @@ def read_payload(backend: Backend, m: Manifest, progress: Progress | None) -> It
     """The payload's bytes, checked against the manifest's size and digest on the way."""
     digest = Digest(m.algorithm)
     with contextlib.ExitStack() as stack:
-        callback = transfer(progress, backend.url, f"snapshot {m.seq}", m.size)
+        callback = loading(progress, m.seq, backend.url, m.size)
         stack.enter_context(callback)  # closed when the transfer ends, however it ends
         if m.inline is not None:
             source: Iterable[Chunk] = (m.inline,)

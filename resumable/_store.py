@@ -48,7 +48,7 @@ from ._marks import FailureMarks
 from ._names import blob_name, is_temp, manifest_name, manifest_seqs, parse, seq_prefix
 from ._payload import INLINE_MAX, PayloadWriter, Producer, read_payload
 from ._pieces import Packs, TreeSave, fetch, remove_all
-from ._progress import Progress, transfer
+from ._progress import Progress, saving
 from ._retention import Retention
 from ._stream import Chunk, Digest
 
@@ -281,7 +281,7 @@ class SnapshotStore:
         self, seq: int, token: str, chunks: Iterable[Chunk] | Producer
     ) -> PayloadWriter:
         """Write the payload of snapshot ``seq``: inlined, or durable as its own object."""
-        callback = transfer(self.progress, f"snapshot {seq}", self.backend.url)
+        callback = saving(self.progress, seq, self.backend.url)
         payload = PayloadWriter(self.backend, blob_name(seq, token), callback)
         try:
             payload.write_all(chunks)

@@ -85,9 +85,6 @@ def test_saves_and_loads_name_their_source_first() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the store's and the payload reader's transfers are not yet named so"
-)
 def test_a_checkpoint_names_its_transfers_source_first(tmp_path: Path) -> None:
     """A Checkpoint's save reads local -> snapshot 0 of <store>; its load the other way."""
     names = Names()
