@@ -8,13 +8,21 @@ yield; write; maybe stop for preemption), written once: the sync methods run it 
 their async twins on an IO thread. Background saves go through the checkpoint's own
 background worker (``Checkpoint.commit_in_background``). With ``rng``, the global random
 generators' states are captured at the yield and stored beside the state.
+
+A background capture is a copy of the state (its buffers) or of the folder, held until it is
+written or replaced. A due yield that comes while this persister's previous capture is still
+held waits for it to go before it copies again: at most one extra copy exists at a time, and
+it is the one being written. Without the wait, a yield during a slow write made a second copy
+(waiting) and the next one a third, before it replaced the second.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,7 @@ from ._checkpoint import Captured, Checkpoint
 from ._errors import ConfigurationError, Preempted
 from ._rng import capture_rng
 from ._statecodec import BufferPool, capture_state, write_state
+from ._stream import Chunk, discard
 from ._threads import run_async
 
 __all__ = ["MISSING", "Persister"]
@@ -32,6 +41,34 @@ MISSING: Any = object()
 
 #: The blocking part of persisting one snapshot, or None when there is nothing to do.
 Step = Callable[[], None] | None
+
+
+class _Held:
+    """A background capture's source that says when it is released: written, replaced or dropped.
+
+    Example:
+        >>> held = _Held(lambda: [b"chunk"])
+        >>> held(), held.released.is_set()
+        ([b'chunk'], False)
+        >>> held.close()
+        >>> held.released.is_set()
+        True
+
+    """
+
+    def __init__(self, source: Callable[[], Iterable[Chunk] | Any]) -> None:
+        self._source = source
+        self.released = threading.Event()
+        self.pid = os.getpid()
+
+    def __call__(self) -> Iterable[Chunk] | Any:
+        return self._source()
+
+    def close(self) -> None:
+        try:
+            discard(self._source)
+        finally:
+            self.released.set()
 
 
 class Persister:
@@ -64,6 +101,8 @@ class Persister:
         self.attempt = 0
         #: Set (from a signal handler or another thread) when the process was asked to stop.
         self.preempted = False
+        #: The newest background capture, until it is written or replaced.
+        self._held: _Held | None = None
 
     def begin(self, attempt: int) -> None:
         """Start an attempt: the throttle starts over, and nothing of a failed one is pending."""
@@ -78,6 +117,44 @@ class Persister:
         self._every = 1
         self._seconds = None
         self.preempted = True
+
+    # -- at most one background copy ----------------------------------------------------
+
+    def _previous(self) -> threading.Event | None:
+        """The release of the previous background capture, if the next one must wait for it."""
+        held = self._held
+        if not self._background or held is None or held.released.is_set():
+            return None
+        if held.pid != os.getpid():
+            return None  # a forked child: the parent's worker writes (or drops) it, not ours
+        return held.released
+
+    def _make_room_sync(self) -> None:
+        """Wait until the previous background capture is written or replaced."""
+        released = self._previous()
+        if released is not None:
+            self._say_wait()
+            released.wait()
+
+    async def _make_room(self) -> None:
+        """Async twin of :meth:`_make_room_sync`: the wait runs off the event loop."""
+        released = self._previous()
+        if released is not None:
+            self._say_wait()
+            await run_async(released.wait)
+
+    def _say_wait(self) -> None:
+        log.debug(
+            "%s: a yield waits for the previous background save to be written before it "
+            "copies the state again (at most one copy is held)",
+            self._cp.uri,
+        )
+
+    def _hold(self, captured: Captured) -> Captured:
+        """``captured``, its release now watched (see :meth:`_make_room_sync`)."""
+        held = _Held(captured.source)
+        self._held = held
+        return Captured(captured.kind, held, captured.facts)
 
     # -- the core: decide and capture now, return the blocking rest -----------------------
 
@@ -107,7 +184,10 @@ class Persister:
         runs, buffers uncopied: the task is paused at its yield until the step returns.
         """
         if self._background:
-            return Captured("state", capture_state(value, extras=extras, pool=self._pool))
+            self._make_room_sync()  # the async twins waited already, off the event loop
+            return self._hold(
+                Captured("state", capture_state(value, extras=extras, pool=self._pool))
+            )
 
         def produce(write: Callable[[Any], None]) -> None:
             write_state(value, write, extras=extras)
@@ -128,7 +208,13 @@ class Persister:
 
         def step() -> None:
             # A folder is packed here: the task is paused until the step returns.
-            captured = pickled if folder is None else cp.capture(folder, frozen=background)
+            if folder is None:
+                captured = pickled
+            elif background:
+                self._make_room_sync()
+                captured = self._hold(cp.capture(folder, frozen=True))
+            else:
+                captured = cp.capture(folder)
             if background:
                 cp.commit_in_background(captured, attempt=attempt)
             else:
@@ -184,9 +270,10 @@ class Persister:
 
     async def offer(self, value: Any) -> None:
         """Async twin of :meth:`offer_sync`."""
-        step = self._offer_step(value)
-        if step is not None:
-            await run_async(step)
+        if not self._due(value):
+            return
+        await self._make_room()
+        await run_async(self._step(value))
 
     def force_sync(self, state: Any = MISSING) -> None:
         """Persist now, whatever the throttle."""
@@ -194,6 +281,7 @@ class Persister:
 
     async def force(self, state: Any = MISSING) -> None:
         """Async twin of :meth:`force_sync`."""
+        await self._make_room()
         await run_async(self._force_step(state))
 
     def finish_sync(self) -> None:
@@ -202,6 +290,7 @@ class Persister:
 
     async def finish(self) -> None:
         """Async twin of :meth:`finish_sync`."""
+        await self._make_room()
         await run_async(self._finish_step())
 
     def flush_sync(self) -> None:

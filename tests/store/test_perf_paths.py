@@ -8,15 +8,24 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import stat
+import threading
+import uuid
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resumable import Checkpoint
+from resumable import Checkpoint, Storage, ctx, resumable
+from resumable._capture import CapturedState
 from resumable._workspace import NEW, empty_folder, empty_folder_slow
+from resumable.testing import FaultyFileSystem, filesystem
 
 # -- staging reuse -------------------------------------------------------------------------
 
@@ -156,3 +165,92 @@ def test_empty_folder_matches_its_slow_twin(tmp: Path, tree: Tree, mode: int) ->
     assert left == []
     assert got_mode == mode
     assert world == ["outside-dir", "outside-dir/keep", "outside-file"]
+
+
+# -- background saves hold at most one copy of the state ------------------------------------
+
+
+def held_copies() -> int:
+    """Captured state payloads alive and still holding their copied buffers."""
+    return sum(1 for o in gc.get_objects() if type(o) is CapturedState and o())
+
+
+class Seen(logging.Handler):
+    """Keeps the library's messages; sets ``event`` at one that holds ``text``."""
+
+    def __init__(self, text: str, event: threading.Event) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.event = text, event
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        if self.text in self.messages[-1]:
+            self.event.set()
+
+
+@pytest.fixture(name="seen_wait")
+def _seen_wait() -> Iterator[Seen]:
+    """The library's DEBUG messages; its event is set when a yield says it waits."""
+    handler = Seen("waits for the previous background save", threading.Event())
+    logger = logging.getLogger("resumable")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_a_yield_during_a_background_write_waits_instead_of_copying_again(
+    seen_wait: Seen,
+) -> None:
+    """While a background save is written, the next due yield waits: one copy held at most."""
+    np = pytest.importorskip("numpy")
+    store = f"faulty:///held-{uuid.uuid4().hex}"
+    options = {"target_protocol": "memory", "hang_seconds": 60}
+    first, second = np.full(1 << 20, 1.0), np.full(1 << 20, 2.0)
+    # Set when the second yield waits (the library says so), or when it went on.
+    waited_or_went_on = seen_wait.event
+    copies: list[int] = []
+
+    def release_when_blocked(fs: FaultyFileSystem) -> None:
+        waited_or_went_on.wait(60)
+        fs.release()
+
+    @resumable(
+        state=None,
+        store=store,
+        key="held",
+        background=True,
+        on_success="keep",
+        storage=Storage(storage_options=options),
+    )
+    def task(state: Any = None) -> Generator[Any, None, None]:
+        fs = filesystem(ctx().checkpoint)
+        fs.hang_rate = 1.0  # every storage call from now on blocks until released
+        helper = threading.Thread(target=release_when_blocked, args=(fs,))
+        helper.start()
+        try:
+            yield {"w": first, "step": 1}  # copied; its write blocks
+            assert fs.wait_hanging(1)
+            yield {"w": second, "step": 2}  # due while the first is being written
+            copies.append(held_copies())
+        finally:
+            waited_or_went_on.set()
+            helper.join()
+
+    task()
+    assert any("waits for the previous background save" in m for m in seen_wait.messages)
+    assert copies == [1]  # the second copy, made once the first was written and freed
+
+    @resumable(state=None, store=store, key="held", storage=Storage(storage_options=options))
+    def resume(state: Any = None) -> dict[str, Any]:
+        assert isinstance(state, dict)
+        return state
+
+    got = resume()
+    assert got["step"] == 2
+    assert np.array_equal(got["w"], second)
