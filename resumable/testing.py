@@ -18,18 +18,33 @@ Example:
 :func:`store`, :func:`backend` and :func:`filesystem` reach into a ``Checkpoint`` for tests
 that plant, break or count what is stored: the one sanctioned way in. What they return is
 internal (its methods may change between releases), so they are typed ``Any``.
+:func:`read_state` decodes a state payload a test finds in a store, and :func:`run_command`
+runs the ``resumable`` command in the test's own process.
 
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ._backend import ForwardingBackend
 from ._checkpoint import Checkpoint
+from ._cli import main
 from ._faults import FaultyFileSystem, InjectedFault
+from ._statecodec import read_state as _read_state
 
-__all__ = ["FaultyFileSystem", "InjectedFault", "backend", "filesystem", "store"]
+__all__ = [
+    "FaultyFileSystem",
+    "InjectedFault",
+    "backend",
+    "filesystem",
+    "read_state",
+    "run_command",
+    "store",
+]
 
 
 def store(cp: Checkpoint) -> Any:
@@ -48,3 +63,40 @@ def filesystem(cp: Checkpoint) -> Any:
     while isinstance(found, ForwardingBackend):
         found = found.backend
     return found.fs
+
+
+def read_state(payload: bytes | os.PathLike[str]) -> Any:
+    """The state a ``"state"`` snapshot holds: its payload (bytes, or the loaded file) decoded.
+
+    What a task would be given back, read from a snapshot a test saved, planted or loaded.
+    Unpickling runs code: read only payloads the test made.
+
+    Example:
+        >>> from resumable import Checkpoint, resumable
+        >>> from resumable.testing import read_state
+        >>> @resumable(state=None, store="memory://doc-read-state", key="t", on_success="keep")
+        ... def task(state=None):
+        ...     yield {"step": 3}
+        >>> task()
+        >>> with Checkpoint("memory://doc-read-state/t") as cp:
+        ...     read_state(cp.load_sync() / "payload")
+        {'step': 3}
+
+    """
+    data = payload if isinstance(payload, bytes) else Path(payload).read_bytes()
+    return _read_state([data], len(data))[0]
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run the ``resumable`` command with ``argv`` in this process; its exit status.
+
+    The same as the console script (output on ``sys.stdout`` and ``sys.stderr``), without a
+    new interpreter: fast, and what it does is visible to the test (patches, captured output).
+
+    Example:
+        >>> from resumable.testing import run_command
+        >>> run_command(["verify", "memory://doc-run-command-none"])
+        2
+
+    """
+    return main(list(argv))
