@@ -24,7 +24,7 @@ import pytest
 
 from resumable import Checkpoint, CorruptCheckpointError, RetryPolicy, Storage, resumable
 from resumable._backend import LocalBackend, NotAnObjectError
-from resumable._cli import main as cli
+from resumable.testing import run_command as cli
 
 T = TypeVar("T")
 

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 import resumable._snapshot as snapshot_module
-from resumable import Checkpoint, Storage, testing
-from resumable._checkpoint import Captured
+from resumable import Captured, Checkpoint, Storage, testing
 
 from ..conftest import IO, store_files
 

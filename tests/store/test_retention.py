@@ -8,6 +8,7 @@ listing wait for it and leave exactly ``keep``; a load does not need to.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -19,7 +20,12 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, Storage, resumable, testing
+from resumable import (
+    Checkpoint,
+    Storage,
+    resumable,
+    testing,
+)
 from resumable._backend import open_backend
 
 from ..conftest import IO, store_files
@@ -270,3 +276,24 @@ def test_delete_many_on_a_dir_filesystem_skips_a_missing_name(tmp_path: Path) ->
         backend.create_exclusive(name, b"{}")
     backend.delete_many(["a.json", "b.json", "c.json"])
     assert [e.name for e in backend.entries()] == ["d.json"]
+
+
+# -- a store that refuses deletes -----------------------------------------------------------------
+
+
+def test_retention_failure_never_fails_a_committed_save(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that refuses deletes still commits saves; retention failing is only a warning."""
+    with Checkpoint(store_url, storage=Storage(keep=1)) as cp:
+        cp.save_sync(b"one")
+
+        def refuse(name: object) -> None:
+            raise PermissionError(13, "DeleteObject denied", str(name))
+
+        monkeypatch.setattr(testing.backend(cp), "delete", refuse)
+        monkeypatch.setattr(testing.backend(cp), "delete_many", refuse)
+        with caplog.at_level(logging.WARNING, logger="resumable"):
+            cp.save_sync(b"two")
+        assert (cp.load_sync() / "payload").read_bytes() == b"two"
+    assert any("retention failed" in r.getMessage() for r in caplog.records)

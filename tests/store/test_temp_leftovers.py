@@ -33,7 +33,7 @@ MIB = 1 << 20
 HOLDER = textwrap.dedent(
     """
     import sys
-    from resumable._checkpoint import Captured, Checkpoint
+    from resumable import Captured, Checkpoint
 
     cp = Checkpoint(sys.argv[1])
     chunk = b"Z" * (1 << 20)

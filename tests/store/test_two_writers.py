@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from resumable._statecodec import read_state
+from resumable.testing import read_state
 from tests.conftest import payload_digest
 from tests.stress.storm import KEY, check_state, spawn_child
 
@@ -34,7 +34,7 @@ def verify_by_hand(keydir: Path, seq: int) -> tuple[dict[str, object], str | Non
         data = (keydir / doc["blob"]).read_bytes()
     assert len(data) == doc["size"]
     assert payload_digest(doc, data) == doc["blake3"]
-    state = read_state([data])[0]
+    state = read_state(data)
     check_state(state)
     assert isinstance(state, dict)
     return state, doc["blob"]
