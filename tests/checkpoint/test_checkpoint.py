@@ -7,13 +7,16 @@ import gc
 import json
 import os
 import tarfile
+import threading
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
 import tenacity
 
 from resumable import (
+    Captured,
     Checkpoint,
     ConfigurationError,
     ResumableError,
@@ -307,3 +310,35 @@ def test_repr_names_the_uri(store_url: str) -> None:
     """repr() shows the URI."""
     with Checkpoint(store_url) as cp:
         assert store_url in repr(cp)
+
+
+# -- async saves ----------------------------------------------------------------------------------
+
+
+def test_async_save_copies_a_large_buffer_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``await cp.save(bytearray)`` copies the buffer on an IO thread, and before it returns."""
+    loop_thread: list[threading.Thread] = []
+    capture_threads: list[threading.Thread] = []
+    capture = Checkpoint.capture
+
+    def spy(self: Checkpoint, data: Any, *, frozen: bool = False) -> Captured:
+        capture_threads.append(threading.current_thread())
+        return capture(self, data, frozen=frozen)
+
+    monkeypatch.setattr(Checkpoint, "capture", spy)
+    buffer = bytearray(b"x" * (8 << 20))
+
+    async def main() -> None:
+        loop_thread.append(threading.current_thread())
+        with Checkpoint(tmp_path) as cp:
+            await cp.save(buffer)
+            buffer[:4] = b"gone"  # the caller reuses its buffer once save returned
+            root = await cp.load()
+            assert root is not None
+            assert (root / "payload").read_bytes()[:4] == b"xxxx"
+
+    asyncio.run(main())
+    assert capture_threads
+    assert loop_thread[0] not in capture_threads

@@ -49,8 +49,7 @@ from resumable import (
     ctx,
     resumable,
 )
-from resumable._statecodec import read_state
-from resumable.testing import FaultyFileSystem
+from resumable.testing import FaultyFileSystem, read_state
 
 try:
     import numpy as np
@@ -385,7 +384,7 @@ class CheckpointMachine(RuleBasedStateMachine):
             assert payload == want, f"loaded {len(payload)} bytes, model says {len(want)}"
         else:
             assert want_kind == "state", expected
-            assert same(read_state([payload])[0], want)
+            assert same(read_state(payload), want)
 
     # -- rules ----------------------------------------------------------------------------
 
