@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from resumable import Checkpoint, ctx, resumable
-from resumable._checkpoint import Captured, Manifest
+from resumable import Captured, Checkpoint, CheckpointInfo, ctx, resumable
 
 DEADLINE = 30.0
 
@@ -24,7 +23,7 @@ class _HeldCommits:
         self.finished = threading.Event()
         commit = Checkpoint.commit
 
-        def held(cp: Checkpoint, captured: Captured, *, attempt: int = 0) -> Manifest:
+        def held(cp: Checkpoint, captured: Captured, *, attempt: int = 0) -> CheckpointInfo:
             self.started.set()
             assert self.release.wait(DEADLINE)
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from resumable import (
+    Captured,
     Checkpoint,
     ConfigurationError,
     Dir,
@@ -27,6 +27,7 @@ from resumable import (
     StorageError,
     ctx,
     resumable,
+    testing,
 )
 
 from ..conftest import store_files
@@ -240,9 +241,7 @@ def test_every_n_persists_every_nth_yield(store: str) -> None:
     assert [n for n in commits if n.endswith(".json")] == [f"{i:020d}.json" for i in (0, 1)]
     with Checkpoint(f"{store}/every") as cp:
         assert cp.load_sync() is not None
-        from resumable._statecodec import read_state
-
-        assert read_state([(cp.path / "payload").read_bytes()])[0] == 7
+        assert testing.read_state(cp.path / "payload") == 7
 
 
 def test_every_seconds_throttles(store: str) -> None:
@@ -295,9 +294,7 @@ def test_background_saves_are_flushed_before_return(store: str) -> None:
     assert task() == "ok"
     with Checkpoint(f"{store}/bg") as cp:
         cp.load_sync()
-        from resumable._statecodec import read_state
-
-        assert read_state([(cp.path / "payload").read_bytes()])[0] == 20
+        assert testing.read_state(cp.path / "payload") == 20
 
 
 def test_unpicklable_state_is_not_retried(store: str) -> None:
@@ -411,74 +408,6 @@ def test_default_store_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (tmp_path / "elsewhere" / "k" / "00000000000000000000.json").exists()
 
 
-@pytest.mark.parametrize(
-    ("options", "match"),
-    [
-        ({"attempts": 0}, "attempts"),
-        ({"attempts": 2, "retry": RetryPolicy()}, "attempts= or retry="),
-        ({"retry": 3}, "retry"),
-        ({"retry": RetryPolicy(timeout=5.0)}, "timeout"),
-        ({"every": 0}, "every"),
-        ({"every": timedelta(seconds=-1)}, "every"),
-        ({"storage": {"keep": 2}}, "storage"),
-        ({"on_success": "delete"}, "on_success"),
-        ({"key": "../escape"}, "key"),
-    ],
-)
-def test_bad_options_are_configuration_errors(options: dict[str, Any], match: str) -> None:
-    """Bad decorator arguments raise a ValueError naming the argument."""
-    with pytest.raises(ConfigurationError, match=match):
-        resumable(**options)
-
-
-@pytest.mark.parametrize(
-    ("options", "fix"),
-    [
-        ({"retries": 2}, "attempts=<retries + 1>"),
-        ({"wait": 0}, "retry=RetryPolicy(wait=...)"),
-        ({"retry_on": KeyError}, "retry=RetryPolicy(retry_on=...)"),
-        ({"no_retry_on": KeyError}, "retry=RetryPolicy(no_retry_on=...)"),
-        ({"every_seconds": 5}, "every=datetime.timedelta(seconds=...)"),
-        ({"keep": 3}, "storage=Storage(keep=...)"),
-        ({"signing_key": "k"}, "storage=Storage(signing_key=...)"),
-        ({"storage_options": {}}, "storage=Storage(storage_options=...)"),
-        ({"storage_retry": RetryPolicy()}, "storage=Storage(retry=...)"),
-        ({"arg": "ckpt"}, "name the task's parameter `state`"),
-    ],
-)
-def test_removed_options_name_their_replacement(options: dict[str, Any], fix: str) -> None:
-    """An option @resumable no longer takes is a TypeError that says what to write instead."""
-    with pytest.raises(TypeError, match=re.escape(fix)):
-        resumable(**options)
-
-
-def test_the_decorator_takes_at_most_twelve_parameters() -> None:
-    """@resumable stays small: twelve keyword-only options, the store's in one Storage."""
-    params = inspect.signature(resumable).parameters
-    assert len(params) <= 12
-    assert all(p.kind is p.KEYWORD_ONLY for p in params.values())
-
-
-def test_missing_state_parameter_is_reported() -> None:
-    """A task without a parameter to receive the state is refused at decoration."""
-    with pytest.raises(ConfigurationError, match="no parameter 'state'"):
-
-        @resumable(state=0)
-        def task(n: int) -> None: ...
-
-
-def test_unpicklable_initial_state_is_refused() -> None:
-    """An initial state that cannot be pickled is refused at decoration."""
-    with pytest.raises(StateError):
-        resumable(state=threading.Lock())
-
-
-def test_positional_only_usage_is_refused() -> None:
-    """Resumable takes keyword arguments only."""
-    with pytest.raises(TypeError):
-        resumable(0)  # type: ignore[misc]
-
-
 def test_async_generator_without_yield_returns_restored_state(store: str) -> None:
     """An async generator that yields nothing returns the restored (or initial) state."""
 
@@ -488,3 +417,39 @@ def test_async_generator_without_yield_returns_restored_state(store: str) -> Non
             yield state
 
     assert asyncio.run(task()) == 7
+
+
+def test_state_error_names_the_task(store_url: str) -> None:
+    """Unpickling failures of saved state are StateErrors that say what to do."""
+    Checkpoint(f"{store_url}/broken").commit(Captured("state", lambda: [b"not a pickle"]))
+
+    @resumable(state=0, store=store_url, key="broken")
+    def task(state: int = 0) -> int:
+        return state
+
+    with pytest.raises(StateError, match="resumable rm"):
+        task()
+
+
+def test_storage_answer_is_a_storage_error_and_not_retried(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during a save is a StorageError: the task is not retried, nothing poisoned."""
+    import errno
+
+    attempts: list[int] = []
+
+    @resumable(state=0, store=store_url, key="full", retry=RetryPolicy(attempts=4, wait=0))
+    def task(state: int = 0) -> Any:
+        attempts.append(ctx().attempt_number())
+        store = testing.store(ctx().checkpoint)
+
+        def full(name: str, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store.backend, "create_exclusive", full)
+        yield 1
+
+    with pytest.raises(StorageError, match="No space left"):
+        task()
+    assert attempts == [0]

@@ -11,7 +11,12 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from resumable import Dir, ctx, resumable
+from resumable import (
+    Checkpoint,
+    Dir,
+    ctx,
+    resumable,
+)
 
 
 def where(state: Path) -> tuple[Path, str]:
@@ -86,3 +91,19 @@ def test_absolute_paths_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     folder, uri = task()
     assert folder == tmp_path / "out"
     assert uri.startswith(str(tmp_path / "st"))
+
+
+# -- store URLs -----------------------------------------------------------------------------------
+
+
+def test_store_url_joins_keys_on_bare_protocols() -> None:
+    """store="memory://" puts key k at memory://k, not at a local path named memory:."""
+
+    @resumable(state=0, store="memory://", key="joined-key", on_success="keep")
+    def task(state: int = 0) -> Any:
+        yield 1
+
+    task()
+    assert not Path("memory:").exists()
+    with Checkpoint("memory://joined-key") as cp:
+        assert cp.load_sync() is not None

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from resumable import RetryPolicy, resumable
+from resumable import (
+    RetryPolicy,
+    resumable,
+)
 
 from ..conftest import store_files
 
@@ -137,3 +142,89 @@ def test_show_lists_failure_marks_and_clear_marks_removes_them(tmp_path: Path) -
     assert not [p for p in (store / "m").iterdir() if ".failed." in p.name]
     (snapshot,) = json.loads(_cli("show", store, "m", "--json").stdout)["snapshots"]
     assert snapshot["failures"] == 0
+
+
+# -- poison snapshots -----------------------------------------------------------------------------
+
+
+def test_poison_snapshot_falls_back_to_previous(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A snapshot every attempt crashes on is skipped after poison_after tries, with a log."""
+    starts: list[int] = []
+
+    @resumable(
+        state=0, store=store_url, key="p", poison_after=2, retry=RetryPolicy(attempts=6, wait=0)
+    )
+    def task(state: int = 0) -> Any:
+        starts.append(state)
+        if state == 0:
+            yield 1
+            yield 2  # the poison: restoring it always crashes
+            raise RuntimeError("crash after saving")
+        if state == 2:
+            raise RuntimeError("this state always crashes")
+        return state
+
+    with caplog.at_level(logging.WARNING, logger="resumable"):
+        assert task() == 1
+    assert starts == [0, 2, 2, 1]
+    assert any("poison" in r.getMessage() for r in caplog.records)
+
+
+def test_poison_counting_survives_processes(store_url: str) -> None:
+    """Failure records live in the store, so failures in separate calls count too."""
+    calls: list[int] = []
+
+    @resumable(state=0, store=store_url, key="q", poison_after=2, on_success="keep")
+    def task(state: int = 0) -> Any:
+        calls.append(state)
+        if state == 0:
+            yield 1
+            yield 2
+        raise RuntimeError("boom")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            task()
+    assert calls == [0, 2, 2]
+    with pytest.raises(RuntimeError):
+        task()
+    assert calls[-1] == 1
+
+
+def test_successful_runs_do_not_count_as_poison(store_url: str) -> None:
+    """Restoring the same kept snapshot in successful calls never marks it as poison."""
+
+    @resumable(state=0, store=store_url, key="ok", poison_after=1, on_success="keep")
+    def task(state: int = 0) -> Any:
+        if state == 0:
+            yield 5
+        return state
+
+    assert task() == 0
+    for _ in range(3):
+        assert task() == 5
+    assert not [n for n in store_files(f"{store_url}/ok") if ".failed." in n]
+
+
+def test_poison_fallback_is_protected_too(store_url: str) -> None:
+    """Failures from the snapshot used after a poison one count as well.
+
+    When every snapshot failed, the newest is used again; the task's own exception ends it.
+    """
+    starts: list[int] = []
+
+    @resumable(
+        state=0, store=store_url, key="loop", poison_after=2, retry=RetryPolicy(attempts=21, wait=0)
+    )
+    def task(state: int = 0) -> Any:
+        starts.append(state)
+        if state == 0:
+            yield 1
+            yield 2
+        raise RuntimeError("always fails")
+
+    with pytest.raises(RuntimeError, match="always fails"):
+        task()
+    assert starts == [0, 2, 2, 1, 1] + [2] * 16

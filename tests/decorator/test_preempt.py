@@ -9,6 +9,7 @@ script prints "carried on" if it went on).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -20,17 +21,28 @@ from typing import Any
 
 import pytest
 
-from resumable import Preempted, request_stop, resumable
+from resumable import (
+    Checkpoint,
+    Preempted,
+    ctx,
+    request_stop,
+    resumable,
+)
+from resumable.testing import read_state
 
 #: How long a test waits for an event before it fails (never reached when all is well).
 DEADLINE = 60.0
+
+
 KINDS = ["sync", "async"]
+
 
 HEADER = """
 import asyncio, os, signal, sys
 from resumable import resumable
 store = sys.argv[1]
 """
+
 
 SCRIPTS = {
     # A plain function: the signal arrives while it runs, and it returns normally.
@@ -246,3 +258,73 @@ def test_request_stop_from_another_thread_saves_the_next_yield(tmp_path: Path, k
     assert counts == [1]
     assert request_stop() == 0  # the call ended: nothing is running any more
     assert _saved_state(store, "k") == 5
+
+
+# -- SIGTERM and ctx().preempted ------------------------------------------------------------------
+
+
+PREEMPTIBLE = textwrap.dedent(
+    """
+    import sys
+    from resumable import Preempted, RetryPolicy, resumable
+
+    @resumable(state=0, store=sys.argv[1], key="spot", every=10**9, preemptible=True,
+               retry=RetryPolicy(attempts=4, wait=0), on_success="keep")
+    def work(state=0):
+        print(f"start {state}", flush=True)
+        i = state
+        while True:
+            i += 1
+            yield i
+            if i == state + 1000:
+                print("running", flush=True)
+            if i >= state + 10**7:
+                return i
+
+    try:
+        work()
+    except Preempted as exc:
+        print("preempted", flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def test_sigterm_saves_then_raises_preempted(tmp_path: Path) -> None:
+    """On SIGTERM the next yield is saved despite the throttle, and Preempted is not retried."""
+    script = tmp_path / "spot.py"
+    script.write_text(PREEMPTIBLE)
+    store = str(tmp_path / "store")
+    proc = subprocess.Popen([sys.executable, str(script), store], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "start 0"
+    assert proc.stdout.readline().strip() == "running"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait() == 3
+    assert rest.strip() == "preempted"  # no "start" again: not retried in-process
+    with Checkpoint(f"{store}/spot") as cp:
+        cp.load_sync()
+        saved = read_state(cp.path / "payload")
+    assert saved > 1000
+
+
+def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:
+    """A task without yields can see ctx().preempted (and the previous handler is called)."""
+    seen: list[int] = []
+
+    @resumable(state=0, store=store_url, preemptible=True)
+    def task(state: int = 0) -> bool:
+        before = ctx().preempted
+        os.kill(os.getpid(), signal.SIGTERM)
+        return before is False and ctx().preempted is True
+
+    # A Python handler, so the signal is not delivered again to the default one (which
+    # would end this process: see tests/test_preempt.py).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        assert task() is True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]
