@@ -24,7 +24,7 @@ WRITER = textwrap.dedent(
     """
     import os, sys
     from resumable import Checkpoint
-    from resumable._checkpoint import Captured
+    from resumable import Captured
 
     def chunks():
         for i in range(80):

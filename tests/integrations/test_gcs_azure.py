@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from resumable import Checkpoint, ConcurrentWriterError, Storage
+from resumable import Captured, Checkpoint, ConcurrentWriterError, Storage
 from resumable._backend import open_backend
-from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
 
 from ..conftest import read_object, store_files

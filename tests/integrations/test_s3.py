@@ -15,9 +15,8 @@ from typing import Any
 import fsspec
 import pytest
 
-from resumable import Checkpoint, Storage
+from resumable import Captured, Checkpoint, Storage
 from resumable._backend import open_backend
-from resumable._checkpoint import Captured
 from resumable._store import INLINE_MAX, SnapshotStore
 
 from ..conftest import store_files
