@@ -8,7 +8,7 @@ scheduler, a shuffled data loader, NumPy and ``random`` noise. The task is a gen
 few batches it yields a snapshot holding the model, optimizer and scheduler state, where the
 loop is (epoch, batch) and the random generators' states. Kill it with ``kill -9`` and run it
 again: it resumes from the last snapshot, and the final weights are equal, bit for bit, to
-those of a run never interrupted (tests/test_torch_resume.py proves it with SIGKILLs).
+those of a run never interrupted (tests/integrations/test_torch_resume.py proves it with SIGKILLs).
 ``--fail-at STEP`` raises once at that step, to show an in-process retry doing the same.
 """
 

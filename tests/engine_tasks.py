@@ -1,4 +1,4 @@
-"""Tasks for the engine tests (tests/test_engines.py), importable by engine workers.
+"""Tasks for the engine tests (tests/integrations/test_engines.py), importable by engine workers.
 
 Workers import this module by name (``tests.engine_tasks``), so the decorated tasks here are
 pickled by reference, as a user's own module of tasks would be. The store is not fixed here:

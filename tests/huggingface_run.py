@@ -1,6 +1,7 @@
-"""A tiny transformers Trainer run mirrored through ResumableCallback (for test_huggingface.py).
+"""A tiny transformers Trainer run mirrored through ResumableCallback.
 
 Usage: python tests/huggingface_run.py STORE OUTPUT_DIR MAX_STEPS
+(run by tests/integrations/test_huggingface.py)
 
 A 1-layer GPT-2 with a 32-token vocabulary built from a config (nothing is downloaded), on a
 data set made in memory. Prints ``start step N`` when training starts, ``saved step N`` once

@@ -1,6 +1,7 @@
-"""A tiny Lightning run checkpointing through ResumableCheckpointIO (for test_lightning.py).
+"""A tiny Lightning run checkpointing through ResumableCheckpointIO.
 
 Usage: python tests/lightning_run.py STORE DIRPATH MAX_STEPS
+(run by tests/integrations/test_lightning.py)
 
 Prints ``start step N`` when training starts (N > 0 after a resume), ``saved NAME step N`` once
 each checkpoint is committed to the store, and ``done step N`` at the end.

@@ -1,6 +1,6 @@
 """Kill storm on demand: ``python tests/stress/kill_storm.py --kills 1000 [--dir]``.
 
-Runs the storm of tests/test_kill_storm.py at any size and prints ``K kills, T torn`` (then how
+Runs the storm of tests/store/test_kill.py at any size and prints ``K kills, T torn`` (then how
 far the counter got, where the kills landed, the sizes of the states loaded, the time taken and
 every problem). Pickled states range from 1 KiB to 8 MiB (bytes, and NumPy arrays when NumPy is
 installed); ``--small-states`` keeps them to 1-100 KiB of bytes. Exits 1 unless T is 0.

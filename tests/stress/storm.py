@@ -1,6 +1,6 @@
 """The kill storm's child process and checks, shared by the tests and the stress script.
 
-Users: tests/test_kill_storm.py, tests/test_two_writers.py and tests/stress/kill_storm.py.
+Users: tests/store/test_kill.py, tests/store/test_two_writers.py and tests/stress/kill_storm.py.
 Imported, this module drives a storm: it starts a real child process running a resumable task
 that saves on every ``yield``, kills it with SIGKILL after a random delay, checks what the store
 then holds with a fresh ``Checkpoint``, and repeats. Run as a script, it *is* that child (and the

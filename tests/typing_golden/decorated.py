@@ -1,4 +1,4 @@
-"""Revealed types of decorated tasks, pinned by tests/test_typing.py; never run.
+"""Revealed types of decorated tasks, pinned by tests/project/test_typing.py; never run.
 
 Only definitions run on import (pytest imports every module for its doctests): the checks
 live in functions that nothing calls.
