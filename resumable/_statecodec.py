@@ -47,7 +47,7 @@ import cloudpickle
 
 from ._capture import BufferPool, CapturedState, Copies
 from ._errors import StateError
-from ._stream import Chunk
+from ._stream import Chunk, anonymous_memory
 
 __all__ = [
     "MAGIC",
@@ -239,26 +239,20 @@ def _tensor_from(
 _MAP_MIN = 1 << 20
 
 
-#: Linux: map every page of a new buffer at once, not one page fault at a time.
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-
-
 def new_buffer(size: int) -> bytearray | mmap.mmap:
     """Writable memory of ``size`` bytes for a buffer about to be filled.
 
-    New memory costs a page fault per page when first written; for 144 MB that was more than
-    the copy itself. On Linux a large buffer is an anonymous map whose pages the kernel maps
-    in one go (``MAP_POPULATE``): a fresh 144 MB buffer filled in 73 ms instead of 118 ms here.
-    Elsewhere, and for small buffers, a ``bytearray``.
+    A large buffer is anonymous memory whose pages are faulted in ahead, in bulk, without
+    holding the GIL (``_stream.anonymous_memory``); a small one a ``bytearray``.
 
     Example:
         >>> len(new_buffer(3)), len(new_buffer(2 << 20))
         (3, 2097152)
 
     """
-    if size < _MAP_MIN or not _POPULATE:
+    if size < _MAP_MIN:
         return bytearray(size)
-    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
+    return anonymous_memory(size)
 
 
 class _Sink:
