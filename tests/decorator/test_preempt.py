@@ -321,7 +321,7 @@ def test_ctx_preempted_flag_for_plain_functions(store_url: str) -> None:
         return before is False and ctx().preempted is True
 
     # A Python handler, so the signal is not delivered again to the default one (which
-    # would end this process: see tests/test_preempt.py).
+    # would end this process: see test_sigterm_with_no_yield_after_it_still_stops_the_process).
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:
         assert task() is True

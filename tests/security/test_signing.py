@@ -39,6 +39,10 @@ from resumable import (
 
 from ..conftest import IO, as_format_1, read_object, store_files, write_object
 
+SECRET = b"signing secret"
+RM_SECRET = "s3cret-signing-key"
+SHIPPED_SECRET = "a-secret-that-must-not-travel-0123456789"
+
 # -- signed snapshots -----------------------------------------------------------------------------
 
 
@@ -122,9 +126,6 @@ def test_signing_key_from_environment(store_url: str, monkeypatch: pytest.Monkey
 
 
 # -- bound to their checkpoint --------------------------------------------------------------------
-
-
-SECRET = b"signing secret"
 
 
 def copy_all(src: str, dst: str) -> None:
@@ -313,9 +314,6 @@ def test_cli_verify_checks_a_decorated_task_under_its_key(
 # -- resumable rm of a signed task ----------------------------------------------------------------
 
 
-RM_SECRET = "s3cret-signing-key"
-
-
 def _rm(store: Path, key: str, secret: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RESUMABLE_SIGNING_KEY"}
     if secret is not None:
@@ -412,9 +410,6 @@ def test_rm_of_a_signed_task_leaves_only_the_record(tmp_path: Path) -> None:
 
 
 # -- shipped tasks resolve their key where they run -----------------------------------------------
-
-
-SHIPPED_SECRET = "a-secret-that-must-not-travel-0123456789"
 
 
 def make_signed_task(store: str, signing_key: str | None) -> Any:
