@@ -17,6 +17,7 @@ Knows nothing of where packs are: the caller hands pieces to a sink and fetches 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tarfile
@@ -31,9 +32,9 @@ from typing import Protocol
 
 from ._archive import Guard, Limits, link_target, safe_mode, walk
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
-from ._files import HoleWriter, check_source
+from ._files import HoleWriter, TreeWriter, check_source
 from ._index import Index, Node, Piece
-from ._stream import Chunk, Digest
+from ._stream import DIGESTS, NEW_DIGEST, Chunk
 from ._threads import submit
 
 __all__ = ["BLOCK", "RACY_NS", "Fetch", "ScanFacts", "Sink", "decode", "scan", "write_tree"]
@@ -49,8 +50,10 @@ RACY_NS = 2_000_000_000
 _PROBE = 16 * 1024
 # Deflate only when the probe shrinks to this fraction or less.
 _WORTH_IT = 0.9
-# Pieces coded on worker threads ahead of the one being stored.
+# Batches of pieces coded on worker threads ahead of the one being stored.
 _AHEAD = 4
+# A batch holds pieces up to this many bytes (one piece when it is larger).
+_BATCH_BYTES = 1 << 20
 _OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -93,9 +96,7 @@ def decode(piece: Piece, data: bytes) -> bytes:
     """A piece's bytes from what its pack holds, checked against its size and digest.
 
     Example:
-        >>> from resumable._stream import Digest
-        >>> d = Digest(); d.update(b"abc")
-        >>> p = Piece(d.hexdigest(), 3, "0" * 32 + ".pack", 0, 3, "raw")
+        >>> p = Piece(_hash(b"abc"), 3, "0" * 32 + ".pack", 0, 3, "raw")
         >>> decode(p, b"abc")
         b'abc'
 
@@ -112,67 +113,119 @@ def decode(piece: Piece, data: bytes) -> bytes:
             raise CorruptCheckpointError(f"piece {piece.digest[:16]} does not inflate to its size")
     else:
         out = data
-    digest = Digest()
-    digest.update(out)
-    if len(out) != piece.size or digest.hexdigest() != piece.digest:
+    if len(out) != piece.size or _hash(out) != piece.digest:
         raise CorruptCheckpointError(f"piece {piece.digest[:16]} does not match its digest")
     return out
+
+
+def _hash(data: Chunk) -> str:
+    """The piece digest of ``data``, here: a piece is hashed once, on the thread that has it."""
+    hasher = DIGESTS[NEW_DIGEST]()
+    hasher.update(data)
+    return hasher.hexdigest()
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
+#: A piece as a worker prepared it: digest, size, and its coded bytes and codec (None, ""
+#: when the base snapshot has it already).
+_Prepared = tuple[str, int, bytes | None, str]
+
+
+def _prepare(batch: list[bytes], known: dict[str, Piece]) -> list[_Prepared]:
+    """Hash pieces and code those the base snapshot does not hold (on a worker thread)."""
+    done: list[_Prepared] = []
+    for data in batch:
+        digest = _hash(data)
+        if digest in known:
+            done.append((digest, len(data), None, ""))
+        else:
+            coded, codec = _code(data)
+            done.append((digest, len(data), coded, codec))
+    return done
+
+
 class _Builder:
-    """The index being built: each piece once, new ones coded ahead and stored in order."""
+    """The index being built: each piece once, new ones coded ahead and stored in order.
+
+    A file's pieces are hashed and coded on worker threads while the next ones are read;
+    what a file refers to is a *slot*, which names its piece once that is known (two slots
+    may name the same piece). :meth:`finish` resolves them.
+    """
 
     def __init__(self, base: Index | None, sink: Sink) -> None:
-        self.pieces: list[Piece | None] = []
+        self.pieces: list[Piece] = []
         self._at: dict[str, int] = {}
         self._known = {p.digest: p for p in base.pieces} if base is not None else {}
         self._sink = sink
-        self._coding: deque[tuple[int, str, int, Future[tuple[bytes, str]]]] = deque()
+        self._slots: list[int] = []  # slot -> piece index (-1 until it is known)
+        # Small pieces go to a worker in batches: a thread hop per 64 KiB file costs more
+        # than hashing it.
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._coding: deque[tuple[int, Future[list[_Prepared]]]] = deque()
         self.facts = ScanFacts()
 
-    def use(self, piece: Piece) -> int:
-        """The index of a stored piece, added once."""
+    def _piece(self, piece: Piece) -> int:
         found = self._at.get(piece.digest)
         if found is None:
             found = self._at[piece.digest] = len(self.pieces)
             self.pieces.append(piece)
         return found
 
+    def use(self, piece: Piece) -> int:
+        """A slot for a stored piece."""
+        self._send()  # slots are numbered in order: the batch before this one goes first
+        self._slots.append(self._piece(piece))
+        return len(self._slots) - 1
+
     def block(self, data: bytes) -> int:
-        """The index of a piece with these bytes: known, or coded and stored."""
-        digest = Digest()
-        digest.update(data)
-        hexdigest = digest.hexdigest()
-        if (found := self._at.get(hexdigest)) is not None:
-            return found
-        if (known := self._known.get(hexdigest)) is not None:
-            return self.use(known)
-        i = self._at[hexdigest] = len(self.pieces)
-        self.pieces.append(None)
-        self._coding.append((i, hexdigest, len(data), submit(_code, data)))
+        """A slot for the piece with these bytes: known, or coded and stored."""
+        self._slots.append(-1)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _BATCH_BYTES:
+            self._send()
+        return len(self._slots) - 1
+
+    def _send(self) -> None:
+        if self._batch:
+            first = len(self._slots) - len(self._batch)
+            self._coding.append((first, submit(_prepare, self._batch, self._known)))
+            self._batch, self._batch_bytes = [], 0
         while len(self._coding) > _AHEAD:
             self._store_one()
-        return i
 
     def _store_one(self) -> None:
-        i, hexdigest, size, future = self._coding.popleft()
-        coded, codec = future.result()
-        self.pieces[i] = piece = self._sink.add(hexdigest, size, coded, codec)
-        self.facts.new_pieces += 1
-        self.facts.bytes_added += piece.stored
+        slot, future = self._coding.popleft()
+        for digest, size, coded, codec in future.result():
+            if (found := self._at.get(digest)) is not None:
+                self._slots[slot] = found
+            elif coded is None:
+                self._slots[slot] = self._piece(self._known[digest])
+            else:
+                piece = self._sink.add(digest, size, coded, codec)
+                self._slots[slot] = self._piece(piece)
+                self.facts.new_pieces += 1
+                self.facts.bytes_added += piece.stored
+            slot += 1
 
-    def finish(self) -> list[Piece]:
+    def finish(self, nodes: list[Node]) -> tuple[list[Piece], list[Node]]:
+        """Every piece stored; the pieces, and ``nodes`` with their slots resolved."""
+        self._send()
         while self._coding:
             self._store_one()
-        assert all(p is not None for p in self.pieces)
-        return self.pieces  # type: ignore[return-value]
+        slots = self._slots
+        resolved = [
+            dataclasses.replace(n, pieces=tuple(slots[s] for s in n.pieces)) if n.pieces else n
+            for n in nodes
+        ]
+        return self.pieces, resolved
 
     def abandon(self) -> None:
-        for *_, future in self._coding:
+        for _, future in self._coding:
             future.cancel()
         self._coding.clear()
 
@@ -272,7 +325,7 @@ def scan(root: Path, base: Index | None, sink: Sink) -> tuple[Index, ScanFacts]:
     try:
         for path, rel, st in walk(root):
             nodes.append(_node(root, path, rel, st, base, old.get(rel), builder))
-        pieces = builder.finish()
+        pieces, nodes = builder.finish(nodes)
     except BaseException:
         builder.abandon()
         raise
@@ -324,9 +377,7 @@ def _local_match(source: Path, node: Node, pieces: list[Piece]) -> Iterator[tupl
             piece = pieces[i]
             data = os.pread(fd, piece.size, offset)
             offset += piece.size
-            digest = Digest()
-            digest.update(data)
-            if len(data) == piece.size and digest.hexdigest() == piece.digest:
+            if len(data) == piece.size and _hash(data) == piece.digest:
                 yield i, data
     finally:
         os.close(fd)
@@ -339,6 +390,10 @@ def _inside(root: Path, path: Path) -> bool:
     )
 
 
+#: Where a fetched piece goes: a file's path, the offset in it, and the file's entry.
+_Use = tuple[str, int, Node]
+
+
 def write_tree(
     index: Index, dest: Path, limits: Limits, fetch: Fetch, have: Path | None = None
 ) -> None:
@@ -348,45 +403,75 @@ def write_tree(
     ``limits``, no entry twice or before its folder). Pieces come from ``fetch``, pack by
     pack in offset order, each verified; a piece that ``have`` (the folder being replaced)
     already holds at the same place of the same file is copied from there instead. Files
-    get the mode and time the archive path would give them; links and folders' times last.
+    of one piece are written whole, in batches on IO threads (``TreeWriter``); larger ones
+    piece by piece at their offsets. Files get the mode and time the archive path would
+    give them; links and folders' times come last.
     """
     paths = _check(index, limits)
-    uses: dict[int, list[tuple[str, int]]] = defaultdict(list)
-    files: list[tuple[str, Node]] = []
-    for rel, node in zip(paths, index.nodes, strict=True):
-        target = dest / rel
-        if node.type == "d":
-            os.mkdir(target, 0o700)
-        elif node.type == "f":
-            os.close(os.open(target, _NEW_FILE, 0o600))
-            os.truncate(target, node.size)
-            files.append((rel, node))
-            local = {}
-            if have is not None and _inside(have, have / rel):
-                local = dict(_local_match(have / rel, node, index.pieces))
-            offset = 0
-            for i in node.pieces:
-                if i in local:
-                    _write_at(target, offset, local[i])
-                else:
-                    uses[i].append((rel, offset))
-                offset += index.pieces[i].size
-    _fetch_into(dest, index.pieces, uses, fetch)
-    for rel, node in files:
-        os.chmod(dest / rel, safe_mode(node.mode), follow_symlinks=False)
-        _set_time(dest / rel, node.mtime_ns)
-    for rel, node in zip(paths, index.nodes, strict=True):
-        if node.type == "l":
-            assert node.target is not None
-            os.symlink(node.target, dest / rel)
+    writer = TreeWriter(dest)
+    try:
+        uses: dict[int, list[_Use]] = defaultdict(list)
+        pieced: list[tuple[str, Node]] = []  # files written piece by piece
+        for rel, node in zip(paths, index.nodes, strict=True):
+            if node.type == "d":
+                writer.directory(rel, node.mtime_ns)
+            elif node.type == "f":
+                local = _local_pieces(have, rel, node, index.pieces)
+                if len(node.pieces) == 1 and node.pieces[0] in local:
+                    writer.small(rel, local[node.pieces[0]], safe_mode(node.mode), node.mtime_ns)
+                    continue
+                if not node.pieces:
+                    writer.small(rel, b"", safe_mode(node.mode), node.mtime_ns)
+                    continue
+                if len(node.pieces) > 1:
+                    _create(dest / rel, node.size)
+                    pieced.append((rel, node))
+                offset = 0
+                for i in node.pieces:
+                    if i in local:
+                        _write_at(dest / rel, offset, local[i])
+                    else:
+                        uses[i].append((rel, offset, node))
+                    offset += index.pieces[i].size
+        _fetch_into(dest, index.pieces, uses, fetch, writer)
+        writer.settle()
+        for rel, node in pieced:
+            os.chmod(dest / rel, safe_mode(node.mode), follow_symlinks=False)
             _set_time(dest / rel, node.mtime_ns)
-    for rel, node in reversed(list(zip(paths, index.nodes, strict=True))):
-        if node.type == "d":
-            _set_time(dest / rel, node.mtime_ns)
+        for rel, node in zip(paths, index.nodes, strict=True):
+            if node.type == "l":
+                assert node.target is not None
+                writer.link(rel, node.target, node.mtime_ns)
+        writer.finish()
+    except tarfile.TarError as exc:  # what the tree writer raises of its own
+        writer.abandon()
+        raise CorruptCheckpointError(f"folder snapshot cannot be written ({exc})") from exc
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+def _local_pieces(have: Path | None, rel: str, node: Node, pieces: list[Piece]) -> dict[int, bytes]:
+    """The pieces of file ``node`` that the folder being replaced holds at ``rel``."""
+    if have is None or not os.path.lexists(have / rel) or not _inside(have, have / rel):
+        return {}
+    return dict(_local_match(have / rel, node, pieces))
+
+
+def _create(path: Path, size: int) -> None:
+    fd = os.open(path, _NEW_FILE, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _fetch_into(
-    dest: Path, pieces: list[Piece], uses: dict[int, list[tuple[str, int]]], fetch: Fetch
+    dest: Path,
+    pieces: list[Piece],
+    uses: dict[int, list[_Use]],
+    fetch: Fetch,
+    writer: TreeWriter,
 ) -> None:
     """Fetch the pieces still needed, pack by pack in offset order, and write each use."""
     by_pack: dict[str, list[int]] = defaultdict(list)
@@ -397,8 +482,11 @@ def _fetch_into(
         ids = {id(pieces[i]): i for i in wanted}
         got = 0
         for piece, data in fetch(pack, [pieces[i] for i in wanted]):
-            for rel, offset in uses[ids[id(piece)]]:
-                _write_at(dest / rel, offset, data)
+            for rel, offset, node in uses[ids[id(piece)]]:
+                if len(node.pieces) == 1:
+                    writer.small(rel, data, safe_mode(node.mode), node.mtime_ns)
+                else:
+                    _write_at(dest / rel, offset, data)
             got += 1
         if got != len(wanted):
             raise CorruptCheckpointError(f"pack {pack} holds {got} of {len(wanted)} pieces")

@@ -33,6 +33,7 @@ def rewrite(src: Path, files: int = 8, size: int = 50_000) -> None:
 
 def all_verify(cp: Checkpoint) -> list[int]:
     """Every listed snapshot loads exactly as a load would (raises if one does not)."""
+    cp.flush_sync()  # else retention behind the last save may delete what was listed
     s = store(cp)
     seqs = sorted(int(p.name[:20]) for p in Path(cp.uri).glob("*.json"))
     for seq in seqs:
