@@ -131,7 +131,7 @@ class Storage:
     compression: Compression = "gzip"
     limits: Limits | None = None
     progress: ProgressArg = False
-    incremental: bool = False  # flipped to True once every test names the mode it pins
+    incremental: bool = True
 
     def __post_init__(self) -> None:
         check_keep(self.keep)

@@ -279,27 +279,40 @@ class Packs:
         self._condemned: dict[str, float] = {}  # pack -> when (time.monotonic())
         self._dropped: set[int] = set()  # snapshots this process's retention deleted
         self._gone: set[str] = set()  # packs deleted, or being deleted, by this process
+        self._any = False  # whether a folder snapshot by content of the task was seen
         _forks.track(self)
 
     def _after_fork(self) -> None:
         """A child forked while retention held the lock gets a new one."""
         self._lock = threading.Lock()
 
-    def used(self, seq: int, index: Index) -> None:
-        """Snapshot ``seq`` is committed (or read) and uses the packs of ``index``."""
+    def used(self, seq: int, index: Index | None) -> None:
+        """Snapshot ``seq`` is committed (or read) and uses the packs of ``index`` (None: none)."""
         with self._lock:
-            self._uses[seq] = frozenset(index.packs())
+            self._uses[seq] = frozenset(index.packs() if index is not None else ())
+            if index is not None:
+                self._any = True
+
+    def _may_hold_packs(self) -> bool:
+        """Whether this process saw a folder snapshot by content of the task.
+
+        Only then does it read the index of a snapshot it drops without knowing it: a
+        process that saves bytes or state pays nothing for folders. (A process that never
+        saw one leaves the packs of those it drops to ``resumable gc``.)
+        """
+        return self._any
 
     def forget(self) -> None:
         """Know no snapshot (a clear)."""
         with self._lock:
             self._uses.clear()
             self._condemned.clear()
+            self._any = False
 
     def dropping(self, seqs: list[int]) -> None:
         """Before snapshots ``seqs`` are deleted: learn the packs of those not known yet."""
         for seq in seqs:
-            if seq in self._uses:
+            if seq in self._uses or not self._may_hold_packs():
                 continue
             with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
                 index = self._read_index(seq)
@@ -327,7 +340,7 @@ class Packs:
         if not due:
             return []
         used: set[str] = set()
-        for seq in manifests():
+        for seq in manifests():  # the snapshots there are now, whoever wrote them
             if seq not in self._uses:
                 with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
                     index = self._read_index(seq)

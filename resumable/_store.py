@@ -264,8 +264,9 @@ class SnapshotStore:
         sign(manifest, self.signing_key, self.name)
         self._publish(manifest, tree)
         self._next = seq + 1
-        if tree is not None and tree.index is not None and self.packs is not None:
-            self.packs.used(seq, tree.index)
+        if self.packs is not None:
+            self.packs.used(seq, None if tree is None else tree.index)
+        if tree is not None and tree.index is not None:
             self._base, self._looked = (seq, tree.index), True
         self._retention.committed(seq, [manifest_name(seq), *filter(None, [manifest.blob])])
         if manifest.size >= _LOG_SIZE:
@@ -342,6 +343,8 @@ class SnapshotStore:
                 if m is not None and m.compression == "pieces":
                     self.check_signature(m)
                     self._base = (m.seq, self._index_of(m))
+                    if self.packs is not None:
+                        self.packs.used(*self._base)
             except CorruptCheckpointError as exc:
                 log.info("%s: the newest folder snapshot is unreadable (%s)", self.backend.url, exc)
         return self._base

@@ -160,7 +160,7 @@ def test_directory_blob_is_a_valid_tar_gz(store_url: str, io: IO, tmp_path: Path
     """A gzip folder snapshot is a .tar.gz that standard tools read."""
     src = make_tree(tmp_path / "src")
     (src / "big.bin").write_bytes(os.urandom(300_000) + b"\0" * 300_000)
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, src)
     blob_name = next(n for n in store_files(store_url) if n.endswith(".blob"))
     out = tmp_path / "blob.tar.gz"
@@ -176,7 +176,7 @@ def test_compressible_folder_shrinks(store_url: str, io: IO, tmp_path: Path) -> 
     src.mkdir()
     (src / "zeros").write_bytes(b"\0" * 4_000_000)
     (src / "noise").write_bytes(os.urandom(2_000_000))
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, src)
     doc = json.loads(read_object(store_url, "00000000000000000000.json"))
     assert 2_000_000 < doc["size"] < 2_200_000

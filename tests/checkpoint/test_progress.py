@@ -87,7 +87,8 @@ def test_branching_callback_gets_a_child_per_transfer(store_url: str, tmp_path: 
         cp.save_sync(src)
         cp.load_sync()
     (save_from, save_to, save), (load_from, load_to, load) = brancher.children
-    assert (save_from, load_to) == ("snapshot 0", "snapshot 0")
+    assert (save_from, load_to) == ("local", "local")
+    assert save_to.startswith("snapshot 0 of ")
     assert save_to == load_from
     assert store_url.rstrip("/").split("/")[-1] in save_to
     for child in (save, load):
@@ -121,9 +122,10 @@ def test_tqdm_bar(store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[
         cp.save_sync(src)
         cp.load_sync()
     err = capsys.readouterr().err
-    assert "snapshot 0 -> " in err
-    assert " -> snapshot 0" in err
-    assert "2.00M" in err
+    assert "local -> snapshot 0 of " in err
+    assert "snapshot 0 of " in err
+    assert " -> local" in err
+    assert "2.0 MiB" in err
 
 
 def test_users_tqdm_callback(store_url: str, tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_corrupt_directory_snapshot_leaves_no_partial_tree(
     src = tmp_path / "src"
     src.mkdir()
     (src / "old.txt").write_text("old")
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, src)
         (src / "old.txt").unlink()
         for i in range(5):
@@ -236,7 +236,7 @@ def test_folder_manifest_records_tar_size_and_members(
     store_url: str, io: IO, tmp_path: Path
 ) -> None:
     """A folder snapshot's manifest records its tar stream's size and member count."""
-    with Checkpoint(store_url, storage=Storage(compression="gzip")) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False, compression="gzip")) as cp:
         io.save(cp, folder(tmp_path, files=3))
     doc = manifest(store_url, 0)
     assert doc["members"] == 3
@@ -258,7 +258,7 @@ def test_signed_store_refuses_a_swapped_payload_before_extracting(
         real(chunks, dest, *args)
 
     monkeypatch.setattr(restore_module, "extract_tar", spy)
-    with Checkpoint(store_url, storage=Storage(signing_key=SECRET)) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False, signing_key=SECRET)) as cp:
         io.save(cp, b"previous")
         io.save(cp, folder(tmp_path))
         write_object(store_url, blob(store_url, 1), zeros_bomb(8 << 20))  # no key needed
@@ -276,7 +276,7 @@ def test_unsigned_archive_longer_than_recorded_is_stopped_mid_stream(
     The attacker rewrites the payload *and* its digest (nothing stops that without a key):
     extraction still stops at the recorded size, long before the 64 MiB file is written.
     """
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, b"previous")
         io.save(cp, folder(tmp_path))
         bomb = zeros_bomb(64 << 20)
@@ -295,7 +295,7 @@ def test_unsigned_archive_with_more_members_than_recorded_is_refused(
     store_url: str, io: IO, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An archive holding more members than its manifest records is refused."""
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, b"previous")
         io.save(cp, folder(tmp_path, files=3))
         doc = manifest(store_url, 1)
@@ -313,7 +313,7 @@ def test_failed_restore_leaves_the_destination_as_it_was(store_url: str, tmp_pat
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "mine.txt").write_bytes(b"untouched")
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         cp.save_sync(folder(tmp_path))
         name = blob(store_url, 0)
         data = bytearray(read_object(store_url, name))

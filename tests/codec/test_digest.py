@@ -57,10 +57,10 @@ def test_format_1_folder_snapshot_loads(store_url: str, io: IO, tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("alpha")
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, src)
     as_format_1(store_url, 0)
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         root = io.load(cp)
         assert root is not None
         assert (root / "a.txt").read_text() == "alpha"

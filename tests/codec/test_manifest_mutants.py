@@ -201,8 +201,8 @@ def test_payload_must_be_this_snapshots_own_blob(blob: str | None) -> None:
         (b"[]", "manifest is not a JSON object"),
         (without("format"), "manifest has no format version"),
         (
-            dumps(document(format=3)),
-            "manifest format 3 is newer than this library reads (2): upgrade resumable to load it",
+            dumps(document(format=4)),
+            "manifest format 4 is newer than this library reads (3): upgrade resumable to load it",
         ),
         (
             dumps(document(sha256=DIGEST)),

@@ -30,6 +30,7 @@ from resumable import (
     CorruptCheckpointError,
     Dir,
     RetryPolicy,
+    Storage,
     resumable,
 )
 from resumable._owner import MARKER
@@ -95,8 +96,8 @@ def test_dir_beside_the_store_is_fine(tmp_path: Path) -> None:
 def _make_only_snapshot_corrupt(store_url: str, folder: Path, key: str, flavour: str) -> None:
     """Commit one folder snapshot of ``folder`` under ``key``, then damage its payload."""
     (folder / "big.bin").write_bytes(os.urandom(200_000))  # not inlined: a payload object
-    with Checkpoint(f"{store_url}/{key}") as cp:
-        cp.save_sync(folder)
+    with Checkpoint(f"{store_url}/{key}", storage=Storage(incremental=False)) as cp:
+        cp.save_sync(folder)  # an archive: its one payload object is what gets damaged
     url = f"{store_url}/{key}"
     (blob,) = [n for n in store_files(url) if n.endswith(".blob")]
     data = bytearray(read_object(url, blob))
@@ -337,8 +338,8 @@ def _folder_with_work(tmp_path: Path) -> tuple[Path, Path]:
     (folder / "snap.txt").write_text("in the snapshot")
     (folder / "big.bin").write_bytes(os.urandom(200_000))  # a payload object of its own
     store = tmp_path / "store"
-    with Checkpoint(store) as cp:
-        cp.save_sync(folder)
+    with Checkpoint(store, storage=Storage(incremental=False)) as cp:
+        cp.save_sync(folder)  # an archive: one payload object to damage
     (folder / "user-work.txt").write_text("written after the snapshot")
     return folder, store
 
@@ -358,7 +359,10 @@ def test_kill_after_the_first_rename_then_a_failed_restore_keeps_the_folder(
     _restore_killed(tmp_path, store, folder, "first")
     assert not folder.exists()  # the kill came between the renames
     _corrupt_only_payload(store)
-    with Checkpoint(store) as cp, pytest.raises(CorruptCheckpointError):
+    with (
+        Checkpoint(store, storage=Storage(incremental=False)) as cp,
+        pytest.raises(CorruptCheckpointError),
+    ):
         cp.restore_into(folder)
     assert (folder / "user-work.txt").read_text() == "written after the snapshot"
     assert (folder / "snap.txt").read_text() == "in the snapshot"
@@ -381,11 +385,14 @@ def test_kill_after_the_second_rename_leaves_the_restored_folder(tmp_path: Path)
     _restore_killed(tmp_path, store, folder, "second")
     assert sorted(p.name for p in folder.iterdir()) == ["big.bin", "snap.txt"]
     _corrupt_only_payload(store)
-    with Checkpoint(store) as cp, pytest.raises(CorruptCheckpointError):
+    with (
+        Checkpoint(store, storage=Storage(incremental=False)) as cp,
+        pytest.raises(CorruptCheckpointError),
+    ):
         cp.restore_into(folder)  # fails: the staging of the killed restore is not touched
     assert sorted(p.name for p in folder.iterdir()) == ["big.bin", "snap.txt"]
     (folder / "snap.txt").write_text("a newer snapshot")
-    with Checkpoint(store) as cp:
+    with Checkpoint(store, storage=Storage(incremental=False)) as cp:
         cp.save_sync(folder)
         assert cp.restore_into(folder) is not None
     assert (folder / "snap.txt").read_text() == "a newer snapshot"

@@ -231,7 +231,7 @@ CORPUS: dict[str, tuple[Callable[[Store], None], bool]] = {
     "manifest: zero bytes": (_manifest_bytes(b""), False),
     "manifest: not UTF-8": (_manifest_bytes(b"\xff\xfe\x00garbage"), False),
     "manifest: a JSON array": (_manifest_bytes(b"[1, 2]"), False),
-    "manifest: future format": (_field(format=3), False),
+    "manifest: future format": (_field(format=4), False),
     "manifest: format 1 with a blake3": (_field(format=1), False),
     "manifest: format 0": (_field(format=0), False),
     "manifest: negative format": (_field(format=-3), False),

@@ -45,7 +45,7 @@ def test_file_that_vanishes_mid_save_keeps_previous(store_url: str, io: IO, tmp_
     src.mkdir()
     victim = src / "victim.bin"
     victim.write_bytes(os.urandom(3 << 20))
-    with Checkpoint(store_url) as cp:
+    with Checkpoint(store_url, storage=Storage(incremental=False)) as cp:
         io.save(cp, b"good")
         real_iter_tar = snapshot_module.iter_tar
 
