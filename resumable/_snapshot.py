@@ -74,7 +74,8 @@ class CheckpointInfo:
     seq: int
     #: What was saved: ``"bytes"``, a ``"file"``, a ``"dir"`` (folder) or pickled ``"state"``.
     kind: Literal["bytes", "file", "dir", "state"]
-    #: The stored payload's size in bytes (a folder's compressed archive).
+    #: The stored payload's size in bytes: a folder's compressed archive, or for an
+    #: incremental folder snapshot its file list (see :attr:`files_size`, :attr:`added`).
     size: int
     #: When it was committed, in seconds since the epoch (``time.time()``).
     created: float
@@ -82,6 +83,11 @@ class CheckpointInfo:
     attempt: int
     #: Whether its manifest carries a signature (``info`` does not verify it: a load does).
     signed: bool
+    #: A folder's bytes (what a restore writes), where the manifest records them.
+    files_size: int | None = None
+    #: The bytes this save stored anew (a folder snapshot stores only what the previous one
+    #: lacks); None where the manifest does not say (bytes, files, state, archives).
+    added: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,6 +199,8 @@ def info_of(m: Manifest | None) -> CheckpointInfo | None:
         created=m.created,
         attempt=m.attempt,
         signed="hmac" in m.extra,
+        files_size=m.extra.get("raw_size") if m.compression == "pieces" else None,
+        added=m.extra.get("added"),
     )
 
 
