@@ -212,9 +212,6 @@ def _node(item: object, pieces: list[Piece]) -> Node:
         raise ValueError(f"unknown entry type {kind!r:.20}")
     if not 0 <= _int(mode) <= 0o7777:
         raise ValueError(f"invalid mode {mode!r}")
-    refs = tuple(_whole(i) for i in _list(used))
-    if any(i >= len(pieces) for i in refs):
-        raise IndexError(f"{path!r:.60} uses a piece the index does not list")
     node = Node(
         _text(path),
         kind,
@@ -222,16 +219,28 @@ def _node(item: object, pieces: list[Piece]) -> Node:
         _int(mtime_ns),
         _whole(size),
         None if target is None else _text(target),
-        refs,
+        _refs(used, len(pieces)),
         None if stat is None else _stat(stat),
     )
-    if (node.target is not None) != (kind == "l"):
-        raise ValueError(f"{node.path!r}: only a link has a target")
-    if kind != "f" and (node.size or node.pieces):
-        raise ValueError(f"{node.path!r}: only a file has content")
-    if kind == "f" and sum(pieces[i].size for i in refs) != node.size:
-        raise ValueError(f"{node.path!r}: its pieces do not add up to its size")
+    _check_content(node, pieces)
     return node
+
+
+def _refs(used: object, count: int) -> tuple[int, ...]:
+    refs = tuple(_whole(i) for i in _list(used))
+    if any(i >= count for i in refs):
+        raise IndexError("a file uses a piece the index does not list")
+    return refs
+
+
+def _check_content(node: Node, pieces: list[Piece]) -> None:
+    """A link has a target, a file pieces that add up to its size, nothing else either."""
+    if (node.target is not None) != (node.type == "l"):
+        raise ValueError(f"{node.path!r}: only a link has a target")
+    if node.type != "f" and (node.size or node.pieces):
+        raise ValueError(f"{node.path!r}: only a file has content")
+    if node.type == "f" and sum(pieces[i].size for i in node.pieces) != node.size:
+        raise ValueError(f"{node.path!r}: its pieces do not add up to its size")
 
 
 def _stat(value: object) -> tuple[int, int, int]:

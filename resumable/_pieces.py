@@ -311,13 +311,9 @@ class Packs:
 
     def dropping(self, seqs: list[int]) -> None:
         """Before snapshots ``seqs`` are deleted: learn the packs of those not known yet."""
-        for seq in seqs:
-            if seq in self._uses or not self._may_hold_packs():
-                continue
-            with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
-                index = self._read_index(seq)
-                with self._lock:
-                    self._uses[seq] = frozenset(index.packs() if index else ())
+        if self._may_hold_packs():
+            for seq in seqs:
+                self._packs_of(seq)
 
     def dropped(self, seqs: list[int]) -> None:
         """Snapshots ``seqs`` are deleted: condemn their packs that no known snapshot uses."""
@@ -339,16 +335,14 @@ class Packs:
             self._gone.update(due)  # from now on no save may rescue them
         if not due:
             return []
-        used: set[str] = set()
-        for seq in manifests():  # the snapshots there are now, whoever wrote them
-            if seq not in self._uses:
-                with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
-                    index = self._read_index(seq)
-                    with self._lock:
-                        self._uses[seq] = frozenset(index.packs() if index else ())
-            used.update(self._uses.get(seq, ()))
+        used = set().union(*(self._packs_of(seq) for seq in manifests()))
         doomed = [p for p in due if p not in used]
-        self.backend.delete_many(doomed)
+        try:
+            self.backend.delete_many(doomed)
+        except BaseException:
+            with self._lock:  # not deleted after all (the next retention tries again)
+                self._gone.difference_update(due)
+            raise
         with self._lock:
             for pack in due:
                 self._condemned.pop(pack, None)
@@ -356,6 +350,15 @@ class Packs:
         if doomed:
             log.debug("%s: deleted %d unused packs", self.backend.url, len(doomed))
         return doomed
+
+    def _packs_of(self, seq: int) -> frozenset[str]:
+        """The packs snapshot ``seq`` uses: known, or read from its index (and kept)."""
+        if seq not in self._uses:
+            with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
+                index = self._read_index(seq)
+                with self._lock:
+                    self._uses[seq] = frozenset(index.packs() if index else ())
+        return self._uses.get(seq, frozenset())
 
     def rescue(self, packs: set[str]) -> bool:
         """A save about to commit uses ``packs``: none may be deleted. False if one may be gone.

@@ -263,12 +263,7 @@ class SnapshotStore:
             manifest.extra.update(facts())
         sign(manifest, self.signing_key, self.name)
         self._publish(manifest, tree)
-        self._next = seq + 1
-        if self.packs is not None:
-            self.packs.used(seq, None if tree is None else tree.index)
-        if tree is not None and tree.index is not None:
-            self._base, self._looked = (seq, tree.index), True
-        self._retention.committed(seq, [manifest_name(seq), *filter(None, [manifest.blob])])
+        self._committed(manifest, tree)
         if manifest.size >= _LOG_SIZE:
             log.info(
                 "saved snapshot %d to %s: %s",
@@ -277,6 +272,16 @@ class SnapshotStore:
                 _rate(manifest.size, time.perf_counter() - started),
             )
         return manifest
+
+    def _committed(self, m: Manifest, tree: TreeSave | None) -> None:
+        """What the store knows once ``m`` is committed: the next number, packs, retention."""
+        self._next = m.seq + 1
+        index = None if tree is None else tree.index
+        if self.packs is not None:
+            self.packs.used(m.seq, index)
+        if index is not None:
+            self._base, self._looked = (m.seq, index), True
+        self._retention.committed(m.seq, [manifest_name(m.seq), *filter(None, [m.blob])])
 
     def _write_payload(
         self, seq: int, token: str, chunks: Iterable[Chunk] | Producer
