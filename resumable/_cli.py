@@ -1,7 +1,8 @@
 """The ``resumable`` command: list, show, verify, remove and clean up the tasks of a store.
 
 Argument parsing and printing only; what is listed, checked and removed lives in
-``_inspect``. Every subcommand prints an aligned table, or one JSON document with ``--json``.
+``_inspect``, and garbage in ``_gc``. Every subcommand prints an aligned table, or one JSON
+document with ``--json``.
 
 Exit codes: 0 ok, 1 a snapshot failed verification, 2 usage or store error.
 """
@@ -21,14 +22,13 @@ from typing import Any
 
 from . import _version
 from ._errors import ConfigurationError, CorruptCheckpointError, ResumableError
+from ._gc import Garbage, collect_garbage, collect_workspaces
 from ._inspect import (
+    PIECES,
     ROOT_KEY,
-    Garbage,
     SnapshotInfo,
     TaskFolder,
     clear_failures,
-    collect_garbage,
-    collect_workspaces,
     find_task_folders,
     open_store,
     open_task,
@@ -38,6 +38,7 @@ from ._inspect import (
     summarize,
     task_entries,
     task_folder,
+    task_packs,
     task_store,
 )
 from ._options import STORE_ENV, resolve_store
@@ -140,6 +141,9 @@ def _snapshot_doc(info: SnapshotInfo) -> dict[str, Any]:
         "attempt": info.attempt,
         "blob": info.blob,
         "failures": info.failures,
+        "raw_size": info.raw_size,
+        "members": info.members,
+        "added": info.added,
     }
 
 
@@ -195,29 +199,52 @@ def _show(args: argparse.Namespace) -> int:
     infos = snapshot_infos(task_store(backend, args.key), verify=not args.no_verify)
     if not infos:
         raise _no_snapshots(args.store, args.key)
+    packs = task_packs(backend)
+    packed = (len(packs), sum(e.size for e in packs))
     if args.json:
         _print_json(
             {
                 "store": args.store,
                 "key": args.key,
                 "snapshots": [_snapshot_doc(i) for i in infos],
+                "packs": {"count": packed[0], "size": packed[1]},
             }
         )
     else:
-        _print_snapshots(args.store, args.key, infos)
+        _print_snapshots(args.store, args.key, infos, packed)
     return EXIT_BAD if any(i.status == "bad" for i in infos) else EXIT_OK
 
 
-def _snapshot_row(i: SnapshotInfo) -> list[str]:
+def _snapshot_row(i: SnapshotInfo, incremental: bool) -> list[str]:
     attempt = "-" if i.attempt is None else str(i.attempt)
     created = _utc(i.created) or "-"
-    return [str(i.seq), i.kind or "?", _size(i.size), created, attempt, str(i.failures)]
+    tail = [created, attempt, str(i.failures), _status_text(i)]
+    if not incremental:
+        return [str(i.seq), i.kind or "?", _size(i.size), *tail]
+    members = "-" if i.members is None else str(i.members)
+    stored = [i.compression or "?", _size(i.size), _size(i.raw_size), members, _size(i.added)]
+    return [str(i.seq), i.kind or "?", *stored, *tail]
 
 
-def _print_snapshots(store: str, key: str, infos: list[SnapshotInfo]) -> None:
-    rows = [[*_snapshot_row(i), _status_text(i)] for i in infos]
-    headers = ["SEQ", "KIND", "SIZE", "CREATED (UTC)", "ATTEMPT", "FAILURES", "VERIFIED"]
-    print(_table(headers, rows, right={0, 2, 4, 5}))
+def _print_snapshots(
+    store: str, key: str, infos: list[SnapshotInfo], packs: tuple[int, int]
+) -> None:
+    # Tasks that save folders by content get the columns that say what each save stored.
+    incremental = any(i.incremental for i in infos)
+    rows = [_snapshot_row(i, incremental) for i in infos]
+    tail = ["CREATED (UTC)", "ATTEMPT", "FAILURES", "VERIFIED"]
+    if incremental:
+        headers = ["SEQ", "KIND", "STORED", "SIZE", "FOLDER", "ENTRIES", "ADDED", *tail]
+        print(_table(headers, rows, right={0, 3, 4, 5, 6, 8, 9}))
+        print(
+            "STORED pieces: an incremental folder snapshot (by content): SIZE is its index, "
+            "FOLDER its files' bytes, ADDED the bytes its save stored; the rest it shares "
+            "with other snapshots, in the task's packs"
+        )
+    else:
+        print(_table(["SEQ", "KIND", "SIZE", *tail], rows, right={0, 2, 4, 5}))
+    if incremental or packs[0]:
+        print(f"{PIECES}: {_count(packs[0], 'pack')}, {_size(packs[1])}")
     if any(i.failures for i in infos):
         print(
             f"FAILURES: failures of the task recorded against a snapshot (poison_after); "
@@ -421,7 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     verify = command("verify", _verify, "verify every snapshot (of every task, or of KEY)")
     verify.add_argument("key", metavar="KEY", nargs="?", help="only this task")
 
-    rm = command("rm", _rm, "delete a task: its snapshots, orphan payloads and temp files")
+    rm = command("rm", _rm, "delete a task: its snapshots, packs, orphan payloads and temp files")
     rm.add_argument("key", metavar="KEY", help="the task's key")
     rm.add_argument("--yes", action="store_true", help="really delete (required)")
 
@@ -430,7 +457,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     marks.add_argument("key", metavar="KEY", help="the task's key")
 
-    gc = command("gc", _gc, "remove orphan payloads and temp files older than a grace period")
+    gc = command(
+        "gc", _gc, "remove orphan payloads, orphan packs and temp files older than a grace period"
+    )
     gc.add_argument(
         "--grace",
         type=_seconds,

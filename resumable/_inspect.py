@@ -1,67 +1,72 @@
 """Read-only views and housekeeping of a store, for the ``resumable`` command.
 
 A store holds one folder per task key; each task folder holds that task's snapshots (see
-``docs/storage-format.md``). Everything here is plain functions over an
+``docs/storage-format.md``), and a ``~pieces`` folder with the packs of its folder snapshots
+by content (never a task: a key holds no ``~``). Everything here is plain functions over an
 :class:`~resumable._backend.AdminBackend` or a :class:`~resumable._store.SnapshotStore` that
 return dataclasses; ``_cli`` only parses arguments and prints. Snapshots are verified by the
 store itself (``SnapshotStore.verify``), with the signing key a ``Checkpoint`` would use
-(``resolve_signing_key``).
+(``resolve_signing_key``) and the task's packs. ``_gc`` finds and removes garbage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from ._backend import AdminBackend, Entry, open_backend
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
 from ._manifest import Manifest, checkpoint_name
-from ._names import is_temp, manifest_name, manifest_seqs, parse, temp_maker
-from ._owner import gone, machine
+from ._names import PIECES, is_pack, is_temp, manifest_name, manifest_seqs, parse
 from ._stack import SIGNING_KEY_ENV, resolve_signing_key
 from ._store import SnapshotStore, names_of
-from ._workspace import leftovers, remove_abandoned
 
 __all__ = [
+    "PIECES",
     "ROOT_KEY",
-    "Garbage",
-    "GcReport",
     "Removal",
     "SnapshotInfo",
     "Status",
     "TaskFolder",
     "TaskSummary",
-    "Workspaces",
     "clear_failures",
-    "collect_garbage",
-    "collect_workspaces",
-    "find_garbage",
     "find_task_folders",
+    "is_ours",
     "list_folders",
+    "listed_size",
     "open_existing_task",
     "open_store",
     "open_task",
+    "reader",
     "remove_task",
     "snapshot_count",
     "snapshot_infos",
     "summarize",
     "task_entries",
     "task_folder",
+    "task_packs",
     "task_store",
     "verify_snapshot",
 ]
 
 Status = Literal["ok", "bad", "unchecked", "gone"]
-GarbageReason = Literal["orphan payload", "temp file", "unfinished upload"]
 
 
-def _is_ours(name: str) -> bool:
+def is_ours(name: str) -> bool:
+    """Whether ``name`` is a snapshot object of a task's folder: a manifest, payload or temp."""
     found = parse(name)
     return (found is not None and found.kind != "mark") or is_temp(name)
+
+
+def reader(backend: AdminBackend, **options: Any) -> SnapshotStore:
+    """A store over task folder ``backend`` that reads (and deletes) as a ``Checkpoint`` does.
+
+    Its packs are in the task's ``~pieces`` folder, so that folder snapshots by content load.
+    ``options``: the signing key and name, as for ``SnapshotStore``.
+    """
+    return SnapshotStore(backend, keep=1, pieces=backend.child(PIECES), **options)
 
 
 # -- opening ------------------------------------------------------------------------------
@@ -111,9 +116,30 @@ def list_folders(url: str, storage_options: dict[str, Any] | None = None) -> lis
 
 
 def task_entries(store: AdminBackend, key: str) -> list[Entry]:
-    """The objects of task ``key``'s folder; none when it does not exist (or is a link)."""
+    """The objects of task ``key``'s folder and of its ``~pieces`` (named ``~pieces/<name>``).
+
+    None when the folder does not exist (or is a link); a ``~pieces`` that is a link is not
+    listed.
+    """
     backend = open_existing_task(store, key)
-    return [] if backend is None else backend.entries()
+    if backend is None:
+        return []
+    return _with_pieces(backend.entries(), _own_pieces(backend))
+
+
+def task_packs(backend: AdminBackend) -> list[Entry]:
+    """The packs in task folder ``backend``'s ``~pieces`` (one listing; none if it has none)."""
+    return [e for e in backend.child(PIECES).entries() if is_pack(e.name)]
+
+
+def _own_pieces(backend: AdminBackend) -> AdminBackend | None:
+    """Task folder ``backend``'s ``~pieces`` folder, if it has one that is not a link."""
+    return backend.child(PIECES) if PIECES in backend.list_children() else None
+
+
+def _in_pieces(name: str) -> str:
+    """How an object of a task's ``~pieces`` is named in reports: relative to the task."""
+    return f"{PIECES}/{name}"
 
 
 def snapshot_count(entries: list[Entry]) -> int:
@@ -131,6 +157,8 @@ class TaskFolder:
     key: str
     backend: AdminBackend
     entries: list[Entry]
+    #: Whether it has a ``~pieces`` folder (the packs of its folder snapshots by content).
+    has_pieces: bool = False
 
     @property
     def seqs(self) -> list[int]:
@@ -139,7 +167,11 @@ class TaskFolder:
 
     def manifest_size(self, seq: int) -> int | None:
         """The listed size of snapshot ``seq``'s manifest (a manifest too large is not read)."""
-        return _listed_size(self.entries, seq)
+        return listed_size(self.entries, seq)
+
+    def pieces(self) -> list[Entry]:
+        """The objects of its ``~pieces`` folder, listed now (none when it has none)."""
+        return self.backend.child(PIECES).entries() if self.has_pieces else []
 
 
 def task_folder(store: AdminBackend, key: str) -> TaskFolder:
@@ -148,7 +180,8 @@ def task_folder(store: AdminBackend, key: str) -> TaskFolder:
     return TaskFolder(key, backend, backend.entries())
 
 
-def _listed_size(entries: list[Entry], seq: int) -> int | None:
+def listed_size(entries: list[Entry], seq: int) -> int | None:
+    """The size a listing gives for snapshot ``seq``'s manifest, if it lists it."""
     name = manifest_name(seq)
     return next((e.size for e in entries if e.name == name), None)
 
@@ -159,7 +192,7 @@ def _join(prefix: str, name: str) -> str:
 
 def _foreign(entries: list[Entry]) -> list[str]:
     """Names of files that are not a store's: neither snapshot objects nor hidden files."""
-    return sorted(e.name for e in entries if not _is_ours(e.name) and not e.name.startswith("."))
+    return sorted(e.name for e in entries if not is_ours(e.name) and not e.name.startswith("."))
 
 
 def _not_a_store(url: str, foreign: list[str]) -> ConfigurationError:
@@ -173,10 +206,11 @@ def _not_a_store(url: str, foreign: list[str]) -> ConfigurationError:
 
 
 def find_task_folders(store: AdminBackend) -> list[TaskFolder]:
-    """Folders holding snapshot objects (manifests, payloads or temp files), sorted by key.
+    """Folders holding snapshot objects (manifests, payloads, temp files or a ``~pieces``).
 
     Every folder of the store, at any depth (``proj/exp/run1``, and ``a/b`` under a task
-    ``a``). Links are not followed: a local store lists no folder that is a symlink.
+    ``a``), sorted by key. Links are not followed: a local store lists no folder that is a
+    symlink. A task's ``~pieces`` folder is part of that task, never a task of its own.
 
     A store holds task folders, and folders of nested keys that hold only folders. A folder
     that holds other files (hidden ones aside) and no snapshot object is not part of the
@@ -187,15 +221,18 @@ def find_task_folders(store: AdminBackend) -> list[TaskFolder]:
 
     def visit(key: str, backend: AdminBackend, depth: int) -> None:
         entries = backend.entries()
-        if any(_is_ours(e.name) for e in entries):
-            found.append(TaskFolder(key, backend, entries))
-        elif foreign := _foreign(entries):
+        ours = any(is_ours(e.name) for e in entries)
+        if not ours and (foreign := _foreign(entries)):
             if key == ROOT_KEY:
                 raise _not_a_store(backend.url, foreign)
             return
+        children = backend.list_children()
+        if ours or PIECES in children:
+            found.append(TaskFolder(key, backend, entries, has_pieces=PIECES in children))
         if depth < MAX_DEPTH:
-            for name in backend.list_children():
-                visit(_join(key, name), backend.child(name), depth + 1)
+            for name in children:
+                if name != PIECES:
+                    visit(_join(key, name), backend.child(name), depth + 1)
 
     visit(ROOT_KEY, store, 0)
     return sorted(found, key=lambda f: f.key)
@@ -210,14 +247,14 @@ class TaskSummary:
     newest_seq: int | None
     #: Commit time (Unix seconds) of the newest snapshot whose manifest parses.
     newest_created: float | None
-    #: Bytes of every object in the task's folder: what ``resumable rm`` would free.
+    #: Bytes of every object in the task's folder and its ``~pieces``: what ``rm`` would free.
     size: int
 
 
 def summarize(folder: TaskFolder) -> TaskSummary:
-    """Count, newest commit time and total size of one task folder."""
+    """Count, newest commit time and total size of one task folder (its packs included)."""
     seqs = folder.seqs
-    store = SnapshotStore(folder.backend, keep=1)
+    store = reader(folder.backend)
     created = None
     for seq in seqs:
         try:
@@ -230,7 +267,7 @@ def summarize(folder: TaskFolder) -> TaskSummary:
         snapshots=len(seqs),
         newest_seq=seqs[0] if seqs else None,
         newest_created=created,
-        size=sum(e.size for e in folder.entries),
+        size=sum(e.size for e in [*folder.entries, *folder.pieces()]),
     )
 
 
@@ -253,6 +290,21 @@ class SnapshotInfo:
     blob: str | None = None
     #: Failures of the task from this snapshot recorded in the store (``poison_after``).
     failures: int = 0
+    #: A folder's bytes (for an archive: its tar stream's) and entries, as its manifest says.
+    raw_size: int | None = None
+    members: int | None = None
+    #: The bytes a folder snapshot by content stored anew (the rest it shares with others).
+    added: int | None = None
+
+    @property
+    def incremental(self) -> bool:
+        """Whether it is a folder snapshot by content: an index of pieces in the task's packs."""
+        return self.compression == "pieces"
+
+
+def _count(value: object) -> int | None:
+    """A count a manifest records, or None (the manifest's own checks refuse other values)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _info(seq: int, m: Manifest, status: Status, problem: str | None = None) -> SnapshotInfo:
@@ -266,6 +318,9 @@ def _info(seq: int, m: Manifest, status: Status, problem: str | None = None) -> 
         created=m.created,
         attempt=m.attempt,
         blob=m.blob if m.inline is None else None,
+        raw_size=_count(m.extra.get("raw_size")),
+        members=_count(m.extra.get("members")),
+        added=_count(m.extra.get("added")),
     )
 
 
@@ -323,9 +378,7 @@ def task_store(backend: AdminBackend, key: str = ROOT_KEY) -> SnapshotStore:
     ``Checkpoint`` default). A signed store's unsigned, wrongly signed or copied snapshots are
     then reported as bad, as a load refuses them.
     """
-    return SnapshotStore(
-        backend, keep=1, signing_key=resolve_signing_key(), name=None if key == ROOT_KEY else key
-    )
+    return reader(backend, signing_key=resolve_signing_key(), name=None if key == ROOT_KEY else key)
 
 
 def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[SnapshotInfo]:
@@ -337,7 +390,7 @@ def snapshot_infos(store: SnapshotStore, *, verify: bool = True) -> list[Snapsho
     failures = store.failures(entries)
     return [
         dataclasses.replace(
-            verify_snapshot(store, seq, verify=verify, size=_listed_size(entries, seq)),
+            verify_snapshot(store, seq, verify=verify, size=listed_size(entries, seq)),
             failures=failures[seq],
         )
         for seq in reversed(manifest_seqs(names_of(entries)))
@@ -348,7 +401,7 @@ def clear_failures(store: AdminBackend, key: str) -> int:
     """Remove the failure marks of task ``key`` (signed or not); how many there were."""
     backend = open_task(store, key)
     marks = [n for n in names_of(backend.entries()) if (found := parse(n)) and found.kind == "mark"]
-    SnapshotStore(backend, keep=1).clear_marks()
+    reader(backend).clear_marks()
     return len(marks)
 
 
@@ -364,14 +417,16 @@ class Removal:
 
 
 def remove_task(store: AdminBackend, key: str) -> Removal:
-    """Delete every snapshot, orphan payload and temp file of task ``key``; say what went.
+    """Delete every snapshot, orphan payload, temp file and pack of task ``key``; say what went.
 
     In a signed task a signed "cleared" record is committed above its snapshots first, as
     ``on_success="clear"`` does, so that its old files copied back later are never loaded;
     that needs the task's key (``$RESUMABLE_SIGNING_KEY``), and without it nothing is
     removed. Unsigned snapshots go through ``SnapshotStore.clear`` (oldest first, so that an
-    interrupted removal keeps the newest). Other files in the folder are not ours and stay.
-    A key that passes through a symbolic link is refused: nothing outside the store is ever
+    interrupted removal keeps the newest). The packs of its ``~pieces`` go after the
+    snapshots, as ``Checkpoint.clear`` removes them, and the emptied folders with them.
+    Other files are not ours and stay. A key that passes through a symbolic link (or a
+    ``~pieces`` that is one) is refused (not followed): nothing outside the store is ever
     removed.
     """
     backend = open_existing_task(store, key)
@@ -380,13 +435,31 @@ def remove_task(store: AdminBackend, key: str) -> Removal:
             f"no task folder {key!r} in {store.url} (a symbolic link is not followed)"
         )
     entries = backend.entries()
-    before = [e for e in entries if _is_ours(e.name)]
-    cleared = _clear(backend, key, entries)
+    pieces = _own_pieces(backend)
+    before = [e for e in _with_pieces(entries, pieces) if _removable(e.name)]
+    cleared = _clear(backend, key, entries, pieces)
     _delete_ours(backend, but=cleared)
-    remaining = {e.name for e in backend.entries()}
+    if pieces is not None:
+        pieces.delete_many([e.name for e in pieces.entries() if _removable(_in_pieces(e.name))])
+        pieces.remove_root_if_empty()
+    remaining = {e.name for e in _with_pieces(backend.entries(), pieces)}
     if key != ROOT_KEY and not remaining:
         backend.remove_root_if_empty()  # harmless if left, but a tidy store is easier to read
     return Removal([e for e in before if e.name not in remaining], cleared)
+
+
+def _with_pieces(entries: list[Entry], pieces: AdminBackend | None) -> list[Entry]:
+    """``entries`` of a task folder, and the objects of its ``pieces`` as ``~pieces/<name>``."""
+    inside = [] if pieces is None else pieces.entries()
+    return entries + [dataclasses.replace(e, name=_in_pieces(e.name)) for e in inside]
+
+
+def _removable(name: str) -> bool:
+    """Whether ``rm`` deletes object ``name`` of a task: a snapshot's, a pack or a temp file."""
+    if name.startswith(f"{PIECES}/"):
+        inside = name.removeprefix(f"{PIECES}/")
+        return is_pack(inside) or is_temp(inside)
+    return is_ours(name)
 
 
 def _delete_ours(backend: AdminBackend, *, but: str | None) -> None:
@@ -396,12 +469,15 @@ def _delete_ours(backend: AdminBackend, *, but: str | None) -> None:
             backend.delete(e.name)  # failure marks too: clear() removes them when unsigned
 
 
-def _clear(backend: AdminBackend, key: str, entries: list[Entry]) -> str | None:
+def _clear(
+    backend: AdminBackend, key: str, entries: list[Entry], pieces: AdminBackend | None
+) -> str | None:
     """Clear task ``key``'s snapshots; the signed "cleared" record left above them, if any."""
     signer = _cleared_signer(backend, key, entries)
     seqs = manifest_seqs(names_of(entries))
     if signer is None or not seqs:
-        SnapshotStore(backend, keep=1).clear()
+        # Its packs go after the snapshots; a ``~pieces`` that is a link is never reached.
+        SnapshotStore(backend, keep=1, pieces=pieces).clear()
         return None
     # Written before anything is deleted: an interrupted removal still refuses old copies.
     signer.mark_cleared(seqs[0] + 1)
@@ -410,11 +486,11 @@ def _clear(backend: AdminBackend, key: str, entries: list[Entry]) -> str | None:
 
 def _newest_signed(backend: AdminBackend, entries: list[Entry]) -> Manifest | None:
     """The newest readable manifest among ``entries`` if it is signed; else None."""
-    reader = SnapshotStore(backend, keep=1)
+    store = reader(backend)
     sizes = {e.name: e.size for e in entries}
     for seq in manifest_seqs(names_of(entries)):
         try:
-            m = reader.manifest(seq, sizes.get(manifest_name(seq)))
+            m = store.manifest(seq, sizes.get(manifest_name(seq)))
         except (OSError, CorruptCheckpointError):
             continue
         if "hmac" in m.extra:
@@ -443,7 +519,7 @@ def _cleared_signer(backend: AdminBackend, key: str, entries: list[Entry]) -> Sn
         )
     names = dict.fromkeys([*([] if key == ROOT_KEY else [key]), checkpoint_name(backend.url)])
     for name in names:
-        signer = SnapshotStore(backend, keep=1, signing_key=secret, name=name)
+        signer = reader(backend, signing_key=secret, name=name)
         try:
             signer.check_signature(signed)
         except CorruptCheckpointError:
@@ -453,119 +529,3 @@ def _cleared_signer(backend: AdminBackend, key: str, entries: list[Entry]) -> Sn
         f"{SIGNING_KEY_ENV} does not verify the snapshots of task {key!r}: set it to the "
         f"task's signing key ({why})"
     )
-
-
-# -- garbage collection -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Garbage:
-    """An object that is not part of any snapshot."""
-
-    key: str
-    name: str
-    size: int
-    mtime: float | None
-    reason: GarbageReason
-
-
-@dataclass(frozen=True, slots=True)
-class GcReport:
-    """What ``collect_garbage`` removed (or would remove) and what it left for later."""
-
-    removed: list[Garbage]
-    #: Garbage younger than the grace period, or of unknown age: perhaps a save in progress.
-    kept: list[Garbage]
-
-
-def _referenced(folder: TaskFolder) -> tuple[set[str], set[int]]:
-    """Payload names the manifests point to, and seqs whose manifest cannot be read."""
-    store = SnapshotStore(folder.backend, keep=1)
-    names: set[str] = set()
-    unreadable: set[int] = set()
-    for seq in folder.seqs:
-        try:
-            m = store.manifest(seq, folder.manifest_size(seq))
-        except FileNotFoundError:
-            continue  # pruned since the listing, its payload with it
-        except Exception:  # any malformed manifest: keep its payload, it may be the only copy
-            unreadable.add(seq)
-            continue
-        if m.blob is not None:
-            names.add(m.blob)
-    return names, unreadable
-
-
-def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
-    """Temp files, and payloads that no manifest of the folder refers to.
-
-    A payload whose seq has a manifest that cannot be read is kept: it may be the only copy
-    of that snapshot's data.
-    """
-    referenced, unreadable = _referenced(folder)
-    for e in sorted(folder.entries, key=lambda e: e.name):
-        if is_temp(e.name):
-            yield Garbage(folder.key, e.name, e.size, e.mtime, "temp file")
-        elif (
-            (found := parse(e.name)) is not None
-            and found.kind == "blob"
-            and e.name not in referenced
-            and found.seq not in unreadable
-        ):
-            yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
-
-
-def collect_garbage(store: AdminBackend, *, grace: float, now: float, dry_run: bool) -> GcReport:
-    """Remove, in every task folder, garbage last modified more than ``grace`` seconds ago.
-
-    The grace period protects saves in progress: their payload and temp files exist before
-    their manifest does. Objects of unknown age are kept unless ``grace`` is 0.
-    """
-    removed: list[Garbage] = []
-    kept: list[Garbage] = []
-
-    def old(g: Garbage) -> bool:
-        return grace <= 0 or (g.mtime is not None and now - g.mtime > grace)
-
-    def removable(g: Garbage) -> bool:
-        # A temp file names its writer: on this machine whether it still runs is known, so
-        # a live save's file is never removed and a dead one's need not age first.
-        maker = temp_maker(g.name) if g.reason == "temp file" else None
-        if maker is not None and maker.machine == machine():
-            return gone(maker)
-        return old(g)
-
-    for folder in find_task_folders(store):
-        for g in find_garbage(folder):
-            if not removable(g):
-                kept.append(g)
-                continue
-            if not dry_run:
-                folder.backend.delete(g.name)
-            removed.append(g)
-    for upload in store.unfinished_uploads():
-        key, _, name = upload.name.rpartition("/")
-        g = Garbage(key or ".", name, 0, upload.initiated, "unfinished upload")
-        if not old(g):
-            kept.append(g)
-            continue
-        if not dry_run:
-            store.abort_upload(upload)
-        removed.append(g)
-    return GcReport(removed, kept)
-
-
-@dataclass(frozen=True, slots=True)
-class Workspaces:
-    """Workspace folders of this machine's processes that were killed (they could not clean up)."""
-
-    #: Removed (or, in a dry run, to remove): their owner is provably gone.
-    removed: list[Path]
-    #: Kept: marked by an owner nothing here can judge (another host, boot or container).
-    unprovable: list[Path]
-
-
-def collect_workspaces(*, dry_run: bool) -> Workspaces:
-    """Remove (unless ``dry_run``) the workspaces that killed processes of this machine left."""
-    found = leftovers()
-    return Workspaces(found.abandoned if dry_run else remove_abandoned(), found.unprovable)
