@@ -20,7 +20,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,6 +32,7 @@ from ._errors import CorruptCheckpointError
 from ._index import Index, Piece
 from ._names import is_pack, pack_name
 from ._stream import CHUNK_SIZE, Chunk
+from ._threads import run_on_io
 from ._tree import ScanFacts, decode, scan
 
 __all__ = ["PACK_GRACE", "PACK_TARGET", "PackSink", "Packs", "TreeSave", "fetch", "remove_all"]
@@ -43,6 +46,9 @@ PACK_TARGET = 16 << 20
 #: a fresh listing still shows no snapshot using it: a save of another writer that decided to
 #: reuse it has committed (or given up) by then. See :class:`Packs`.
 PACK_GRACE = 600.0
+
+#: Packs made durable at once behind the one being filled.
+_COMMITTING = 2
 
 #: Reads the index of snapshot ``seq``; None when it is not a folder snapshot by content.
 ReadIndex = Callable[[int], Index | None]
@@ -64,6 +70,9 @@ class PackSink:
             self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - close() closes it
         self._spans: list[tuple[str, int, int]] = []  # spooled packs: name, start, end
         self._writer: BlobWriter | None = None
+        # Packs being made durable (fsync and rename, or an upload's completion) on IO
+        # threads while the next one fills: a save waits for durability once, at its end.
+        self._committing: deque[Future[None]] = deque()
         self._name = ""
         self._size = 0
         self._start = 0
@@ -95,15 +104,19 @@ class PackSink:
 
     def _close(self) -> None:
         if self._writer is not None:
-            self._writer.commit()  # durable, under its final name
+            self._committing.append(run_on_io(self._writer.commit))
             self._writer = None
+            while len(self._committing) > _COMMITTING:
+                self._committing.popleft().result()
         elif self._name:
             self._spans.append((self._name, self._start, self._start + self._size))
         self._name = ""
 
     def finish(self) -> None:
-        """Close the last pack."""
+        """Close the last pack, and wait until every pack is durable under its final name."""
         self._close()
+        while self._committing:
+            self._committing.popleft().result()
 
     def upload(self, backend: Backend) -> None:
         """Write the spooled packs to ``backend`` (all of them, again on every call)."""
@@ -124,6 +137,9 @@ class PackSink:
 
     def close(self) -> None:
         """Throw away a pack being written and the spool."""
+        while self._committing:  # a failed save: its packs are orphans either way
+            with contextlib.suppress(Exception):
+                self._committing.popleft().result()
         if self._writer is not None:
             self._writer.abort()
             self._writer = None

@@ -40,8 +40,9 @@ from ._threads import submit
 __all__ = ["BLOCK", "RACY_NS", "Fetch", "ScanFacts", "Sink", "decode", "scan", "write_tree"]
 
 #: Files are cut into pieces of this size (the last piece of a file is shorter). Fixed blocks
-#: find appends and rewrites in place; 4 MiB keeps a 1 GiB folder at 256 pieces.
-BLOCK = 4 << 20
+#: find appends and rewrites in place; 1 MiB keeps a change's cost near its size and a 1 GiB
+#: folder's index near 100 KB, and reads in blocks the kernel and allocator handle well.
+BLOCK = 1 << 20
 #: A file modified less than this before the previous snapshot's scan began is read again
 #: even when its size and times match: it may have changed within the clock's resolution.
 RACY_NS = 2_000_000_000
