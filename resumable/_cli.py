@@ -237,9 +237,9 @@ def _print_snapshots(
         headers = ["SEQ", "KIND", "STORED", "SIZE", "FOLDER", "ENTRIES", "ADDED", *tail]
         print(_table(headers, rows, right={0, 3, 4, 5, 6, 8, 9}))
         print(
-            "STORED pieces: an incremental folder snapshot (by content): SIZE is its index, "
-            "FOLDER its files' bytes, ADDED the bytes its save stored; the rest it shares "
-            "with other snapshots, in the task's packs"
+            "STORED pieces: an incremental folder snapshot: SIZE is its index, FOLDER its "
+            "files' bytes, ADDED what its save stored anew (the rest it shares with other "
+            "snapshots, in the task's packs)"
         )
     else:
         print(_table(["SEQ", "KIND", "SIZE", *tail], rows, right={0, 2, 4, 5}))

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import uuid
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 
 from resumable import Checkpoint, Storage
@@ -369,3 +371,36 @@ def test_gc_reaches_a_task_that_has_only_packs(
         (f"~pieces/{temp.name}", "temp file"),
     }
     assert not list((store / "t" / "~pieces").iterdir())
+
+
+def test_memory_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On an fsspec URL (memory://) show, verify, gc and rm handle ~pieces as on disk."""
+    root = f"/resumable-cli-pieces-{uuid.uuid4().hex}"
+    url = f"memory://{root}"
+    with Checkpoint(f"{url}/job") as cp:
+        cp.save_sync(make_tree(tmp_path / "tree"))
+    fs = fsspec.filesystem("memory")
+    try:
+        orphan = f"{root}/job/~pieces/{secrets.token_hex(16)}.pack"
+        fs.pipe_file(orphan, b"pieces nobody uses")
+        code, doc = cli_json(capsys, "ls", url)
+        assert (code, [t["key"] for t in doc["tasks"]]) == (0, ["job"])
+        assert cli(capsys, "verify", url) == (
+            0,
+            f"checked 1 snapshot of 1 task in {url}: all verify\n",
+        )
+        code, doc = cli_json(capsys, "show", url, "job")
+        assert code == 0
+        assert doc["snapshots"][0]["compression"] == "pieces"
+        assert doc["packs"]["count"] == 2
+        code, doc = cli_json(capsys, "gc", url, "--grace", "0")
+        assert code == 0
+        assert [(g["name"], g["reason"]) for g in doc["removed"]] == [
+            (orphan.removeprefix(f"{root}/job/"), "orphan pack")
+        ]
+        assert cli(capsys, "verify", url)[0] == 0
+        assert cli(capsys, "rm", url, "job", "--yes")[0] == 0
+        assert not [p for p in fs.find(root) if not p.endswith("/")]
+    finally:
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
