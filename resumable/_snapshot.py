@@ -16,9 +16,10 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from ._archive import Compression, TarFacts, gzip_members, iter_tar
 from ._errors import UnsupportedDataError
@@ -26,7 +27,7 @@ from ._files import check_source, iter_file
 from ._manifest import Kind, Manifest
 from ._pieces import TreeSave
 from ._store import Producer
-from ._stream import Chunk, Spool, discard
+from ._stream import CHUNK_SIZE, Chunk, Spool, discard
 
 __all__ = [
     "Captured",
@@ -47,8 +48,10 @@ log = logging.getLogger("resumable")
 #: A callable that produces a snapshot's bytes (or a producer of them), again on every call.
 Source = Callable[[], Iterable[Chunk] | Producer]
 
-#: What ``save`` accepts: bytes, or the path of a file or folder (a ``str`` is a path).
-SaveData = bytes | bytearray | memoryview | str | os.PathLike[str]
+#: What ``save`` accepts: bytes, the path of a file or folder (a ``str`` is a path), or a
+#: readable binary file object (``open(path, "rb")``, ``io.BytesIO``, a pipe), read from its
+#: current position to its end.
+SaveData = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,9 +154,19 @@ def capture(
     saved by content (only what the previous snapshot lacks is stored; frozen: its changes
     are spooled now); else it is archived with ``compression``.
 
+    A binary file object makes a ``"file"`` snapshot of what it holds from its current
+    position to its end, streamed in chunks. A seekable one is read when the snapshot is
+    written (again from that position if a transient error restarts the save); any other
+    (a pipe, a socket) is spooled to a temp file now, once, so that a retried save can
+    replay it. ``frozen`` copies either kind now. It is left at its end, not closed.
+
     Example:
         >>> capture(b"abc").kind
         'bytes'
+        >>> import io
+        >>> snap = capture(io.BytesIO(b"abc"))
+        >>> snap.kind, b"".join(snap.source())
+        ('file', b'abc')
 
     """
     if isinstance(data, bytes | bytearray | memoryview):
@@ -177,11 +190,91 @@ def capture(
             return gzip_members(raw) if gzip else raw
 
         return Captured("dir", Spool(tar()) if frozen else tar, lambda: counted[0].fields())
+    if callable(getattr(data, "read", None)):
+        return _stream_capture(data, frozen=frozen)
     raise UnsupportedDataError(
-        f"save() takes bytes, or the path of a file or folder (str or os.PathLike); got "
-        f"{type(data).__name__}. To save a Python object, pickle it first or use "
-        "@resumable(state=...)."
+        f"save() takes bytes, or the path of a file or folder (str or os.PathLike), or a "
+        f"binary file object; got {type(data).__name__}. To save a Python object, pickle it first "
+        "or use @resumable(state=...)."
     )
+
+
+def _stream_capture(stream: IO[bytes], *, frozen: bool) -> Captured:
+    """The ``"file"`` capture of a readable binary file object (see :func:`capture`)."""
+    seekable = _check_stream(stream)
+    if seekable and not frozen:
+        start = stream.tell()
+
+        def reread() -> Iterator[bytes]:
+            stream.seek(start)  # a retried save reads the same bytes again
+            return _chunks_of(stream)
+
+        return Captured("file", reread)
+    return Captured("file", _Replay(Spool(_chunks_of(stream))))
+
+
+def _chunks_of(stream: IO[bytes]) -> Iterator[bytes]:
+    """What ``stream`` holds from its position to its end, a chunk at a time."""
+    while chunk := stream.read(CHUNK_SIZE):
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise _text_stream(stream)
+        yield chunk
+
+
+def _check_stream(stream: IO[bytes]) -> bool:
+    """Refuse a closed, unreadable or text-mode file object; whether it can seek."""
+    what = _describe(stream)
+    try:
+        # A file-like object may lack readable() and seekable(): then it is read as it is.
+        readable = getattr(stream, "readable", None)
+        if callable(readable) and not readable():
+            raise UnsupportedDataError(
+                f"save() cannot read {what}: it is not open for reading. Open it with "
+                "mode 'rb' (or pass its path)."
+            )
+        # Reads nothing: tells a text stream ("") from a binary one (b"") and keeps its place.
+        if isinstance(stream.read(0), str):
+            raise _text_stream(stream)
+        seekable = getattr(stream, "seekable", None)
+        return callable(seekable) and bool(seekable())
+    except ValueError as exc:  # "I/O operation on closed file", from the calls above
+        if isinstance(exc, UnsupportedDataError):
+            raise
+        raise UnsupportedDataError(
+            f"save() cannot read {what}: {str(exc).rstrip('.')}. Pass it while it is open (or "
+            "pass its path)."
+        ) from exc
+
+
+def _text_stream(stream: IO[Any]) -> UnsupportedDataError:
+    return UnsupportedDataError(
+        f"save() takes a binary file object; {_describe(stream)} is open in text mode (its "
+        "reads return str). Open it with mode 'rb', or pass its path or its encoded bytes."
+    )
+
+
+def _describe(stream: IO[Any]) -> str:
+    name = getattr(stream, "name", None)
+    kind = type(stream).__name__
+    return f"the {kind} {name!r}" if isinstance(name, str) else f"the {kind}"
+
+
+class _Replay:
+    """The source of a spooled stream: the spool's bytes again on every call.
+
+    ``save_sync`` drops its capture without releasing it: the spool's temp file is closed
+    when this source is collected, as :meth:`Captured.release` would.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+        self._closed = weakref.finalize(self, spool.close)
+
+    def __call__(self) -> Iterator[bytes]:
+        return self._spool()
+
+    def close(self) -> None:
+        self._closed()
 
 
 def _bytes_capture(frozen: bytes) -> Captured:
