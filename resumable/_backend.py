@@ -5,10 +5,12 @@
 an exclusive create where the storage has one. The protocols and the base of wrappers are
 ``_objects``, re-exported here.
 
-Two traps are caught at this boundary: a URL with one slash (``s3:/bucket``, what a
+Three traps are caught at this boundary: a URL with one slash (``s3:/bucket``, what a
 ``pathlib.Path`` makes of ``s3://bucket``), which would be a local folder named ``s3:``, is
-refused (:func:`check_store_url`); and a cloud store reached without credentials raises a
-``StorageError`` that says how to give them, instead of the client library's own error.
+refused (:func:`check_store_url`); a cloud store reached without credentials raises a
+``StorageError`` that says how to give them, instead of the client library's own error; and a
+URL that names one object, not a folder (flyte's ``.../_flytecheckpoints``), is refused with a
+``ConfigurationError`` by its first listing (:func:`not_a_folder`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import fsspec
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ._errors import ConfigurationError, StorageError
-from ._local import FOLDER_MODE, OBJECT_MODE, LocalBackend, NotAnObjectError, TempSweep
+from ._local import (
+    FOLDER_MODE,
+    OBJECT_MODE,
+    LocalBackend,
+    NotAnObjectError,
+    TempSweep,
+    not_a_folder,
+)
 from ._objects import (
     AdminBackend,
     Backend,
@@ -57,6 +66,7 @@ __all__ = [
     "iter_read",
     "local_path",
     "missing_credentials",
+    "not_a_folder",
     "open_backend",
 ]
 
@@ -319,7 +329,21 @@ class FsspecBackend:
             entries: list[dict[str, Any]] = self.fs.ls(self.root, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
+        if len(entries) == 1 and self._is_root(entries[0]):
+            # fsspec lists an object as itself: the root names an object, not a prefix.
+            raise not_a_folder(self.url, self.url)
         return entries
+
+    def _is_root(self, info: dict[str, Any]) -> bool:
+        """Whether a listed ``info`` is the root itself as an object.
+
+        A folder marker (a key ending in "/", which a store may keep for an emptied prefix)
+        is no object.
+        """
+        name = str(info["name"])
+        if info.get("type") != "file" or name.endswith("/"):
+            return False
+        return bool(name.strip("/")) and name.strip("/") == self.root.strip("/")
 
     @_authenticated
     def entries(self) -> list[Entry]:

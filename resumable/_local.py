@@ -7,6 +7,9 @@ It keeps a store private and safe to read whoever else can write to it:
 
 - objects are created 0600 and the folders it makes 0700 (like ``tempfile``): a task's state
   often holds secrets. Folders that exist already keep their mode.
+- its folder must be one: a store whose path names a file (flyte's ``_flytecheckpoints`` is
+  one object) is refused with a ``ConfigurationError`` (:func:`not_a_folder`) by the first
+  listing, which a load and a store's first save both make.
 - it reads regular files only. An object's name that is a FIFO, a device, a socket, a folder or
   a symbolic link is refused at once with :class:`NotAnObjectError` (a ``FileNotFoundError``:
   to the store it is no object of ours, so that snapshot is corrupt and the previous one
@@ -45,12 +48,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ._errors import ConfigurationError
 from ._names import is_temp, temp_maker, temp_name
 from ._objects import AdminBackend, BlobWriter, Entry, Upload
 from ._owner import gone, machine
 from ._threads import submit
 
-__all__ = ["FOLDER_MODE", "OBJECT_MODE", "LocalBackend", "NotAnObjectError", "TempSweep"]
+__all__ = [
+    "FOLDER_MODE",
+    "OBJECT_MODE",
+    "LocalBackend",
+    "NotAnObjectError",
+    "TempSweep",
+    "not_a_folder",
+]
 
 log = logging.getLogger("resumable")
 
@@ -65,6 +76,32 @@ class NotAnObjectError(FileNotFoundError):
     A ``FileNotFoundError``: no object of ours has that name, so a snapshot that needs it is
     corrupt, exactly as when the object is missing.
     """
+
+
+def not_a_folder(url: str, found: str) -> ConfigurationError:
+    """The error for a store ``url`` that is, or is inside, the file or object ``found``.
+
+    A checkpoint is a folder of snapshots (a manifest and a payload each). A URL naming one
+    object, such as the ``_flytecheckpoints`` file flyte's checkpoint writes, cannot hold
+    them; on disk a save there fails, and a load would find nothing and start afresh.
+
+    Example:
+        >>> print(not_a_folder("/runs/a/_flytecheckpoints", "/runs/a/_flytecheckpoints"))
+        /runs/a/_flytecheckpoints names a file, not a folder of snapshots: ...
+
+    """
+    parent = found.rstrip("/").rsplit("/", 1)[0] or "/"
+    where = (
+        f"{url} names a file"
+        if found.rstrip("/") == url.rstrip("/")
+        else f"{url} is inside {found}, which is a file"
+    )
+    return ConfigurationError(
+        f"{where}, not a folder of snapshots: a Checkpoint keeps its snapshots in a folder "
+        f"of its own. Pass a folder instead (a new one beside it: {parent}/<name>); to read "
+        "the file itself (a checkpoint another tool wrote, such as flyte's), open it with "
+        f"fsspec: fsspec.open({found!r}, 'rb')"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +280,10 @@ class LocalBackend:
         try:
             with os.scandir(self.root) as it:
                 found = list(it)
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError:
+            self._refuse_a_file()
             return []
         out = []
         for e in found:
@@ -260,8 +300,21 @@ class LocalBackend:
         try:
             with os.scandir(self.root) as it:
                 return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-        except (FileNotFoundError, NotADirectoryError):
+        except FileNotFoundError:
             return []
+        except NotADirectoryError:
+            self._refuse_a_file()
+            return []
+
+    def _refuse_a_file(self) -> None:
+        """The root, or a folder on its way, is a file: say so (see :func:`not_a_folder`)."""
+        for folder in (self.root, *self.root.parents):
+            try:
+                if not stat.S_ISDIR(os.stat(folder).st_mode):  # a link to a file is one too
+                    raise not_a_folder(self.url, str(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            return  # the nearest folder that exists: what is below it is missing
 
     def read(self, name: str) -> bytes:
         with open(_open_object(self.root / name), "rb", buffering=0) as f:
