@@ -159,7 +159,8 @@ class Checkpoint:
         process exits, even if this ``Checkpoint`` is collected before: close checkpoints
         that a long-running loop makes. Returns ``None`` when nothing was ever saved. A
         corrupt newest snapshot is skipped with a warning; ``CorruptCheckpointError`` when
-        none verifies.
+        none verifies; ``ConfigurationError`` when ``uri`` names a file or object, not a
+        folder.
 
         Example:
             >>> import tempfile
@@ -262,11 +263,23 @@ class Checkpoint:
     # -- save ---------------------------------------------------------------------------
 
     def save_sync(self, data: SaveData) -> None:
-        """Save ``data`` as a new snapshot: bytes, or the path of a file or folder.
+        """Save ``data`` as a new snapshot: bytes, the path of a file or folder, or a file object.
+
+        A binary file object (``open(path, "rb")``, ``io.BytesIO``, a pipe) is saved as a
+        ``"file"`` snapshot of what it holds from its current position to its end, streamed a
+        chunk at a time, and left at its end, open. A save that meets a transient storage
+        error starts over: a seekable file object is read again from that position, any
+        other is spooled to a temp file once, as it is read. A text-mode file object is an
+        ``UnsupportedDataError``. A ``uri`` that names a file or object rather than a folder
+        (flyte's ``_flytecheckpoints``) is a ``ConfigurationError``, from ``load`` too.
 
         Example:
-            >>> import tempfile
-            >>> Checkpoint(tempfile.mkdtemp()).save_sync(b"")
+            >>> import io, tempfile
+            >>> with Checkpoint(tempfile.mkdtemp()) as cp:
+            ...     cp.save_sync(b"")
+            ...     cp.save_sync(io.BytesIO(b"streamed"))
+            ...     (cp.load_sync() / "payload").read_bytes()
+            b'streamed'
 
         """
         captured = self.capture(data)
@@ -290,9 +303,9 @@ class Checkpoint:
 
         At most one save is in flight; a newer snapshot replaces one still waiting. Call
         :meth:`flush_sync` (or ``await flush()``, or ``close()``) to wait for it; a failed
-        background save is raised by the next background save or flush. Capturing a file or
-        folder copies it (so that later changes cannot reach the snapshot): that copy is the
-        only wait.
+        background save is raised by the next background save or flush. Capturing a file, a
+        folder or a file object copies it (so that later changes cannot reach the snapshot,
+        and a file object may be closed once this returns): that copy is the only wait.
 
         Example:
             >>> import tempfile

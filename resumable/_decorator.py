@@ -159,6 +159,7 @@ def resumable(
             injected state is the initial one). Needs pickled ``state=`` (not ``Dir``).
         storage: how snapshots are stored (:class:`Storage`: ``keep``, ``signing_key``,
             ``storage_options``, storage ``retry``, ...), shared with ``Checkpoint``.
+            ``Storage(progress=True)`` draws a progress bar per save and per load.
 
     Example:
         >>> @resumable(state=0, attempts=3, store="memory://doc-counter")
