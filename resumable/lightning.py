@@ -95,7 +95,6 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
 
     Raises:
         ImportError: Lightning is not installed.
-        ConfigurationError: (from ``save_checkpoint``) two checkpoint paths would share a key.
 
     Example:
         >>> import pytest; _ = pytest.importorskip("lightning")
