@@ -509,6 +509,26 @@ def test_a_save_after_a_load_that_fell_back_is_whole(tmp_path: Path) -> None:
         assert store(cp).verify(store(cp).newest_seq()) is not None
 
 
+def test_a_signed_store_never_builds_on_an_unsigned_index(tmp_path: Path) -> None:
+    """A forged unsigned index above the signed ones: the next save neither fails nor uses it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("good")
+    url = tmp_path / "store"
+    signed = Storage(incremental=True, signing_key=b"k" * 32, keep=10)
+    with Checkpoint(url, storage=signed) as cp:
+        cp.save_sync(src)
+    with Checkpoint(url, storage=INCREMENTAL) as forger:
+        pack = plant_pack(forger, b"evil")
+        forged = doc([file_node("a.txt", 4, [0])], [pack], [[0, 0, 4, 4, "raw", digest(b"good")]])
+        forge_doc(forger, forged)  # claims the piece of "good" lives in its pack
+    with Checkpoint(url, storage=signed) as cp:  # a new process: it asks for the newest
+        (src / "b.txt").write_text("more")
+        cp.save_sync(src)
+        assert pack not in newest_index(cp).packs()
+        assert restored(cp) == tree_of(src)
+
+
 # -- what a saved folder may hold -------------------------------------------------------------
 
 
@@ -1044,6 +1064,49 @@ def test_restore_never_opens_what_a_link_out_leads_to(
     assert in_time, "the restore opened a FIFO outside the folder"
     assert not isinstance(result, BaseException)
     assert tree_of(dest) == expected
+
+
+def test_restore_never_writes_through_a_hard_link_to_outside(
+    saved: tuple[Checkpoint, dict[bytes, tuple[object, ...]]], tmp_path: Path
+) -> None:
+    """A hard link in the folder to a file outside: a new file is made, the link never written."""
+    cp, expected = saved
+    outside = tmp_path / "outside.txt"
+    outside.write_text("someone else's, other bytes")
+    dest = tmp_path / "dest"
+    (dest / "sub").mkdir(parents=True)
+    os.link(outside, dest / "b.txt")
+    os.link(outside, dest / "sub" / "a.txt")
+    assert cp.restore_into(dest) is not None
+    assert tree_of(dest) == expected
+    assert outside.read_text() == "someone else's, other bytes"
+    assert outside.stat().st_nlink == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Checkpoint.restore_into a folder that is or holds the store replaces it with the "
+    "snapshot's tree: every snapshot and pack is gone (no overlap check, unlike a Dir's)",
+)
+@pytest.mark.parametrize("storage", [INCREMENTAL, ARCHIVE], ids=["incremental", "archive"])
+@pytest.mark.parametrize("where", ["the-store", "its-parent"])
+def test_restore_into_the_stores_own_folder_is_refused(
+    tmp_path: Path, storage: Storage, where: str
+) -> None:
+    """Restoring into the store's folder, or one holding it: refused, the store left whole."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one")
+    work = tmp_path / "work"
+    url = work / "store"
+    with Checkpoint(url, storage=storage) as cp:
+        cp.save_sync(src)
+        (src / "a.txt").write_text("two")
+        cp.save_sync(src)
+        before = sorted(p.name for p in url.rglob("*"))
+        with pytest.raises(ResumableError):
+            cp.restore_into(url if where == "the-store" else work)
+        assert sorted(p.name for p in url.rglob("*")) == before
 
 
 @pytest.mark.xfail(
