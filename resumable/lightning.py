@@ -193,7 +193,8 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
     def remove_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Remove ``path``'s checkpoint locally and from the store, with the folders made for it.
 
-        A ``ModelCheckpoint`` whose ``filename`` has folders (``"{epoch}/{step}"``) gets a
+        The store's snapshots under its key stay when another path of this plugin saved
+        them. A ``ModelCheckpoint`` whose ``filename`` has folders (``"{epoch}/{step}"``) gets a
         local folder per checkpoint: once the checkpoint is gone, those folders go too when
         they are empty, if its save created them, or if they are inside ``dirpath``. Other
         folders (``dirpath`` itself, one that held files before) stay.
@@ -210,13 +211,14 @@ class ResumableCheckpointIO(_CheckpointIO):  # type: ignore[misc]
 
         """
         self._local.remove_checkpoint(path)
-        key = self.key_of(path)
-        self._checkpoint(key).clear_sync()  # its folder in the store goes with its snapshots
-        # Lightning never writes a removed name again: one Checkpoint per name would pile up.
-        self._checkpoints.pop(key).close()
-        if self._holders.get(key) == _spelled(path):
-            del self._holders[key]
-        self._remove_empty_key_folders(key)
+        key, spelled = self.key_of(path), _spelled(path)
+        if self._holders.get(key, spelled) == spelled:  # not another path's snapshots
+            self._holders.pop(key, None)
+            self._checkpoint(key).clear_sync()  # its folder in the store goes with them
+            # Lightning never writes a removed name again: one Checkpoint per name would
+            # pile up.
+            self._checkpoints.pop(key).close()
+            self._remove_empty_key_folders(key)
         made = self._made.pop(os.fspath(path), [])
         _remove_empty_folders([*made, *_folders_inside(path, self._dirpath)])
 

@@ -71,6 +71,19 @@ def test_a_removed_checkpoint_frees_its_key(tmp_path: Path) -> None:
     io.teardown()
 
 
+def test_removing_a_path_never_saved_keeps_the_holder(tmp_path: Path) -> None:
+    """Removing a same-named file of another folder leaves the saved checkpoint's snapshots."""
+    io = ResumableCheckpointIO(tmp_path / "store")
+    io.save_checkpoint({"epoch": 0}, tmp_path / "a" / "last.ckpt")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "last.ckpt").write_bytes(b"not saved through the plugin")
+    io.remove_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert not (tmp_path / "b" / "last.ckpt").exists()
+    assert io.stored_names() == ["last.ckpt"]
+    assert io.load_checkpoint(tmp_path / "a" / "last.ckpt")["epoch"] == 0
+    io.teardown()
+
+
 def test_outside_dirpath_meets_inside_is_refused(tmp_path: Path) -> None:
     """A checkpoint outside dirpath, keyed by its name, may not take the key of one inside."""
     io = ResumableCheckpointIO(tmp_path / "store", dirpath=tmp_path / "ck")
