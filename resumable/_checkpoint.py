@@ -196,7 +196,8 @@ class Checkpoint:
             return
         try:
             found = self._store.foreign_objects()
-            folders = self._folder.list_children()
+            # The packs of a killed first folder save are ours too, not another tool's.
+            folders = [f for f in self._folder.list_children() if f != PIECES]
         except OSError:
             return  # a warning is not worth a storage error
         if found is not None:  # None: snapshots exist (cleared, for one): not foreign

@@ -24,15 +24,16 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from . import _forks, _restore
+from . import _forks, _loading, _restore
 from ._archive import Limits
 from ._backend import Backend, Entry
 from ._errors import ConcurrentWriterError, CorruptCheckpointError
-from ._index import INDEX_MAX, Index, Piece
+from ._folders import Folders
+from ._index import Index
+from ._loading import rate
 from ._manifest import (
     MANIFEST_MAX,
     PIECES_FORMAT,
@@ -45,9 +46,9 @@ from ._manifest import (
     too_large,
 )
 from ._marks import FailureMarks
-from ._names import blob_name, is_temp, manifest_name, manifest_seqs, parse, seq_prefix
+from ._names import blob_name, is_temp, manifest_name, manifest_seqs, parse
 from ._payload import INLINE_MAX, PayloadWriter, Producer, read_payload
-from ._pieces import Packs, TreeSave, fetch, remove_all
+from ._pieces import Packs, TreeSave
 from ._progress import Progress, saving
 from ._retention import Retention
 from ._stream import Chunk, Digest
@@ -65,8 +66,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("resumable")
 
-#: How many fresh listings a load tries when other writers delete what it listed.
-_RELIST = 5
 #: Saves and loads at least this large log their size and rate.
 _LOG_SIZE = 16 << 20
 #: After this process saw a competing writer on a store, its saves there list first (and
@@ -92,24 +91,6 @@ def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
         parts.append(part)
         left -= len(part)
     return b"".join(parts)
-
-
-def _rate(size: int, seconds: float) -> str:
-    mib = size / 2**20
-    return f"{mib:.1f} MiB in {seconds:.2f} s ({mib / max(seconds, 1e-9):.0f} MiB/s)"
-
-
-@dataclass
-class _Load:
-    """One pass of a load over one listing."""
-
-    entries: list[Entry]
-    refused: list[str] = field(default_factory=list)
-    raced: bool = False
-
-    def deleted(self, seq: int) -> None:
-        self.refused.append(f"snapshot {seq}: deleted while loading")
-        self.raced = True
 
 
 class SnapshotStore:
@@ -145,18 +126,13 @@ class SnapshotStore:
         # (first save, or after a failure that may or may not have committed), so the next
         # commit lists first. The objects of each snapshot are known by ``_retention``.
         self._next: int | None = None
-        #: The packs of folder snapshots by content, if this store makes them.
-        self.packs = None if pieces is None else Packs(pieces, self.read_index)
-        # The newest folder snapshot by content this store knows (its number and index): the
-        # next folder save stores only what it does not have. ``_looked``: whether the store
-        # was asked for it (once: then this process's commits keep it up to date).
-        self._base: tuple[int, Index] | None = None
-        self._looked = False
+        #: Its folder snapshots by content (their base, their packs), if it keeps pieces.
+        self.folders = None if pieces is None else Folders(self, pieces)
         self._retention = Retention(
             backend,
             keep,
-            before=None if self.packs is None else self.packs.dropping,
-            after=None if self.packs is None else self._collect,
+            before=None if self.folders is None else self.folders.packs.dropping,
+            after=None if self.folders is None else self.folders.collect,
         )
         self._marks = FailureMarks(backend, signing_key, self.name)
         _forks.track(self)
@@ -269,18 +245,15 @@ class SnapshotStore:
                 "saved snapshot %d to %s: %s",
                 seq,
                 self.backend.url,
-                _rate(manifest.size, time.perf_counter() - started),
+                rate(manifest.size, time.perf_counter() - started),
             )
         return manifest
 
     def _committed(self, m: Manifest, tree: TreeSave | None) -> None:
         """What the store knows once ``m`` is committed: the next number, packs, retention."""
         self._next = m.seq + 1
-        index = None if tree is None else tree.index
-        if self.packs is not None:
-            self.packs.used(m.seq, index)
-        if index is not None:
-            self._base, self._looked = (m.seq, index), True
+        if self.folders is not None:
+            self.folders.committed(m.seq, None if tree is None else tree.index)
         self._retention.committed(m.seq, [manifest_name(m.seq), *filter(None, [m.blob])])
 
     def _write_payload(
@@ -310,7 +283,8 @@ class SnapshotStore:
             _contested[self.backend.url] = time.monotonic() + _CONTESTED_FOR
             if manifest.blob is not None:
                 self.backend.delete(manifest.blob)
-            self._discard_packs(tree)
+            if self.folders is not None:
+                self.folders.discard(tree)
             with contextlib.suppress(Exception):  # else the next commit lists
                 self._learn(self.backend.entries())  # what the other writer committed
             raise ConcurrentWriterError(
@@ -322,71 +296,33 @@ class SnapshotStore:
             self._forget()  # the manifest may or may not exist now: the next commit lists
             raise
 
-    # -- folder snapshots by content ----------------------------------------------------
+    @property
+    def packs(self) -> Packs | None:
+        """The packs of its folder snapshots by content, if it keeps pieces."""
+        return None if self.folders is None else self.folders.packs
 
     def tree_save(self, root: Path, *, frozen: bool = False) -> TreeSave:
-        """A folder snapshot by content of ``root``, storing what the newest one lacks.
-
-        ``frozen``: the folder is read now (its new pieces spooled), so that later changes
-        cannot reach the snapshot.
-        """
-        if self.packs is None:
+        """A folder snapshot by content of ``root`` (see ``Folders.save``)."""
+        if self.folders is None:
             raise ValueError("this store keeps no pieces: folders are saved as archives")
-        return TreeSave(root, self.packs.backend, self.tree_base(), frozen=frozen)
-
-    def tree_base(self) -> tuple[int, Index] | None:
-        """The newest folder snapshot by content (number and index) a save can build on.
-
-        Asked of the store once (the newest manifest, and its index when it is one); then
-        kept up to date by this store's commits. None when there is none, or it cannot be
-        read (the save then stores everything).
-        """
-        if not self._looked:
-            self._looked = True
-            try:
-                m = self.newest_manifest()
-                if m is not None and m.compression == "pieces":
-                    self.check_signature(m)
-                    self._base = (m.seq, self._index_of(m))
-                    if self.packs is not None:
-                        self.packs.used(*self._base)
-            except CorruptCheckpointError as exc:
-                log.info("%s: the newest folder snapshot is unreadable (%s)", self.backend.url, exc)
-        return self._base
+        return self.folders.save(root, frozen=frozen)
 
     def read_index(self, seq: int) -> Index | None:
         """The index of snapshot ``seq``, verified; None when it is not a folder by content."""
-        m = self.manifest(seq)
-        if m.compression != "pieces":
+        if self.folders is None:
             return None
-        self.check_signature(m)
-        return self._index_of(m)
-
-    def _index_of(self, m: Manifest) -> Index:
-        if m.size > INDEX_MAX:
-            raise CorruptCheckpointError(f"folder index of {m.size} bytes is larger than any")
-        return Index.from_json(b"".join(self.payload(m)))
+        return self.folders.read_index(seq)
 
     def _check_base(self, tree: TreeSave, blob: str | None) -> None:
-        """Before a commit that reuses the base's packs: make sure they cannot be gone.
-
-        This process's retention gives them up (``Packs.rescue``); another writer's deletes
-        the base snapshot before any pack of it, so the base must still exist (or have been
-        deleted here). Otherwise the save gives up, and the next one stores everything.
-        """
-        reused = tree.reused()
-        if not reused or tree.base is None or self.packs is None:
+        """Give the save up when the packs it reuses may be gone (``Folders.can_commit``)."""
+        assert self.folders is not None
+        if self.folders.can_commit(tree):
             return
-        base = tree.base[0]
-        if self.packs.rescue(reused) and (
-            self.packs.dropped_here(base) or self._exists(manifest_name(base))
-        ):
-            return
-        self._base = None
         self._forget()
         if blob is not None:
             self.backend.delete(blob)
-        self._discard_packs(tree)
+        self.folders.discard(tree)
+        base = tree.base[0] if tree.base is not None else None
         raise ConcurrentWriterError(
             17,
             f"snapshot {base} of {self.backend.url}, whose pieces this folder snapshot reuses, "
@@ -394,25 +330,12 @@ class SnapshotStore:
             "and the next one stores every piece. Is the same task running twice?",
         )
 
-    def _discard_packs(self, tree: TreeSave | None) -> None:
-        """Delete the packs a save made that will never be committed (they are its own)."""
-        if tree is not None and self.packs is not None and tree.made():
-            with contextlib.suppress(OSError):
-                self.packs.backend.delete_many(tree.made())
-
-    def _collect(self, seqs: list[int]) -> None:
-        """After retention deleted ``seqs``: condemn their packs, delete those due."""
-        assert self.packs is not None
-        self.packs.dropped(seqs)
-        self.packs.collect(lambda: manifest_seqs(names_of(self.backend.entries())))
-
     def clear(self) -> None:
         """Delete every snapshot, oldest first, so that an interrupted clear keeps the newest.
 
         Then every pack of its folder snapshots by content.
         """
         self._forget()
-        self._base, self._looked = None, False
         entries = self.backend.entries()
         seqs = self._learn(entries)
         self._retention.drop(seqs[::-1], told=False)
@@ -423,9 +346,8 @@ class SnapshotStore:
             if kind is not None and kind.kind != "manifest" and kind.seq not in dropped:
                 orphans.append(e.name)
         self.backend.delete_many(orphans)
-        if self.packs is not None:
-            self.packs.forget()
-            remove_all(self.packs.backend)
+        if self.folders is not None:
+            self.folders.clear()
         self._forget()  # the next commit starts over at 0, as on an empty store
 
     # -- failure marks (poison snapshots, see ``_marks``) -------------------------------
@@ -486,17 +408,6 @@ class SnapshotStore:
         """The payload's bytes, checked against the manifest's size and digest on the way."""
         return read_payload(self.backend, m, self.progress)
 
-    def _fetch(self, pack: str, pieces: list[Piece]) -> Iterator[tuple[Piece, bytes]]:
-        if self.packs is None:
-            raise CorruptCheckpointError("a folder snapshot by content, in a store without pieces")
-        return fetch(self.packs.backend, pack, pieces)
-
-    def _skip(self, seq: int, exc: CorruptCheckpointError) -> str:
-        log.warning(
-            "skipping snapshot %d of %s: %s; trying the previous one", seq, self.backend.url, exc
-        )
-        return f"snapshot {seq}: {exc}"
-
     def restore_into(
         self,
         folder: Path,
@@ -514,7 +425,7 @@ class SnapshotStore:
             limits,
             signed=self.signing_key is not None,
             load=lambda consume: self._load(consume, accept, poison_after),
-            fetch=self._fetch,
+            fetch=None if self.folders is None else self.folders.fetch,
         )
 
     def read_newest_with(
@@ -553,7 +464,7 @@ class SnapshotStore:
                 limits or Limits(),
                 signed=self.signing_key is not None,
                 load=lambda consume: self._load(consume, None, None, only=seq),
-                fetch=self._fetch,
+                fetch=None if self.folders is None else self.folders.fetch,
                 have=False,
             )
 
@@ -564,111 +475,12 @@ class SnapshotStore:
         poison_after: int | None,
         only: int | None = None,
     ) -> tuple[Manifest, T] | None:
-        """Hand the newest valid snapshot's verified payload to ``consume``.
+        """The newest valid snapshot through ``consume`` (see :func:`_loading.load`)."""
+        return _loading.load(self, consume, accept, poison_after, only)
 
-        Returns the manifest and what ``consume`` made, ``None`` when there is no snapshot,
-        and raises ``CorruptCheckpointError`` when snapshots exist but none verifies.
-        ``consume`` reads the stream to its end (the digest is checked there) and raises
-        ``CorruptCheckpointError`` to refuse a snapshot, undoing what it did. ``accept``
-        sees each manifest before ``consume`` does and may refuse it by raising. With
-        ``poison_after``, a snapshot from which tasks failed that many times without
-        committing a newer one is skipped (see :meth:`mark_failed`). With ``only``, the
-        listing holds that snapshot's objects only.
-        """
-        started = time.perf_counter()
-        # Another writer's retention may delete every snapshot we listed before we read it;
-        # newer ones exist then, and a fresh listing finds them.
-        for _ in range(_RELIST):
-            attempt = _Load(self._listing(only))
-            found = self._load_listed(attempt, consume, accept, poison_after)
-            if found is not None:
-                m = found[0]
-                if m.size >= _LOG_SIZE:
-                    log.info(
-                        "loaded snapshot %d from %s: %s",
-                        m.seq,
-                        self.backend.url,
-                        _rate(m.size, time.perf_counter() - started),
-                    )
-                return found
-            if not attempt.raced:
-                break
-        if attempt.refused:
-            raise CorruptCheckpointError(
-                f"no valid snapshot in {self.backend.url}: "
-                + "; ".join(attempt.refused)
-                + ". Inspect it with `resumable show`, or delete it with `resumable rm` to "
-                "start over."
-            )
-        return None
-
-    def _listing(self, only: int | None) -> list[Entry]:
-        entries = self.backend.entries()
-        if only is None:
-            return entries
-        prefix = seq_prefix(only)
-        return [e for e in entries if e.name.startswith(prefix)]
-
-    def _load_listed(
-        self,
-        attempt: _Load,
-        consume: _restore.Consume[T],
-        accept: Callable[[Manifest], None] | None,
-        poison_after: int | None,
-    ) -> tuple[Manifest, T] | None:
-        """Try the listed snapshots newest first; the first that verifies is consumed."""
-        poisoned = self._poison(attempt, poison_after)
-        sizes = {e.name: e.size for e in attempt.entries}
-        for seq in manifest_seqs(names_of(attempt.entries)):
-            if poisoned(seq):
-                continue
-            try:
-                m = self.manifest(seq, sizes.get(manifest_name(seq)))
-                self.check_signature(m)
-            except FileNotFoundError:
-                attempt.deleted(seq)
-                return None  # pruned by another writer: newer ones exist, list again
-            except CorruptCheckpointError as exc:
-                attempt.refused.append(self._skip(seq, exc))
-                continue
-            if m.kind == "cleared":
-                return None  # the task was cleared: nothing older counts
-            if accept is not None:
-                accept(m)
-            try:
-                return m, self._consume(m, consume)
-            except CorruptCheckpointError as exc:
-                if not self._exists(manifest_name(seq)):  # pruned while we read its payload
-                    attempt.deleted(seq)
-                    return None
-                attempt.refused.append(self._skip(seq, exc))
-        return None
-
-    def _consume(self, m: Manifest, consume: _restore.Consume[T]) -> T:
-        payload = self.payload(m)
-        with contextlib.closing(payload):  # type: ignore[type-var]
-            return consume(m, payload)
-
-    def _poison(self, attempt: _Load, poison_after: int | None) -> Callable[[int], bool]:
-        """Whether a listed snapshot is poison: skipped (and said so) by this load."""
-        if poison_after is None:
-            return lambda seq: False
-        marks = self.failures(attempt.entries)
-
-        def poisoned(seq: int) -> bool:
-            if marks[seq] < poison_after:
-                return False
-            attempt.refused.append(f"snapshot {seq}: poison ({marks[seq]} failures from it)")
-            log.warning(
-                "the task failed %d times from snapshot %d of %s before saving a newer one; "
-                "treating it as poison and falling back to the previous snapshot",
-                marks[seq],
-                seq,
-                self.backend.url,
-            )
-            return True
-
-        return poisoned
+    def snapshot_exists(self, seq: int) -> bool:
+        """Whether snapshot ``seq``'s manifest is there (one read)."""
+        return self._exists(manifest_name(seq))
 
     def _exists(self, name: str) -> bool:
         try:

@@ -51,7 +51,7 @@ def test_folders_it_did_not_make_stay(tmp_path: Path) -> None:
 def test_folders_inside_dirpath_go_after_a_restart(tmp_path: Path) -> None:
     """A plugin given dirpath removes a folder an earlier process's save made inside it."""
     store, ckpts = tmp_path / "store", tmp_path / "ckpts"
-    first = ResumableCheckpointIO(store)
+    first = ResumableCheckpointIO(store, dirpath=ckpts)  # a restarted run: the same options
     first.save_checkpoint({}, ckpts / "epoch=0" / "step=3.ckpt")
     first.teardown()
     again = ResumableCheckpointIO(store, dirpath=ckpts)
@@ -111,4 +111,4 @@ def test_trainer_top_k_rotation_leaves_only_the_kept_checkpoint(tmp_path: Path) 
     assert kept.parts[0] == "epoch=2"
     assert [str(p.relative_to(ckpts)) for p in ckpts.rglob("*.ckpt")] == [str(kept)]
     assert folders(ckpts) == [kept.parts[0]]
-    assert folders(store) == [kept.name]
+    assert folders(store) == [kept.parts[0], str(kept)]  # the store mirrors epoch=2/step=N
