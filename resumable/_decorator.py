@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
-import dis
 import inspect
 import logging
 import os
-import tempfile
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -31,9 +29,9 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 import tenacity
 import wrapt
 
-from ._backend import is_local, local_path
 from ._checkpoint import Checkpoint, CheckpointInfo
 from ._context import TaskContext, enter_task, leave_task
+from ._dirstate import check_dir, restore_dir
 from ._engines import warn_if_unshared
 from ._errors import (
     ConfigurationError,
@@ -42,6 +40,7 @@ from ._errors import (
     StateError,
     unpickle_error,
 )
+from ._iteration import ASYNC_ITERATION, caller_iterates, iterable, not_an_iterator
 from ._keys import call_arguments, call_key, check_key, pin_task_name
 from ._options import OMITTED, Dir, Spec, Storage, make_spec, refuse_removed_options
 from ._persist import Persister
@@ -235,8 +234,8 @@ def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            if driver is _drive_async_generator and _caller_iterates(_ASYNC_ITERATION):
-                raise _not_an_iterator(target, asynchronous=True)
+            if driver is _drive_async_generator and caller_iterates(ASYNC_ITERATION):
+                raise not_an_iterator(target, asynchronous=True)
             call = _Call(spec, wrapped, instance, args, kwargs, asynchronous=is_async)
             if is_async:
                 return _closing_async(driver(call), call)
@@ -244,8 +243,8 @@ def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
                 result = driver(call)
             finally:
                 call.close()
-            if driver is _drive_generator and not _iterable(result) and _caller_iterates():
-                raise _not_an_iterator(target, asynchronous=False)
+            if driver is _drive_generator and not iterable(result) and caller_iterates():
+                raise not_an_iterator(target, asynchronous=False)
             return result
 
         # The marker sits inside, so the outermost object is a Task, which pickles; the
@@ -254,53 +253,6 @@ def _make_decorator(spec: Spec) -> Callable[[Any], Any]:
         return Task(inner, wrapper, spec=_Rebuild(spec), source=fn)
 
     return decorate
-
-
-#: Opcodes that iterate over the value just computed: a ``for``, a comprehension, ``yield
-#: from``, unpacking.
-_ITERATION = frozenset({"GET_ITER", "GET_YIELD_FROM_ITER", "UNPACK_SEQUENCE", "UNPACK_EX"})
-_ASYNC_ITERATION = frozenset({"GET_AITER"})
-
-
-def _iterable(value: object) -> bool:
-    return hasattr(type(value), "__iter__") or hasattr(type(value), "__getitem__")
-
-
-def _caller_iterates(opcodes: frozenset[str] = _ITERATION) -> bool:
-    """Whether the code that called the task iterates over the call's value right away.
-
-    Read from the caller's next instruction (``for step in train(): ...``), past the frames
-    of the wrapper; only ever used to replace an error Python would raise anyway.
-    """
-    frame = inspect.currentframe()
-    while frame is not None and str(frame.f_globals.get("__name__", "")).partition(".")[0] in (
-        "resumable",
-        "wrapt",
-    ):
-        frame = frame.f_back
-    if frame is None:
-        return False
-    after = (i.opname for i in dis.get_instructions(frame.f_code) if i.offset > frame.f_lasti)
-    return next(after, None) in opcodes
-
-
-def _not_an_iterator(fn: Callable[..., Any], *, asynchronous: bool) -> TypeError:
-    # A TypeError like the one Python would raise here, saying why: a decorated generator
-    # is driven by the decorator, and its call returns what the generator returns.
-    name = getattr(fn, "__qualname__", repr(fn))
-    if asynchronous:
-        short = getattr(fn, "__name__", name)
-        return TypeError(
-            f"{name}() is a @resumable async generator task, not an async iterator: awaiting "
-            f"the call runs the generator to its end (each yield a snapshot) and returns the "
-            f"last value it yielded. Write `last = await {short}(...)`."
-        )
-    return TypeError(
-        f"{name}() is a @resumable generator task: the call ran the generator to its end "
-        "(each yield a snapshot) and returned what the generator returned, which cannot be "
-        "iterated over. It is not a generator to loop over: return the values the caller "
-        "needs from the generator (`return results`), or call it without iterating."
-    )
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -313,76 +265,6 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     if param is not None:
         return param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
     return any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
-
-
-def _check_dir(folder: Path, store: str) -> None:
-    """Refuse a ``Dir`` that overlaps the store, the temp folder of workspaces, or is ``/``.
-
-    Restoring makes the folder identical to a snapshot, deleting whatever else it holds; a
-    folder that contains the store would delete the store, and snapshot it into itself.
-    """
-    _check_folder_path(folder)
-    real = Path(os.path.realpath(folder))
-    fix = 'use a Dir of its own (e.g. Dir("outputs")), or a store outside it (store=...)'
-    if real == Path(real.anchor):
-        raise ConfigurationError(
-            f"Dir({str(folder)!r}) is the root folder: restoring a snapshot would delete "
-            f"everything else in it; {fix}"
-        )
-    places = [("the store", local_path(store))] if is_local(store) else []
-    places.append(("the temp folder that holds workspaces", tempfile.gettempdir()))
-    for what, where in places:
-        other = Path(os.path.realpath(where))
-        if _within(other, real):
-            raise ConfigurationError(
-                f"Dir({str(folder)!r}) contains {what} ({other}): restoring a snapshot "
-                f"into it would delete {what}; {fix}"
-            )
-        if what == "the store" and _within(real, other):
-            raise ConfigurationError(
-                f"Dir({str(folder)!r}) is inside the store ({other}): snapshots would be "
-                f"mixed with the folder they restore; {fix}"
-            )
-
-
-def _check_folder_path(folder: Path) -> None:
-    """Refuse a ``Dir`` that is a file, or lies under one: no attempt could ever restore it.
-
-    Found when the call starts, as a ``ConfigurationError`` (never retried), instead of the
-    ``FileExistsError`` of every attempt's restore, which the task's policy would retry.
-    """
-    for place in (folder, *folder.parents):
-        if place.is_dir() or place.is_symlink():
-            return  # a link to a non-folder: the restore names where it points
-        if os.path.lexists(place):
-            where = "" if place == folder else f" is inside {str(place)!r}, which"
-            raise ConfigurationError(
-                f"Dir({str(folder)!r}){where} is a file, not a folder: give Dir() a folder's "
-                "path (it is made if missing), or move the file away"
-            )
-
-
-def _restore_dir(
-    cp: Checkpoint,
-    folder: Path,
-    accept: Callable[[CheckpointInfo], None],
-    poison_after: int | None,
-) -> CheckpointInfo | None:
-    """Make ``folder`` hold the newest valid snapshot, touching it only once one verified.
-
-    ``Checkpoint.restore_into`` restores beside the folder and swaps it in only after the
-    snapshot verified, so a failed restore (a corrupt snapshot, a full disk) leaves ``folder``
-    as it was. With nothing to restore, the folder is made if missing.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    m = cp.restore_into(folder, accept=accept, poison_after=poison_after)
-    if m is None:
-        folder.mkdir(exist_ok=True)
-    return m
 
 
 def _read_newest_state(
@@ -431,7 +313,7 @@ class _Call:
         # Relative paths are resolved now, in the folder the call runs in: Dir like store=.
         self.folder = None if spec.folder is None else self._folder(spec.folder, instance)
         if self.folder is not None:
-            _check_dir(self.folder, store)
+            check_dir(self.folder, store)
         self.restored: int | None = None  # the snapshot the current attempt started from
         self.newest_at_start: int | None = None  # the newest committed one at that moment
         self.persister = Persister(
@@ -577,7 +459,7 @@ class _Call:
         cp = self.checkpoint
         m: CheckpointInfo | None
         if folder is not None:
-            m = _restore_dir(cp, folder, self._accept, poison_after)
+            m = restore_dir(cp, folder, self._accept, poison_after)
             value: Any = folder
         else:
             # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
