@@ -29,7 +29,8 @@ from typing import Any, Self, TypeVar
 from . import _forks, _snapshot
 from ._archive import Limits
 from ._background import Background
-from ._errors import CorruptCheckpointError, ResumableError
+from ._errors import ResumableError
+from ._loading import poison_tolerant
 from ._manifest import Manifest
 from ._names import PIECES
 from ._options import Storage, storage_from_deprecated
@@ -42,7 +43,7 @@ from ._store import SnapshotStore
 from ._stream import Chunk
 from ._threads import EXIT_TIMEOUT, async_twin, close_at_exit, run_async
 from ._workspace import create as create_workspace
-from ._workspace import keep_until_exit, release
+from ._workspace import let_go, release
 
 __all__ = ["Captured", "Checkpoint", "CheckpointInfo", "SaveData"]
 
@@ -126,7 +127,7 @@ class Checkpoint:
         # background job holds the Checkpoint, so none is pending then). At exit, close()
         # flushes first.
         self._handed_out = [False]
-        self._cleanup = weakref.finalize(self, _let_go, self._workspaces, self._handed_out)
+        self._cleanup = weakref.finalize(self, let_go, self._workspaces, self._handed_out)
         self._cleanup.atexit = False
         close_at_exit(self)
 
@@ -527,25 +528,11 @@ class Checkpoint:
         return _snapshot.committed_info(m), made
 
     def _poison_tolerant(self, load: Callable[[int | None], T], poison_after: int | None) -> T:
-        """``load(poison_after)``; when that leaves nothing valid, ``load(None)``.
-
-        Skipping a poison snapshot is a fallback to an older one: when no older one verifies
-        (the only snapshot, or all of them failed), the newest valid one is used anyway. A
-        streak of failures then ends in the task's own exception, never in a locked task.
-        """
+        """``load`` with the poison rule of :func:`_loading.poison_tolerant`, retried."""
         what = f"loading a snapshot from {self.uri}"
-        if poison_after is None:
-            return self._retried(lambda: load(None), what)
-        try:
-            return self._retried(lambda: load(poison_after), what)
-        except CorruptCheckpointError:
-            pass
-        log.warning(
-            "%s: no snapshot older than the failing one is valid; resuming from the newest "
-            "valid snapshot anyway (`resumable show` lists the recorded failures)",
-            self.uri,
+        return poison_tolerant(
+            lambda after: self._retried(lambda: load(after), what), poison_after, self.uri
         )
-        return self._retried(lambda: load(None), what)
 
     def newest_seq(self) -> int | None:
         """The sequence number of the newest committed snapshot, if any (one listing)."""
@@ -608,16 +595,3 @@ class Checkpoint:
     def _check_open(self) -> None:
         if not self._cleanup.alive:
             raise ResumableError(f"{self!r} is closed: create a new Checkpoint to load")
-
-
-def _let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
-    """A Checkpoint closed or collected: its workspace goes, unless a load returned it.
-
-    The folder a load returned may be in use after its Checkpoint is collected, so only
-    ``close()`` (which releases it first) or the end of the process removes it.
-    """
-    if handed_out[0]:
-        keep_until_exit(workspaces)
-        return
-    for root in workspaces:
-        release(root)

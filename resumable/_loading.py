@@ -25,7 +25,7 @@ from ._names import manifest_name, manifest_seqs, seq_prefix
 from ._restore import Consume
 from ._stream import Chunk
 
-__all__ = ["LoadView", "load", "rate"]
+__all__ = ["LoadView", "load", "poison_tolerant", "rate"]
 
 T = TypeVar("T")
 
@@ -205,3 +205,24 @@ def _poison(store: LoadView, attempt: _Load, poison_after: int | None) -> Callab
         return True
 
     return poisoned
+
+
+def poison_tolerant(load: Callable[[int | None], T], poison_after: int | None, url: str) -> T:
+    """``load(poison_after)``; when that leaves nothing valid, ``load(None)``.
+
+    Skipping a poison snapshot is a fallback to an older one: when no older one verifies
+    (the only snapshot, or all of them failed), the newest valid one is used anyway. A
+    streak of failures then ends in the task's own exception, never in a locked task.
+    """
+    if poison_after is None:
+        return load(None)
+    try:
+        return load(poison_after)
+    except CorruptCheckpointError:
+        pass
+    log.warning(
+        "%s: no snapshot older than the failing one is valid; resuming from the newest "
+        "valid snapshot anyway (`resumable show` lists the recorded failures)",
+        url,
+    )
+    return load(None)

@@ -60,6 +60,7 @@ __all__ = [
     "empty_folder_slow",
     "keep_until_exit",
     "leftovers",
+    "let_go",
     "recover",
     "release",
     "remove_abandoned",
@@ -152,6 +153,19 @@ def release(root: Path) -> None:
             return  # released already, or made by the parent of this forked process
         _mine.discard(folder)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def let_go(workspaces: list[Path], handed_out: list[bool]) -> None:
+    """A Checkpoint closed or collected: its workspace goes, unless a load returned it.
+
+    The folder a load returned may be in use after its Checkpoint is collected, so only
+    ``close()`` (which releases it first) or the end of the process removes it.
+    """
+    if handed_out[0]:
+        keep_until_exit(workspaces)
+        return
+    for root in workspaces:
+        release(root)
 
 
 def keep_until_exit(roots: list[Path]) -> None:
