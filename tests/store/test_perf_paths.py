@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import stat
 import threading
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,7 @@ def test_a_yield_during_a_background_write_waits_instead_of_copying_again(
         try:
             yield {"w": first, "step": 1}  # copied; its write blocks
             assert fs.wait_hanging(1)
+            fs.hang_rate = 0.0  # that one call stays blocked; the ones after it go through
             yield {"w": second, "step": 2}  # due while the first is being written
             copies.append(held_copies())
         finally:
@@ -254,3 +256,47 @@ def test_a_yield_during_a_background_write_waits_instead_of_copying_again(
     got = resume()
     assert got["step"] == 2
     assert np.array_equal(got["w"], second)
+
+
+def test_an_async_yield_waits_for_the_background_write_off_the_event_loop(
+    seen_wait: Seen,
+) -> None:
+    """In an async task the wait runs on a thread: other coroutines (the release) run meanwhile."""
+    np = pytest.importorskip("numpy")
+    store = f"faulty:///held-async-{uuid.uuid4().hex}"
+    options = {"target_protocol": "memory", "hang_seconds": 20}
+    first, second = np.full(1 << 20, 1.0), np.full(1 << 20, 2.0)
+    released_by_the_loop: list[bool] = []
+
+    async def release_when_waiting(fs: FaultyFileSystem) -> None:
+        await asyncio.to_thread(seen_wait.event.wait, 30)
+        # On the loop while the yield waits, the first write still hangs; a wait that held
+        # the loop would let this run only after the hang timed out.
+        released_by_the_loop.append(not fs.wait_idle(0))
+        fs.release()
+
+    @resumable(
+        state=None,
+        store=store,
+        key="held",
+        background=True,
+        on_success="keep",
+        storage=Storage(storage_options=options),
+    )
+    async def task(state: Any = None) -> AsyncIterator[Any]:
+        fs = filesystem(ctx().checkpoint)
+        fs.hang_rate = 1.0
+        helper = asyncio.create_task(release_when_waiting(fs))
+        try:
+            yield {"w": first, "step": 1}
+            assert await asyncio.to_thread(fs.wait_hanging, 1)
+            fs.hang_rate = 0.0  # that one call stays blocked; the ones after it go through
+            yield {"w": second, "step": 2}
+            assert released_by_the_loop == [True]
+            assert held_copies() == 1
+        finally:
+            seen_wait.event.set()
+            await helper
+
+    asyncio.run(task())
+    assert any("waits for the previous background save" in m for m in seen_wait.messages)
