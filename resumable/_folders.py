@@ -9,7 +9,6 @@ the few public methods of a store it needs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,32 +118,50 @@ class Folders:
             self._base, self._looked = (seq, index), True
 
     def can_commit(self, tree: TreeSave) -> bool:
-        """Whether the packs ``tree`` reuses cannot be gone once it commits.
+        """Whether every pack ``tree`` uses is there, and cannot be gone once it commits.
 
-        This process's retention gives them up (``Packs.rescue``); another writer's deletes
-        the base snapshot before any of its packs, so the base must still exist (or have
-        been deleted here, where the packs are rescued). When not, the caller gives up the
-        save: :meth:`discard` its packs; the next save stores everything.
+        This process's retention gives up the ones it reuses (``Packs.rescue``); another
+        writer's deletes the base snapshot before any of its packs, so the base must still
+        exist (or have been deleted here, where the packs are rescued). Then one listing
+        shows every pack the index names is there: a pack lost since the base was read, or
+        deleted by a ``resumable gc`` that outran a long save, fails the check. When it
+        fails, the caller gives up the save (:meth:`discard`); the next save stores
+        everything.
         """
         reused = tree.reused()
-        if not reused or tree.base is None:
+        if reused and tree.base is not None:
+            base = tree.base[0]
+            if not self.packs.rescue(reused) or not (
+                self.packs.dropped_here(base) or self._store.snapshot_exists(base)
+            ):
+                self._base = None
+                return False
+        if tree.index is None or not tree.index.pieces:
             return True
-        base = tree.base[0]
-        if self.packs.rescue(reused) and (
-            self.packs.dropped_here(base) or self._store.snapshot_exists(base)
-        ):
+        there = {e.name for e in self.packs.backend.entries()}
+        if tree.index.packs() <= there:
             return True
         self._base = None
         return False
 
     def discard(self, tree: TreeSave | None) -> None:
         """Delete the packs a save made that will never be committed (they are its own)."""
-        if tree is not None and tree.made():
-            with contextlib.suppress(OSError):
-                self.packs.backend.delete_many(tree.made())
+        if tree is not None:
+            tree.discard()
+
+    def refused(self, seq: int) -> None:
+        """A load refused snapshot ``seq``: no save builds on it, or on a newer one, again."""
+        if self._base is None or self._base[0] >= seq:
+            self._base, self._looked = None, True  # not read yet: the next save stores all
 
     def collect(self, seqs: list[int]) -> None:
-        """After retention deleted ``seqs``: condemn their packs, delete those due."""
+        """After retention deleted ``seqs``: condemn their packs, delete those due.
+
+        A base among them is forgotten: its packs may be deleted after the grace period,
+        and a later folder save must not count on them (one in flight was rescued).
+        """
+        if self._base is not None and self._base[0] in seqs:
+            self._base = None
         self.packs.dropped(seqs)
         self.packs.collect(lambda: manifest_seqs(e.name for e in self._store.backend.entries()))
 

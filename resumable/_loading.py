@@ -62,6 +62,10 @@ class LoadView(Protocol):
         """Whether snapshot ``seq``'s manifest is there."""
         ...
 
+    def refused(self, seq: int) -> None:
+        """Snapshot ``seq`` did not verify: nothing may build on it."""
+        ...
+
 
 def rate(size: int, seconds: float) -> str:
     """``size`` bytes moved in ``seconds``, as a log line says it."""
@@ -86,6 +90,7 @@ def _skip(store: LoadView, seq: int, exc: CorruptCheckpointError) -> str:
     log.warning(
         "skipping snapshot %d of %s: %s; trying the previous one", seq, store.backend.url, exc
     )
+    store.refused(seq)
     return f"snapshot {seq}: {exc}"
 
 

@@ -198,16 +198,30 @@ class TreeSave:
 
     def __call__(self, write: Callable[[Chunk], None]) -> None:
         if self._spooled is not None:
-            self._spooled.upload(self._pieces)
+            try:
+                self._spooled.upload(self._pieces)
+            except BaseException:
+                self.discard()
+                raise
         else:
             sink = PackSink(self._pieces)
             try:
                 self.index, self.facts = self._scan(sink)
-            finally:
-                sink.close()
+            except BaseException:
+                sink.close()  # after the packs still being made durable have landed...
+                self._made = sink.packs
+                self.discard()  # ... a failed save leaves none of them behind
+                raise
+            sink.close()
             self._made = sink.packs
         assert self.index is not None
         write(self.index.to_json())
+
+    def discard(self) -> None:
+        """Delete the packs this save wrote (it will never commit): they are its own."""
+        if self.made():
+            with contextlib.suppress(Exception):
+                self._pieces.delete_many(list(self.made()))
 
     def fields(self) -> dict[str, Any]:
         """Manifest fields: its files' bytes and entries (bounds a load checks), bytes added."""
@@ -233,7 +247,7 @@ def fetch(backend: Backend, pack: str, pieces: list[Piece]) -> Iterator[tuple[Pi
         raise CorruptCheckpointError(f"{pack!r} is not a pack's name")
     try:
         stream = backend.open_read(pack)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # gone, or ~pieces is not a folder
         raise CorruptCheckpointError(f"pack {pack} is missing") from None
     with stream:
         at = 0

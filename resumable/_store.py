@@ -478,6 +478,11 @@ class SnapshotStore:
         """The newest valid snapshot through ``consume`` (see :func:`_loading.load`)."""
         return _loading.load(self, consume, accept, poison_after, only)
 
+    def refused(self, seq: int) -> None:
+        """A load refused snapshot ``seq``: no folder save builds on it, or on a newer one."""
+        if self.folders is not None:
+            self.folders.refused(seq)
+
     def snapshot_exists(self, seq: int) -> bool:
         """Whether snapshot ``seq``'s manifest is there (one read)."""
         return self._exists(manifest_name(seq))

@@ -379,11 +379,6 @@ def test_pieces_that_are_a_file_refuse_a_save_and_commit_nothing(tmp_path: Path)
         assert (url / "~pieces").read_bytes() == b"not a folder"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a ~pieces that is a file fails the load (NotADirectoryError, not caught by "
-    "_pieces.fetch) instead of falling back to the archive snapshot before it",
-)
 def test_pieces_that_are_a_file_make_the_load_fall_back(tmp_path: Path) -> None:
     """``~pieces`` replaced by a file: the snapshots by content are corrupt, an archive loads."""
     src = tmp_path / "src"
@@ -484,13 +479,6 @@ def test_paths_that_name_one_entry_twice_are_refused(
     loads_the_good_one(cp, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the next save builds on the newest snapshot even when the load refused it (a pack "
-    "lost): it reuses the lost pieces, so every later snapshot is corrupt too (the base is "
-    "the newest manifest's index; the check before the commit only asks that its manifest "
-    "exists)",
-)
 def test_a_save_after_a_load_that_fell_back_is_whole(tmp_path: Path) -> None:
     """A pack of the newest snapshot lost: the save after the fallback load restores whole."""
     src = tmp_path / "src"
@@ -532,12 +520,6 @@ def test_a_signed_store_never_builds_on_an_unsigned_index(tmp_path: Path) -> Non
         assert restored(cp) == tree_of(src)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone writer's folder save fails with ConcurrentWriterError ('deleted by another "
-    "writer') once its own retention dropped the base and collected its packs: bytes "
-    "snapshots in between leave the dropped base in memory as what the next folder builds on",
-)
 def test_a_folder_save_after_bytes_outlived_its_base_stores_afresh(tmp_path: Path) -> None:
     """Folder, then bytes until the folder's packs are collected, then the folder: it saves."""
     src = tmp_path / "src"
@@ -556,12 +538,6 @@ def test_a_folder_save_after_bytes_outlived_its_base_stores_afresh(tmp_path: Pat
         assert restored(cp) == tree_of(src)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a save that runs longer than gc's grace period commits a snapshot whose own packs "
-    "gc deleted as orphans meanwhile, and reports success (nothing checks, before the "
-    "commit, that the packs the save wrote are still there)",
-)
 def test_a_save_outliving_gcs_grace_never_commits_a_snapshot_without_its_packs(
     tmp_path: Path,
 ) -> None:
@@ -666,11 +642,6 @@ def test_a_fifo_or_socket_in_the_folder_is_refused_without_hanging(
             server.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a save that fails after some packs were uploaded leaves them behind, used by no "
-    "snapshot, until `resumable gc` (_pieces.TreeSave.__call__ only aborts the open pack)",
-)
 def test_a_refused_save_leaves_no_pack_behind(tmp_path: Path) -> None:
     """A FIFO found after megabytes of new files: the refused save deletes the packs it wrote."""
     src = tmp_path / "src"
