@@ -43,6 +43,7 @@ __all__ = [
     "gzip_members",
     "iter_tar",
     "link_target",
+    "open_source",
     "safe_mode",
     "walk",
 ]
@@ -140,18 +141,55 @@ class _TarBuilder:
 
 
 def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
-    """Every path under ``root`` (sorted, links not followed) with its archive name."""
-    stack = [root]
+    """Every path under ``root`` (sorted, links not followed) with its archive name.
+
+    Each folder is opened without following a link and must be the folder its parent
+    listed (same device and inode): a folder swapped for a link while it is saved is never
+    followed out of the tree (``ResumableError``).
+    """
+    stack: list[tuple[Path, tuple[int, int] | None]] = [(root, None)]
     while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as it:
-            names = sorted(it, key=lambda e: e.name)
-        for entry in names:
-            path = Path(entry.path)
-            st = entry.stat(follow_symlinks=False)
-            yield path, path.relative_to(root).as_posix(), st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(path)
+        folder, expected = stack.pop()
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        fd = os.open(folder, flags if expected is None else flags | os.O_NOFOLLOW)
+        try:
+            _same(fd, folder, expected)
+            with os.scandir(fd) as it:
+                names = sorted(it, key=lambda e: e.name)
+            for entry in names:
+                path = folder / entry.name
+                st = entry.stat(follow_symlinks=False)
+                yield path, path.relative_to(root).as_posix(), st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((path, (st.st_dev, st.st_ino)))
+        finally:
+            os.close(fd)
+
+
+def _same(fd: int, path: Path, expected: tuple[int, int] | None) -> os.stat_result:
+    st = os.fstat(fd)
+    if expected is not None and (st.st_dev, st.st_ino) != expected:
+        raise ResumableError(
+            f"{str(path)!r} was replaced while it was being saved; save again once the task "
+            "has finished changing the folder"
+        )
+    return st
+
+
+def open_source(path: Path, st: os.stat_result) -> int:
+    """A file of the folder being saved, opened for reading: the file its folder listed.
+
+    Never through a link, never blocking on a FIFO swapped in, and the same device and
+    inode as ``st`` (else ``ResumableError``: it was replaced while being saved).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        _same(fd, path, (st.st_dev, st.st_ino))  # the regular file listed, not a swapped-in one
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def link_target(root: Path, path: Path) -> str:
@@ -188,7 +226,7 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
         info = _tar_info(root, path, name, st)
         yield from builder.put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if info.size:
-            with path.open("rb", buffering=0) as f:
+            with open(open_source(path, st), "rb", buffering=0) as f:
                 yield from builder.fill_from(f, info.size, str(path))
             if pad := -info.size % tarfile.BLOCKSIZE:
                 yield from builder.put(bytes(pad))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ._archive import Guard, Limits, link_target, safe_mode, walk
+from ._archive import Guard, Limits, link_target, open_source, safe_mode, walk
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
 from ._files import HoleWriter, TreeWriter, check_source
 from ._index import Index, Node, Piece
@@ -244,10 +244,11 @@ class _Builder:
         self._coding.clear()
 
 
-def _read_pieces(path: Path, size: int, builder: _Builder) -> tuple[int, ...]:
-    """Read ``size`` bytes of the file at ``path`` in blocks; the indexes of their pieces."""
+def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int, ...]:
+    """Read the file at ``path`` (``st`` as its folder listed it) in blocks; their slots."""
     refs: list[int] = []
-    fd = os.open(path, _OPEN_SOURCE)
+    size = st.st_size
+    fd = open_source(path, st)
     try:
         left = size
         while left:
@@ -305,7 +306,7 @@ def _node(
     if base is not None and before is not None and _unchanged(before, st, base):
         refs = tuple(builder.use(base.pieces[i]) for i in before.pieces)
     else:
-        refs = _read_pieces(path, st.st_size, builder)
+        refs = _read_pieces(path, st, builder)
     return Node(rel, "f", mode, ns, st.st_size, None, refs, _stat_key(st))
 
 
@@ -379,8 +380,8 @@ def _check(index: Index, limits: Limits) -> list[str]:
 
 def _local_match(source: Path, node: Node, pieces: list[Piece]) -> Iterator[tuple[int, bytes]]:
     """The pieces of ``node`` (index, bytes) that a local file at ``source`` already holds."""
-    try:
-        fd = os.open(source, _OPEN_SOURCE)
+    try:  # never blocking on a FIFO the old folder holds there
+        fd = os.open(source, _OPEN_SOURCE | os.O_NONBLOCK)
     except OSError:
         return
     try:
