@@ -38,7 +38,6 @@ from ._errors import (
     NonRetryableError,
     ResumableError,
     StateError,
-    unpickle_error,
 )
 from ._iteration import ASYNC_ITERATION, caller_iterates, iterable, not_an_iterator
 from ._keys import call_arguments, call_key, check_key, pin_task_name
@@ -267,23 +266,6 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _read_newest_state(
-    cp: Checkpoint, accept: Callable[[CheckpointInfo], None], poison_after: int | None
-) -> tuple[CheckpointInfo, Any, dict[str, Any]] | None:
-    """``cp.read_newest_state``, whose unpickling errors say what fixes them.
-
-    A module or class missing from this process is fixed by making it importable, not by
-    deleting the snapshot: the error names what is missing.
-    """
-    try:
-        return cp.read_newest_state(accept=accept, poison_after=poison_after)
-    except StateError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ImportError | AttributeError):
-            raise unpickle_error(cause) from cause
-        raise
-
-
 class _Call:
     """One call of a decorated task: its key, checkpoint, persister and retry policy."""
 
@@ -463,7 +445,7 @@ class _Call:
             value: Any = folder
         else:
             # Streamed from the store into the unpickler: no disk trip, no whole-payload copy.
-            found = _read_newest_state(cp, self._accept, poison_after)
+            found = cp.read_newest_state(accept=self._accept, poison_after=poison_after)
             if found is None:
                 m, value = None, self.spec.initial_state()
             else:
@@ -474,16 +456,26 @@ class _Call:
         if m is not None and poison_after is not None:
             self.newest_at_start = cp.newest_seq()
         if m is not None:
-            log.info(
-                "%s: attempt %d resumes from snapshot %d of %s",
-                self.key,
-                number,
-                m.seq,
-                self.store,
-            )
-        elif number:
-            log.info("%s: attempt %d starts from the initial state", self.key, number)
+            self._log_resume(number, m)
+        elif number:  # attempts counted from 1 in the log, as tenacity counts
+            log.info("%s: attempt %d starts from the initial state", self.key, number + 1)
         return value
+
+    def _log_resume(self, number: int, m: CheckpointInfo) -> None:
+        """Log a resume: the snapshot's seq for tools, when and by which attempt for people.
+
+        A retry's resume is INFO (its failure was a warning). A call's first attempt that
+        resumes means an earlier call did not finish, which nothing else says: a WARNING,
+        unless on_success="keep" makes resuming from the final snapshot the normal course.
+        """
+        saved = datetime.datetime.fromtimestamp(m.created).astimezone()
+        whose = f"by attempt {m.attempt + 1}" + ("" if number else " of an earlier call")
+        level = logging.INFO if number or self.spec.on_success == "keep" else logging.WARNING
+        if level == logging.WARNING:
+            whose += ", which did not finish"
+        text = "%s: attempt %d resumes from snapshot %d of %s: the state saved at %s %s"
+        stamp = saved.isoformat(sep=" ", timespec="seconds")
+        log.log(level, text, self.key, number + 1, m.seq, self.store, stamp, whose)
 
     def call_args(self, state: Any) -> dict[str, Any]:
         if self.spec.inject:

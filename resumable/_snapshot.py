@@ -27,7 +27,7 @@ from ._files import check_source, iter_file
 from ._manifest import Kind, Manifest
 from ._pieces import TreeSave
 from ._store import Producer
-from ._stream import CHUNK_SIZE, Chunk, Spool, discard
+from ._stream import CHUNK_SIZE, Chunk, Spool, discard, frozen_copy
 
 __all__ = [
     "Captured",
@@ -171,7 +171,7 @@ def capture(
     """
     if isinstance(data, bytes | bytearray | memoryview):
         # Copied now: the caller may reuse its buffer as soon as save() returns.
-        return _bytes_capture(bytes(data))
+        return _bytes_capture(frozen_copy(data))
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if check_source(path) == "file":
@@ -277,7 +277,7 @@ class _Replay:
         self._closed()
 
 
-def _bytes_capture(frozen: bytes) -> Captured:
+def _bytes_capture(frozen: bytes | memoryview) -> Captured:
     return Captured("bytes", lambda: (frozen,))
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import cloudpickle
 
 from ._capture import BufferPool, CapturedState, Copies
-from ._errors import StateError
+from ._errors import StateError, unpickle_error
 from ._stream import Chunk, anonymous_memory
 
 __all__ = [
@@ -78,11 +78,8 @@ def _pickle_error(obj: object, exc: BaseException) -> StateError:
     )
 
 
-def _unpickle_error(exc: BaseException) -> StateError:
-    return StateError(
-        f"cannot unpickle the saved task state: {exc}. Was it written by another version "
-        "of the task's code? Delete the snapshot (resumable rm) to start over."
-    )
+#: One message for state that fails to unpickle, with the advice that fits its cause.
+_unpickle_error = unpickle_error
 
 
 def dumps_state(obj: object) -> bytes:

@@ -23,11 +23,6 @@ import pytest
 
 from resumable import RetryPolicy, ctx, resumable
 
-#: The resume lines before they counted attempts from 1 and said when their snapshot was saved.
-BEFORE_RESUME_LINES = pytest.mark.xfail(
-    strict=True, reason="resume lines count attempts from 0 and do not say when or by whom"
-)
-
 #: How a resume line says when its snapshot was saved: local time with its UTC offset.
 SAVED_AT = r"the state saved at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d\d:\d\d"
 
@@ -44,7 +39,6 @@ def records(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "resumable"]
 
 
-@BEFORE_RESUME_LINES
 def test_a_retry_counts_attempts_from_one(tmp: Path, caplog_info: pytest.LogCaptureFixture) -> None:
     """The failed try is attempt 1 and the retry that resumes from its snapshot attempt 2."""
     seen: list[int] = []
@@ -71,7 +65,6 @@ def test_a_retry_counts_attempts_from_one(tmp: Path, caplog_info: pytest.LogCapt
     ), resumed
 
 
-@BEFORE_RESUME_LINES
 def test_a_retry_without_a_snapshot_starts_from_the_initial_state(
     tmp: Path, caplog_info: pytest.LogCaptureFixture
 ) -> None:
@@ -92,7 +85,6 @@ def test_a_retry_without_a_snapshot_starts_from_the_initial_state(
     assert messages[1] == "early: attempt 2 starts from the initial state"
 
 
-@BEFORE_RESUME_LINES
 def test_a_call_resuming_what_an_earlier_call_left_warns(
     tmp: Path, caplog_info: pytest.LogCaptureFixture
 ) -> None:
@@ -121,7 +113,6 @@ def test_a_call_resuming_what_an_earlier_call_left_warns(
     ), message
 
 
-@BEFORE_RESUME_LINES
 def test_resuming_a_kept_final_snapshot_is_info(
     tmp: Path, caplog_info: pytest.LogCaptureFixture
 ) -> None:
@@ -180,7 +171,6 @@ def run(script: Path, store: Path, mode: str) -> subprocess.CompletedProcess[str
     )
 
 
-@BEFORE_RESUME_LINES
 def test_a_resume_after_sigkill_reaches_stderr_unconfigured(tmp: Path) -> None:
     """A process resuming what a SIGKILLed one left prints one line to stderr, with no setup."""
     script, store = tmp / "job.py", tmp / "store"
