@@ -166,13 +166,21 @@ def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
             os.close(fd)
 
 
-def _same(fd: int, path: Path, expected: tuple[int, int] | None) -> os.stat_result:
+def _replaced(path: Path) -> ResumableError:
+    return ResumableError(
+        f"{str(path)!r} was replaced while it was being saved; save again once the task has "
+        "finished changing the folder"
+    )
+
+
+def _same(
+    fd: int, path: Path, expected: tuple[int, int] | None, *, regular: bool = False
+) -> os.stat_result:
     st = os.fstat(fd)
     if expected is not None and (st.st_dev, st.st_ino) != expected:
-        raise ResumableError(
-            f"{str(path)!r} was replaced while it was being saved; save again once the task "
-            "has finished changing the folder"
-        )
+        raise _replaced(path)
+    if regular and not stat.S_ISREG(st.st_mode):
+        raise _replaced(path)
     return st
 
 
@@ -184,7 +192,8 @@ def open_source(path: Path, st: os.stat_result) -> int:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        _same(fd, path, (st.st_dev, st.st_ino))  # the regular file listed, not a swapped-in one
+        # The file listed, not one swapped in (a new folder may even reuse its inode number).
+        _same(fd, path, (st.st_dev, st.st_ino), regular=True)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

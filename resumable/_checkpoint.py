@@ -28,8 +28,10 @@ from typing import Any, Self, TypeVar
 
 from . import _forks, _snapshot
 from ._archive import Limits
+from ._backend import local_path
 from ._background import Background
-from ._errors import ResumableError
+from ._errors import ConfigurationError, ResumableError
+from ._files import overlap
 from ._loading import poison_tolerant
 from ._manifest import Manifest
 from ._names import PIECES
@@ -458,6 +460,7 @@ class Checkpoint:
         is skipped. Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
+        self._refuse_overlap(folder)
         seen = _snapshot.shown_as_info(accept)
         return _snapshot.info_of(
             self._poison_tolerant(
@@ -465,6 +468,14 @@ class Checkpoint:
                 poison_after,
             )
         )
+
+    def _refuse_overlap(self, folder: Path) -> None:
+        """A restore replaces ``folder`` whole: never the store's folder, or one holding it."""
+        if self._folder.local and overlap(folder, Path(local_path(self.uri))):
+            raise ConfigurationError(
+                f"cannot restore into {str(folder)!r}: it overlaps the checkpoint's folder "
+                f"{self.uri!r}, which the restore would replace; restore outside the store"
+            )
 
     def read_newest_with(
         self,

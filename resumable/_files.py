@@ -36,6 +36,7 @@ __all__ = [
     "TreeWriter",
     "check_source",
     "iter_file",
+    "overlap",
     "write_file",
 ]
 
@@ -85,6 +86,18 @@ def check_source(path: Path) -> Literal["file", "dir"]:
     raise UnsupportedDataError(
         f"cannot save {str(path)!r}: it is neither a regular file nor a folder"
     )
+
+
+def overlap(a: Path, b: Path) -> bool:
+    """Whether two folders are one, or one holds the other (links resolved).
+
+    Example:
+        >>> overlap(Path("/data/run"), Path("/data")), overlap(Path("/a"), Path("/b"))
+        (True, False)
+
+    """
+    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
+    return a == b or a in b.parents or b in a.parents
 
 
 # -- one restored file ----------------------------------------------------------------------------

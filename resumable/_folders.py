@@ -149,6 +149,10 @@ class Folders:
         if tree is not None:
             tree.discard()
 
+    def stale(self) -> None:
+        """Another writer committed: build the next save on the newest snapshot, read anew."""
+        self._base, self._looked = None, False
+
     def refused(self, seq: int) -> None:
         """A load refused snapshot ``seq``: no save builds on it, or on a newer one, again."""
         if self._base is None or self._base[0] >= seq:

@@ -285,6 +285,7 @@ class SnapshotStore:
                 self.backend.delete(manifest.blob)
             if self.folders is not None:
                 self.folders.discard(tree)
+                self.folders.stale()
             with contextlib.suppress(Exception):  # else the next commit lists
                 self._learn(self.backend.entries())  # what the other writer committed
             raise ConcurrentWriterError(
@@ -322,6 +323,7 @@ class SnapshotStore:
         if blob is not None:
             self.backend.delete(blob)
         self.folders.discard(tree)
+        self.folders.stale()
         base = tree.base[0] if tree.base is not None else None
         raise ConcurrentWriterError(
             17,

@@ -1142,11 +1142,6 @@ def test_restore_never_writes_through_a_hard_link_to_outside(
     assert outside.stat().st_nlink == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Checkpoint.restore_into a folder that is or holds the store replaces it with the "
-    "snapshot's tree: every snapshot and pack is gone (no overlap check, unlike a Dir's)",
-)
 @pytest.mark.parametrize("storage", [INCREMENTAL, ARCHIVE], ids=["incremental", "archive"])
 @pytest.mark.parametrize("where", ["the-store", "its-parent"])
 def test_restore_into_the_stores_own_folder_is_refused(
