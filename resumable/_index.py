@@ -199,8 +199,8 @@ def _piece(item: object, packs: list[str]) -> Piece:
     if not isinstance(digest, str) or len(digest) != 64 or not _HEX64.issuperset(digest):
         raise ValueError(f"not a blake3 digest: {digest!r:.80}")
     piece = Piece(digest, _whole(size), packs[_whole(pack)], _whole(offset), _whole(stored), codec)
-    if max(piece.size, piece.stored) > MAX_PIECE:
-        raise ValueError(f"a piece of {max(piece.size, piece.stored)} bytes")
+    if max(piece.size, piece.stored) > MAX_PIECE or piece.size == 0:
+        raise ValueError(f"a piece of {piece.size} bytes stored in {piece.stored}")
     if codec == "raw" and piece.stored != piece.size:
         raise ValueError(f"a raw piece of {piece.size} bytes stored in {piece.stored}")
     return piece

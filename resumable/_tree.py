@@ -43,6 +43,10 @@ __all__ = ["BLOCK", "RACY_NS", "Fetch", "ScanFacts", "Sink", "decode", "scan", "
 #: find appends and rewrites in place; 1 MiB keeps a change's cost near its size and a 1 GiB
 #: folder's index near 100 KB, and reads in blocks the kernel and allocator handle well.
 BLOCK = 1 << 20
+#: Below this, a file's pieces are never cut (but the last): what bounds how many piece uses
+#: an index may hold for its bytes, so a forged one cannot make a restore write one byte a
+#: million times.
+_SMALLEST_BLOCK = 64 * 1024
 #: A file modified less than this before the previous snapshot's scan began is read again
 #: even when its size and times match: it may have changed within the clock's resolution.
 RACY_NS = 2_000_000_000
@@ -375,6 +379,12 @@ def _check(index: Index, limits: Limits) -> list[str]:
             folders.add(path)
         seen.add(path)
         paths.append(path)
+    uses = sum(len(n.pieces) for n in index.nodes)
+    if uses > len(index.nodes) + index.logical_size() // min(BLOCK, _SMALLEST_BLOCK):
+        raise CorruptCheckpointError(
+            f"folder index names pieces {uses} times for {index.logical_size()} bytes: "
+            "more than any writer makes"
+        )
     return paths
 
 

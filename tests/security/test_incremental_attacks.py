@@ -422,8 +422,10 @@ def test_a_clear_deletes_nothing_outside_the_tasks_folder(tmp_path: Path) -> Non
     assert theirs.read_bytes() == b"another task's pieces"
 
 
-def test_a_file_of_thousands_of_empty_pieces_restores_empty(good: tuple[Checkpoint, Path]) -> None:
-    """A file listed as 5,000 zero-size pieces (no writer makes one) is an empty file."""
+def test_a_file_of_thousands_of_empty_pieces_is_refused(
+    good: tuple[Checkpoint, Path], tmp_path: Path
+) -> None:
+    """A file listed as 5,000 zero-size pieces (no writer makes one): refused, fallback."""
     cp, _ = good
     pack = plant_pack(cp, b"")
     document = doc(
@@ -432,29 +434,37 @@ def test_a_file_of_thousands_of_empty_pieces_restores_empty(good: tuple[Checkpoi
         [[0, 0, 0, 0, "raw", digest(b"")]],
     )
     forge_doc(cp, document)
-    out = cp.load_sync()
-    assert out is not None
-    assert (out / "a.txt").read_bytes() == b""
-    assert (out / "b").read_bytes() == b""
+    loads_the_good_one(cp, tmp_path)
 
 
-def test_one_piece_used_by_thousands_of_files_and_many_times_in_one(
+def test_one_piece_used_by_thousands_of_files_restores_exactly(
     good: tuple[Checkpoint, Path],
 ) -> None:
-    """3,000 files of one shared piece, and a file of that piece 500 times, restore exactly."""
+    """3,000 files of one shared piece (one use each, as a writer dedupes) restore exactly."""
     cp, _ = good
     data = b"shared piece "
     pack = plant_pack(cp, zlib.compress(data, 1)[2:-4])  # a raw deflate stream
     stored = len(zlib.compress(data, 1)[2:-4])
     nodes = [["d", "d", 0o755, 0, 0, None, [], None]]
     nodes += [file_node(f"d/{i:04}", len(data), [0]) for i in range(3000)]
-    nodes.append(file_node("a.txt", 500 * len(data), [0] * 500))
     forge_doc(cp, doc(nodes, [pack], [[0, 0, stored, len(data), "deflate", digest(data)]]))
     out = cp.load_sync()
     assert out is not None
     assert all(p.read_bytes() == data for p in (out / "d").iterdir())
     assert len(list((out / "d").iterdir())) == 3000
-    assert (out / "a.txt").read_bytes() == data * 500
+
+
+def test_a_tiny_piece_used_a_million_times_is_refused_before_writing(
+    good: tuple[Checkpoint, Path], tmp_path: Path
+) -> None:
+    """One 13-byte piece 100,000 times in a file: more uses than any writer makes, refused."""
+    cp, _ = good
+    data = b"shared piece "
+    pack = plant_pack(cp, data)
+    uses = 100_000
+    node = file_node("a.txt", uses * len(data), [0] * uses)
+    forge_doc(cp, doc([node], [pack], [[0, 0, len(data), len(data), "raw", digest(data)]]))
+    loads_the_good_one(cp, tmp_path)
 
 
 @pytest.mark.parametrize(
