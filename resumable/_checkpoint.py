@@ -30,8 +30,8 @@ from . import _forks, _snapshot
 from ._archive import Limits
 from ._backend import local_path
 from ._background import Background
-from ._errors import ConfigurationError, ResumableError
-from ._files import overlap
+from ._errors import ResumableError
+from ._files import refuse_overlap
 from ._loading import poison_tolerant
 from ._manifest import Manifest
 from ._names import PIECES
@@ -106,9 +106,8 @@ class Checkpoint:
         self._retry = storage_policy(storage.retry)
         self._limits = storage.limits or Limits()
         backend = open_stack(uri, storage.storage_options, retry=storage.retry, policy=self._retry)
-        # The folder's own housekeeping (removing it once empty, listing its sub-folders)
-        # goes to the backend; snapshots go through the store. The packs of folder snapshots
-        # by content live in a folder beside them (read even when saves do not make them).
+        # The folder's housekeeping (removing it once empty, listing sub-folders) goes to the
+        # backend, snapshots through the store, packs to a folder beside them (always read).
         self._folder = backend
         self._pieces = backend.child(PIECES)
         self._store = SnapshotStore(
@@ -274,8 +273,8 @@ class Checkpoint:
         chunk at a time, and left at its end, open. A save that meets a transient storage
         error starts over: a seekable file object is read again from that position, any
         other is spooled to a temp file once, as it is read. A text-mode file object is an
-        ``UnsupportedDataError``. A ``uri`` that names a file or object rather than a folder
-        (flyte's ``_flytecheckpoints``) is a ``ConfigurationError``, from ``load`` too.
+        ``UnsupportedDataError``; a ``uri`` that names a file, not a folder, a
+        ``ConfigurationError``.
 
         Example:
             >>> import io, tempfile
@@ -460,7 +459,8 @@ class Checkpoint:
         is skipped. Does not wait for background saves (``load_sync`` does).
         """
         self._check_open()
-        self._refuse_overlap(folder)
+        if self._folder.local:  # a restore replaces the folder: never the store's own
+            refuse_overlap(folder, Path(local_path(self.uri)))
         seen = _snapshot.shown_as_info(accept)
         return _snapshot.info_of(
             self._poison_tolerant(
@@ -468,14 +468,6 @@ class Checkpoint:
                 poison_after,
             )
         )
-
-    def _refuse_overlap(self, folder: Path) -> None:
-        """A restore replaces ``folder`` whole: never the store's folder, or one holding it."""
-        if self._folder.local and overlap(folder, Path(local_path(self.uri))):
-            raise ConfigurationError(
-                f"cannot restore into {str(folder)!r}: it overlaps the checkpoint's folder "
-                f"{self.uri!r}, which the restore would replace; restore outside the store"
-            )
 
     def read_newest_with(
         self,

@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Literal
 
-from ._errors import SourceNotFoundError, UnsupportedDataError
+from ._errors import ConfigurationError, SourceNotFoundError, UnsupportedDataError
 from ._stream import CHUNK_SIZE, Chunk
 from ._threads import run_on_io
 
@@ -36,7 +36,7 @@ __all__ = [
     "TreeWriter",
     "check_source",
     "iter_file",
-    "overlap",
+    "refuse_overlap",
     "write_file",
 ]
 
@@ -88,16 +88,26 @@ def check_source(path: Path) -> Literal["file", "dir"]:
     )
 
 
-def overlap(a: Path, b: Path) -> bool:
-    """Whether two folders are one, or one holds the other (links resolved).
+def refuse_overlap(folder: Path, store: Path) -> None:
+    """``ConfigurationError`` when ``folder`` is ``store``, or one of them holds the other.
+
+    A restore replaces its folder whole: never the folder of the snapshots it restores.
 
     Example:
-        >>> overlap(Path("/data/run"), Path("/data")), overlap(Path("/a"), Path("/b"))
-        (True, False)
+        >>> refuse_overlap(Path("/data/run"), Path("/data/store"))
+        >>> try:
+        ...     refuse_overlap(Path("/data"), Path("/data/store"))
+        ... except ConfigurationError as exc:
+        ...     print(str(exc)[:40])
+        cannot restore into '/data': it overlaps
 
     """
-    a, b = Path(os.path.realpath(a)), Path(os.path.realpath(b))
-    return a == b or a in b.parents or b in a.parents
+    a, b = Path(os.path.realpath(folder)), Path(os.path.realpath(store))
+    if a == b or a in b.parents or b in a.parents:
+        raise ConfigurationError(
+            f"cannot restore into {str(folder)!r}: it overlaps the checkpoint's folder "
+            f"{str(store)!r}, which the restore would replace; restore outside the store"
+        )
 
 
 # -- one restored file ----------------------------------------------------------------------------
