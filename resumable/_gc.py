@@ -126,16 +126,7 @@ def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
     pieces = folder.pieces()
     packs = sorted((e for e in pieces if is_pack(e.name)), key=lambda e: e.name)
     uses = _uses(folder, packs=bool(packs))
-    for e in sorted(folder.entries, key=lambda e: e.name):
-        if is_temp(e.name):
-            yield Garbage(folder.key, e.name, e.size, e.mtime, "temp file")
-        elif (
-            (found := parse(e.name)) is not None
-            and found.kind == "blob"
-            and e.name not in uses.blobs
-            and found.seq not in uses.unreadable
-        ):
-            yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
+    yield from _task_garbage(folder, uses)
     for e in sorted(pieces, key=lambda e: e.name):
         if is_temp(e.name):
             yield Garbage(folder.key, f"{PIECES}/{e.name}", e.size, e.mtime, "temp file")
@@ -146,6 +137,19 @@ def find_garbage(folder: TaskFolder) -> Iterator[Garbage]:
         if e.name not in uses.packs:
             used = None if e.mtime is None or commit is None else max(e.mtime, commit)
             yield Garbage(folder.key, f"{PIECES}/{e.name}", e.size, used, "orphan pack")
+
+
+def _task_garbage(folder: TaskFolder, uses: _Uses) -> Iterator[Garbage]:
+    """Temp files and orphan payloads directly in the task's folder."""
+    for e in sorted(folder.entries, key=lambda e: e.name):
+        if is_temp(e.name):
+            yield Garbage(folder.key, e.name, e.size, e.mtime, "temp file")
+            continue
+        found = parse(e.name)
+        if found is None or found.kind != "blob" or found.seq in uses.unreadable:
+            continue
+        if e.name not in uses.blobs:
+            yield Garbage(folder.key, e.name, e.size, e.mtime, "orphan payload")
 
 
 def _delete(folder: TaskFolder, name: str) -> None:
