@@ -18,7 +18,9 @@ the files of the folder it packs or unpacks.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
+import errno
 import io
 import os
 import stat
@@ -29,7 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ._errors import ResumableError, UnsafeArchiveError, UnsafeSymlinkError, UnsupportedDataError
+from ._errors import (
+    ResumableError,
+    UnsafeArchiveError,
+    UnsafeSymlinkError,
+    UnsupportedDataError,
+    source_error,
+)
 from ._files import SMALL_FILE, TreeWriter, check_source
 from ._stream import CHUNK_SIZE, Chunk, ordered_map
 
@@ -44,6 +52,7 @@ __all__ = [
     "iter_tar",
     "link_target",
     "open_source",
+    "reading",
     "safe_mode",
     "walk",
 ]
@@ -55,6 +64,10 @@ Compression = Literal["gzip", "none"]
 _PROBE = 16 * 1024
 # Deflate only when the probe shrinks to this fraction or less.
 _WORTH_IT = 0.9
+
+# What opening a path the folder listed meets when it was swapped since (it is opened without
+# following links, a folder as a folder): not a fault of the file.
+_CHANGED = frozenset({errno.ELOOP, errno.ENOTDIR})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,25 +153,51 @@ class _TarBuilder:
             yield self._take()
 
 
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Report an ``OSError`` met reading ``path``, of a folder being saved, as naming it.
+
+    A source error (``SourcePermissionError``, ...) says what to do, keeps the builtin a
+    caller catches, and is never taken for a fault of the store. Wrap only the reads of the
+    source: an error of the store met inside would be blamed on the file.
+
+    A path removed since it was listed is a ``SourceNotFoundError``; one turned into a link
+    or no longer a folder is left as it is: the folder changed under the save, and a
+    retried save lists it anew.
+    """
+    try:
+        yield
+    except ResumableError:
+        raise
+    except OSError as exc:
+        if exc.errno in _CHANGED:
+            raise
+        raise source_error(exc, str(path), in_folder=True) from exc
+
+
 def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
     """Every path under ``root`` (sorted, links not followed) with its archive name.
 
     Each folder is opened without following a link and must be the folder its parent
     listed (same device and inode): a folder swapped for a link while it is saved is never
-    followed out of the tree (``ResumableError``).
+    followed out of the tree (``ResumableError``). A folder or entry that cannot be read is
+    named (see :func:`reading`).
     """
     stack: list[tuple[Path, tuple[int, int] | None]] = [(root, None)]
     while stack:
         folder, expected = stack.pop()
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-        fd = os.open(folder, flags if expected is None else flags | os.O_NOFOLLOW)
+        with reading(folder):
+            fd = os.open(folder, flags if expected is None else flags | os.O_NOFOLLOW)
         try:
-            _same(fd, folder, expected)
-            with os.scandir(fd) as it:
-                names = sorted(it, key=lambda e: e.name)
+            with reading(folder):
+                _same(fd, folder, expected)
+                with os.scandir(fd) as it:
+                    names = sorted(it, key=lambda e: e.name)
             for entry in names:
                 path = folder / entry.name
-                st = entry.stat(follow_symlinks=False)
+                with reading(path):
+                    st = entry.stat(follow_symlinks=False)
                 yield path, path.relative_to(root).as_posix(), st
                 if stat.S_ISDIR(st.st_mode):
                     stack.append((path, (st.st_dev, st.st_ino)))
@@ -188,9 +227,11 @@ def open_source(path: Path, st: os.stat_result) -> int:
     """A file of the folder being saved, opened for reading: the file its folder listed.
 
     Never through a link, never blocking on a FIFO swapped in, and the same device and
-    inode as ``st`` (else ``ResumableError``: it was replaced while being saved).
+    inode as ``st`` (else ``ResumableError``: it was replaced while being saved). A file
+    that cannot be opened is named (see :func:`reading`).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with reading(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         # The file listed, not one swapped in (a new folder may even reuse its inode number).
         _same(fd, path, (st.st_dev, st.st_ino), regular=True)
@@ -235,7 +276,8 @@ def _tar_records(root: Path, chunk_size: int, facts: TarFacts) -> Iterator[bytea
         info = _tar_info(root, path, name, st)
         yield from builder.put(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         if info.size:
-            with open(open_source(path, st), "rb", buffering=0) as f:
+            with open(open_source(path, st), "rb", buffering=0) as f, reading(path):
+                # Only the file is read in here: what consumes the chunks runs outside.
                 yield from builder.fill_from(f, info.size, str(path))
             if pad := -info.size % tarfile.BLOCKSIZE:
                 yield from builder.put(bytes(pad))

@@ -21,6 +21,9 @@ process), and the ones that point at a mistake the caller *fixes* (the message s
     │                                           injected, or arguments without a stable key
     ├── UnsupportedDataError (TypeError)        save() got something it cannot store
     ├── SourceNotFoundError (FileNotFoundError) save() got a path that does not exist
+    ├── SourceUnreadableError (OSError)         a file or folder to save could not be read
+    │   └── SourcePermissionError (PermissionError)
+    │                                           ... as this process may not read it
     ├── UnsafeSymlinkError (ValueError)         a folder to save links outside itself
     └── NoTaskContextError (RuntimeError)       ctx() called outside a resumable task
 
@@ -58,6 +61,8 @@ __all__ = [
     "ResumableError",
     "SignatureError",
     "SourceNotFoundError",
+    "SourcePermissionError",
+    "SourceUnreadableError",
     "StateError",
     "StorageError",
     "UnsafeArchiveError",
@@ -165,6 +170,43 @@ class SourceNotFoundError(ResumableError, FileNotFoundError):
         ...     except FileNotFoundError as exc:  # a SourceNotFoundError
         ...         print(exc.filename)
         no/such/model.pt
+
+    """
+
+
+class SourceUnreadableError(ResumableError, OSError):
+    """A file or folder given to ``save``, or inside a folder given to it, could not be read.
+
+    The message says what to do; ``errno`` and ``strerror`` say why, ``filename`` names the
+    file or folder. A fault of the source, not of the store: never retried as one, and never
+    reported as a ``StorageError``. A read refused for want of permission is the subclass
+    :class:`SourcePermissionError`.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> def save_or_report(cp: Checkpoint, folder: str) -> None:
+        ...     try:
+        ...         cp.save_sync(folder)
+        ...     except SourceUnreadableError as exc:  # the previous snapshot is intact
+        ...         print(f"cannot read {exc.filename}: {exc.strerror}")
+
+    """
+
+
+class SourcePermissionError(SourceUnreadableError, PermissionError):
+    """``save`` met a file or folder that this process may not read.
+
+    Make it readable by the user the process runs as, or move it out of the folder.
+
+    Example:
+        >>> from resumable import Checkpoint
+        >>> def save_readable(cp: Checkpoint, folder: str) -> None:
+        ...     try:
+        ...         cp.save_sync(folder)
+        ...     except PermissionError as exc:  # a SourcePermissionError
+        ...         raise SystemExit(f"{exc.filename}: make it readable, or move it out") from exc
+        >>> issubclass(SourcePermissionError, SourceUnreadableError)
+        True
 
     """
 
@@ -308,6 +350,40 @@ class NonRetryableError(ResumableError):
         data.json is not a CSV file: retrying cannot fix that 1
 
     """
+
+
+def source_error(
+    exc: OSError, path: str, *, in_folder: bool
+) -> SourceNotFoundError | SourceUnreadableError:
+    """The error for ``exc``, met reading ``path`` to save it: naming it, saying what to do.
+
+    ``in_folder``: ``path`` is inside a folder being saved (else it is what ``save`` was given).
+    A path that cannot be read must be made readable (or, in a folder, moved out of it). Not
+    in ``__all__``: a helper of the readers of a save, not an error class.
+
+    Example:
+        >>> denied = PermissionError(13, "Permission denied", "/data/run/secret.txt")
+        >>> error = source_error(denied, "/data/run/secret.txt", in_folder=True)
+        >>> type(error).__name__, error.filename
+        ('SourcePermissionError', '/data/run/secret.txt')
+
+    """
+    reason = exc.strerror or str(exc)
+    code = exc.errno or 0
+    what = "a file or folder of the folder being saved" if in_folder else "the path given to save"
+    if isinstance(exc, FileNotFoundError):
+        return SourceNotFoundError(
+            code,
+            f"{what} was removed while it was being saved ({reason}): save again once the "
+            "task has finished changing it",
+            path,
+        )
+    fix = "make it readable, or move it out of the folder" if in_folder else "make it readable"
+    if isinstance(exc, PermissionError):
+        return SourcePermissionError(
+            code, f"this process may not read {what} ({reason}): {fix}", path
+        )
+    return SourceUnreadableError(code, f"reading {what} failed ({reason}): {fix}", path)
 
 
 # Python's own messages for a pickle that names what this process cannot find.

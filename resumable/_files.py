@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Literal
 
-from ._errors import ConfigurationError, SourceNotFoundError, UnsupportedDataError
+from ._errors import ConfigurationError, SourceNotFoundError, UnsupportedDataError, source_error
 from ._stream import CHUNK_SIZE, Chunk
 from ._threads import run_on_io
 
@@ -61,10 +61,14 @@ _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def iter_file(path: Path, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """The bytes of a file, in chunks."""
-    with path.open("rb", buffering=0) as f:
-        while chunk := f.read(chunk_size):
-            yield chunk
+    """The bytes of a file, in chunks; one that cannot be read is named (``source_error``)."""
+    try:
+        with path.open("rb", buffering=0) as f:
+            # What consumes the chunks runs outside this frame: its errors never land here.
+            while chunk := f.read(chunk_size):
+                yield chunk
+    except OSError as exc:
+        raise source_error(exc, str(path), in_folder=False) from exc
 
 
 def _source_error(path: Path) -> SourceNotFoundError:
@@ -77,8 +81,10 @@ def check_source(path: Path) -> Literal["file", "dir"]:
     """Whether ``path`` is a file or a folder; clear errors for anything else."""
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # "file.txt/model.pt" does not exist either
         raise _source_error(path) from None
+    except OSError as exc:  # a folder on the way that this process may not enter, ...
+        raise source_error(exc, str(path), in_folder=False) from exc
     if stat.S_ISDIR(mode):
         return "dir"
     if stat.S_ISREG(mode):

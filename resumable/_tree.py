@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ._archive import Guard, Limits, link_target, open_source, safe_mode, walk
+from ._archive import Guard, Limits, link_target, open_source, reading, safe_mode, walk
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
 from ._files import HoleWriter, TreeWriter, check_source
 from ._index import Index, Node, Piece
@@ -249,7 +249,10 @@ class _Builder:
 
 
 def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int, ...]:
-    """Read the file at ``path`` (``st`` as its folder listed it) in blocks; their slots."""
+    """Read the file at ``path`` (``st`` as its folder listed it) in blocks; their slots.
+
+    A file that cannot be opened or read is named (``SourcePermissionError``, ...).
+    """
     refs: list[int] = []
     size = st.st_size
     fd = open_source(path, st)
@@ -257,12 +260,13 @@ def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int
         left = size
         while left:
             want = min(left, BLOCK)
-            data = os.read(fd, want)
-            while 0 < len(data) < want:  # a short read is not the end of a regular file
-                more = os.read(fd, want - len(data))
-                if not more:
-                    break
-                data += more
+            with reading(path):  # only the reads: the builder's store calls are not the file's
+                data = os.read(fd, want)
+                while 0 < len(data) < want:  # a short read is not the end of a regular file
+                    more = os.read(fd, want - len(data))
+                    if not more:
+                        break
+                    data += more
             if len(data) < want:
                 raise ResumableError(
                     f"{str(path)!r} shrank while it was being saved; save again once the task "

@@ -31,6 +31,8 @@ EXPECTED = [
     "RetryPolicy",
     "SignatureError",
     "SourceNotFoundError",
+    "SourcePermissionError",
+    "SourceUnreadableError",
     "StateError",
     "Storage",
     "StorageError",

@@ -916,12 +916,6 @@ _AS_NOBODY = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a file the process cannot read fails the save as a StorageError of the store "
-    "('saving a snapshot to <store> failed: PermissionError(13, ...)'), naming no file "
-    "(_tree._read_pieces and the archive's reader let the OSError reach storage_errors)",
-)
 @pytest.mark.parametrize("storage", ["incremental", "archive"])
 def test_a_file_the_process_cannot_read_is_named(storage: str) -> None:
     """An unreadable file in the folder: a PermissionError naming it, not the store."""
