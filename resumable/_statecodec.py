@@ -20,7 +20,7 @@ the array or tensor then lives in.
 Torch tensors (dense, on the CPU) are reduced here to their storage's bytes plus their layout,
 one buffer per storage, so that tensors sharing a storage share it again after a load;
 torch's own pickling would copy each storage through ``torch.save`` into an in-band bytes
-object.
+object. Torch pickles the others (CUDA ones); :data:`tensor_location` places them all at a load.
 
 :func:`capture_state` writes the same records into copies of the buffers (``_capture``: a
 pool of reusable buffers, copies on the CPU pool; ``BufferPool`` is re-exported here for the
@@ -34,6 +34,7 @@ made here, once, for both.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import mmap
 import pickle
@@ -70,6 +71,10 @@ _PIECE = 4 << 20
 #: Where a payload's bytes go, in order. A chunk handed over is never mutated afterwards.
 Write = Callable[[Chunk], None]
 
+#: ``f(storage, saved_device)``: where loaded tensor storages go (map_location). None: where saved.
+tensor_location: contextvars.ContextVar[Callable[[Any, str], Any] | None]
+tensor_location = contextvars.ContextVar("tensor_location", default=None)
+
 
 def _pickle_error(obj: object, exc: BaseException) -> StateError:
     return StateError(
@@ -101,7 +106,9 @@ def loads_state(data: bytes) -> Any:
     Unpickling runs code: only load stores you trust (or sign them).
     """
     try:
-        return cloudpickle.loads(data)
+        return _Unpickler(io.BytesIO(data)).load()
+    except StateError:
+        raise
     except Exception as exc:
         raise _unpickle_error(exc) from exc
 
@@ -207,11 +214,39 @@ def _storage_from(buf: Any) -> Any:
     """A uint8 tensor over ``buf`` (no copy): the storage of the tensors that use it."""
     import torch
 
-    if not len(memoryview(buf)):
-        return torch.empty(0, dtype=torch.uint8)
     if isinstance(buf, bytes):  # an in-band copy: torch wants a writable buffer
         buf = bytearray(buf)
-    return torch.frombuffer(buf, dtype=torch.uint8)
+    empty = not len(memoryview(buf))
+    t = torch.empty(0, dtype=torch.uint8) if empty else torch.frombuffer(buf, dtype=torch.uint8)
+    if tensor_location.get() is None:
+        return t
+    storage = _placed(t.untyped_storage(), "cpu")
+    return torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+
+
+def _placed(storage: Any, saved: str) -> Any:
+    """``storage``, saved on device ``saved``, where :data:`tensor_location` (or torch) puts it."""
+    where = tensor_location.get() or sys.modules["torch"].serialization.default_restore_location
+    try:
+        return where(storage, saved)
+    except RuntimeError as exc:  # no such device here: no CUDA, no such GPU
+        raise StateError(
+            f"cannot load the saved task state: it holds tensors saved on {saved!r}, which "
+            f"cannot be placed on this machine ({str(exc).partition('. ')[0]}). Resume inside "
+            '`with resumable.torch.map_location("cpu"):` to load them onto the CPU (or another '
+            "device); the snapshot is fine: do not delete it. CPU tensors resume anywhere."
+        ) from exc
+
+
+class _Unpickler(pickle.Unpickler):
+    """pickle's, with the storages torch pickled itself (``torch.save`` bytes) put by _placed."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)  # imports torch if need be
+        if module != "torch.storage" or name != "_load_from_bytes":
+            return found
+        torch = sys.modules["torch"]
+        return lambda data: torch.load(io.BytesIO(data), weights_only=False, map_location=_placed)
 
 
 def _tensor_from(
@@ -226,7 +261,7 @@ def _tensor_from(
     """Rebuild a tensor that :class:`_Pickler` reduced."""
     import torch
 
-    t = torch.empty(0, dtype=dtype).set_(storage.untyped_storage(), offset, size, stride)
+    t = storage.new_empty(0, dtype=dtype).set_(storage.untyped_storage(), offset, size, stride)
     if parameter:
         return torch.nn.Parameter(t, requires_grad=requires_grad)
     return t.requires_grad_() if requires_grad else t
@@ -549,7 +584,7 @@ def read_state(chunks: Iterable[Chunk], size: int | None = None) -> tuple[Any, d
             while True:
                 yield reader.pop_buffer()
 
-        obj = pickle.Unpickler(reader, buffers=buffers()).load()
+        obj = _Unpickler(reader, buffers=buffers()).load()
     except StateError:
         raise
     except Exception as exc:

@@ -7,7 +7,11 @@ in which order, are still to come this epoch: :class:`ResumableSampler`). With a
 the state a generator task yields, a run killed at any moment resumes to the same bits as a
 run never interrupted. docs/howto-pytorch.md walks through the whole loop.
 
-This module imports torch only where it needs it (:meth:`ResumableSampler.generator`);
+:func:`map_location` loads a snapshot's tensors onto another device than the one they were
+saved on: a snapshot of CUDA tensors resumed on a machine without CUDA.
+
+This module imports torch only where it needs it (:meth:`ResumableSampler.generator`,
+:func:`map_location`);
 install it with ``pip install "resumable-tasks[torch]"``.
 
 Example:
@@ -21,15 +25,100 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._rng import capture_rng, restore_rng
+from ._statecodec import tensor_location
 
-__all__ = ["ResumableSampler", "capture_rng", "restore_rng"]
+__all__ = ["ResumableSampler", "capture_rng", "map_location", "restore_rng"]
+
+
+@contextlib.contextmanager
+def map_location(location: Any) -> Iterator[None]:
+    """Load the tensors of resumed task state onto ``location``, as ``torch.load`` would.
+
+    A snapshot records the device each tensor was on: by default a resume puts it back there,
+    which fails on a machine without that device (a snapshot of CUDA tensors resumed on a
+    CPU-only machine raises a ``StateError`` that says so). Inside this block, state loaded
+    from a snapshot (by a resumed call or a retry of a ``@resumable`` task, or
+    ``resumable.testing.read_state``) puts its tensors where ``location`` says. It takes what
+    ``torch.load``'s ``map_location`` takes, with the same meaning:
+
+    - a device (``"cpu"``, ``"cuda:0"``, a ``torch.device``): every tensor goes there;
+    - a dict from saved device to device (``{"cuda:1": "cuda:0"}``): the devices it names
+      move, the others stay; keys are devices as torch names them, with their index;
+    - a function ``f(storage, saved_device)`` that returns the storage placed (the storage
+      is given on the CPU), or None to leave it on its saved device;
+    - None: where each tensor was saved (the default).
+
+    The setting holds for the thread or async task that enters the block (and the threads the
+    library loads state on for it); it covers tensors in task state only: the RNG states of
+    :func:`capture_rng` are plain bytes, and files a task keeps in ``Dir()`` state are read by
+    its own code. Tensors on the ``meta`` device have no data and stay there.
+
+    Raises:
+        ImportError: torch is not installed.
+        TypeError: a ``location`` that is none of the above.
+        RuntimeError: a device name torch does not know (``"cdua"``).
+
+    Example:
+        >>> import pytest; torch = pytest.importorskip("torch")
+        >>> from resumable import Checkpoint, resumable
+        >>> from resumable.testing import read_state
+        >>> @resumable(state=None, store="memory://doc-map", key="t", on_success="keep")
+        ... def task(state=None):
+        ...     yield {"w": torch.ones(2)}
+        >>> task()
+        >>> with Checkpoint("memory://doc-map/t") as cp, map_location("meta"):
+        ...     read_state(cp.load_sync() / "payload")["w"]
+        tensor(..., device='meta', size=(2,))
+
+        Resuming, on a CPU-only machine, a run whose snapshots hold CUDA tensors::
+
+            with map_location("cpu"):
+                final = train()
+
+    """
+    token = tensor_location.set(_placer(location))
+    try:
+        yield
+    finally:
+        tensor_location.reset(token)
+
+
+def _placer(location: Any) -> Callable[[Any, str], Any] | None:
+    """``location`` as a function ``(storage, saved_device) -> storage``, torch's rules."""
+    if location is None:
+        return None
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise ImportError(
+            'map_location() needs torch: pip install "resumable-tasks[torch]"'
+        ) from exc
+    restore = torch.serialization.default_restore_location
+    if isinstance(location, dict):
+        table = {str(saved): str(torch.device(to)) for saved, to in location.items()}
+        return lambda storage, saved: restore(storage, table.get(saved, saved))
+    if isinstance(location, (str, torch.device)):
+        device = str(torch.device(location))  # a misspelt device fails here, not at the load
+        return lambda storage, saved: restore(storage, device)
+    if callable(location):
+
+        def placed(storage: Any, saved: str) -> Any:
+            moved = location(storage, saved)
+            return restore(storage, saved) if moved is None else moved
+
+        return placed
+    raise TypeError(
+        "map_location() takes a device, a dict from saved device to device, or a function "
+        f"(storage, saved_device) -> storage, as torch.load does; got {location!r}"
+    )
 
 
 class ResumableSampler:
