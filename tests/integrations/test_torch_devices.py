@@ -7,8 +7,9 @@ CUDA tensor's saved bytes from a CPU one's.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,32 @@ def test_a_whole_resumable_run_saved_on_a_gpu_resumes_here(tmp_path: Path) -> No
     with map_location("cpu"):
         assert train() == 3
     assert_same(saved, seen[0])
+
+
+def test_an_async_task_resumes_under_map_location_entered_in_its_coroutine(
+    tmp_path: Path,
+) -> None:
+    """An async generator task, awaited inside the block, loads its CUDA snapshot on the CPU."""
+    saved = {"w": torch.arange(4.0), "step": 2}
+
+    @resumable(state=None, store=str(tmp_path), key="crawl")
+    async def crawl(state: Any = None) -> AsyncIterator[Any]:
+        if state is None:
+            yield saved
+            raise RuntimeError("preempted")
+        yield {"w": state["w"] + 1, "step": state["step"] + 1}
+
+    async def resume() -> Any:
+        with map_location("cpu"):
+            return await crawl()
+
+    with saved_on("cuda:0"), pytest.raises(RuntimeError, match="preempted"):
+        asyncio.run(crawl())
+    with pytest.raises(StateError, match="saved on 'cuda:0'"):
+        asyncio.run(crawl())
+    final = asyncio.run(resume())
+    assert final["step"] == 3
+    assert torch.equal(final["w"], saved["w"] + 1)
 
 
 def test_a_dict_maps_the_devices_it_names_and_leaves_the_others() -> None:
