@@ -183,9 +183,11 @@ def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
     followed out of the tree (``ResumableError``). A folder or entry that cannot be read is
     named (see :func:`reading`).
     """
-    stack: list[tuple[Path, tuple[int, int] | None]] = [(root, None)]
+    # Each folder with its archive name's prefix ("" for the root, "a/b/" below it): a
+    # string join per entry, where Path.relative_to cost a fifth of a save of small files.
+    stack: list[tuple[Path, str, tuple[int, int] | None]] = [(root, "", None)]
     while stack:
-        folder, expected = stack.pop()
+        folder, prefix, expected = stack.pop()
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         with reading(folder):
             fd = os.open(folder, flags if expected is None else flags | os.O_NOFOLLOW)
@@ -198,9 +200,10 @@ def walk(root: Path) -> Iterator[tuple[Path, str, os.stat_result]]:
                 path = folder / entry.name
                 with reading(path):
                     st = entry.stat(follow_symlinks=False)
-                yield path, path.relative_to(root).as_posix(), st
+                rel = prefix + entry.name
+                yield path, rel, st
                 if stat.S_ISDIR(st.st_mode):
-                    stack.append((path, (st.st_dev, st.st_ino)))
+                    stack.append((path, rel + "/", (st.st_dev, st.st_ino)))
         finally:
             os.close(fd)
 

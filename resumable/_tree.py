@@ -17,7 +17,6 @@ Knows nothing of where packs are: the caller hands pieces to a sink and fetches 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import tarfile
@@ -33,7 +32,7 @@ from typing import Protocol
 from ._archive import Guard, Limits, link_target, open_source, reading, safe_mode, walk
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
 from ._files import HoleWriter, TreeWriter, check_source
-from ._index import Index, Node, Piece
+from ._index import Index, Node, NodeType, Piece
 from ._stream import DIGESTS, NEW_DIGEST, Chunk
 from ._threads import submit
 
@@ -122,6 +121,11 @@ def decode(piece: Piece, data: bytes) -> bytes:
     if len(out) != piece.size or _hash(out) != piece.digest:
         raise CorruptCheckpointError(f"piece {piece.digest[:16]} does not match its digest")
     return out
+
+
+def _fields(n: Node) -> tuple[str, NodeType, int, int, int, str | None]:
+    """A node's fields before its pieces (``dataclasses.replace`` costs ten times more)."""
+    return n.path, n.type, n.mode, n.mtime_ns, n.size, n.target
 
 
 def _hash(data: Chunk) -> str:
@@ -237,7 +241,7 @@ class _Builder:
             self._store_one()
         slots = self._slots
         resolved = [
-            dataclasses.replace(n, pieces=tuple(slots[s] for s in n.pieces)) if n.pieces else n
+            Node(*_fields(n)[:6], tuple(slots[s] for s in n.pieces), n.stat) if n.pieces else n
             for n in nodes
         ]
         return self.pieces, resolved
