@@ -21,6 +21,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import blake3
 
+from ._errors import source_error
 from ._forks import forked
 from ._threads import submit
 
@@ -267,7 +268,11 @@ class Spool:
 
     def _copy_file(self, path: Path) -> None:
         # No trip through Python's memory: copy_file_range, else sendfile.
-        with path.open("rb") as src:
+        try:
+            opened = path.open("rb")
+        except OSError as exc:  # the file to save, not the store: say which, and what to do
+            raise source_error(exc, str(path), in_folder=False) from exc
+        with opened as src:
             size = os.fstat(src.fileno()).st_size
             copied = 0
             while copied < size or size == 0:
