@@ -20,7 +20,7 @@ def process(cp: Checkpoint, attempt: int) -> int:
         progress = json.loads((root / "payload").read_text())
         print(f"attempt {attempt}: resuming at item {progress['next']}")
     for i in range(progress["next"], TOTAL):
-        if attempt == 0 and i == TOTAL // 2:
+        if attempt == 1 and i == TOTAL // 2:
             raise RuntimeError(f"simulated crash at item {i}")
         progress = {"next": i + 1, "total": progress["total"] + i * i}
         cp.save_sync(json.dumps(progress).encode())
@@ -29,7 +29,7 @@ def process(cp: Checkpoint, attempt: int) -> int:
 
 def main() -> None:
     with Checkpoint(".resumable/checkpoint-basics") as cp:
-        for attempt in range(2):
+        for attempt in (1, 2):  # counted from 1, as the library's logs count them
             try:
                 result = process(cp, attempt)
             except RuntimeError as exc:

@@ -253,10 +253,13 @@ class LocalBackend:
 
     local = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, inner: bool = False) -> None:
         self.root = root
         self.url = str(root)
         self._swept = False
+        # A folder of the library's own inside a task's (``~pieces``): never followed as a
+        # link, so nothing the library writes or deletes there lands outside the task.
+        self._inner = inner
 
     def _open_new(self, path: Path) -> int:
         """``O_EXCL``-create ``path`` (0600) in the root; the root is made on first use only.
@@ -277,6 +280,7 @@ class LocalBackend:
             return os.open(path, flags, OBJECT_MODE)
 
     def entries(self) -> list[Entry]:
+        self._not_a_link()
         try:
             with os.scandir(self.root) as it:
                 found = list(it)
@@ -317,16 +321,20 @@ class LocalBackend:
             return  # the nearest folder that exists: what is below it is missing
 
     def read(self, name: str) -> bytes:
+        self._not_a_link()
         with open(_open_object(self.root / name), "rb", buffering=0) as f:
             return f.read()
 
     def open_read(self, name: str) -> BinaryIO:
+        self._not_a_link()
         return open(_open_object(self.root / name), "rb", buffering=0)
 
     def writer(self, name: str) -> BlobWriter:
+        self._not_a_link()
         return _LocalWriter(self.root, name, self._open_new)
 
     def create_exclusive(self, name: str, data: bytes) -> None:
+        self._not_a_link()
         tmp = self.root / temp_name(name)
         fd = self._open_new(tmp)
         try:
@@ -353,15 +361,24 @@ class LocalBackend:
         _fsync_dir(self.root)
 
     def delete(self, name: str) -> None:
+        self._not_a_link()
         with contextlib.suppress(FileNotFoundError):
             (self.root / name).unlink()
 
     def delete_many(self, names: list[str]) -> None:
+        self._not_a_link()
         for name in names:
             self.delete(name)
 
     def child(self, name: str) -> AdminBackend:
-        return LocalBackend(self.root / name)
+        return LocalBackend(self.root / name, inner=True)
+
+    def _not_a_link(self) -> None:
+        if self._inner and self.root.is_symlink():
+            raise ConfigurationError(
+                f"{self.url} is a symbolic link: the library never follows one inside a "
+                "store (it could write or delete elsewhere). Remove the link."
+            )
 
     def exists(self) -> bool:
         return self.root.is_dir()
@@ -393,6 +410,7 @@ class LocalBackend:
 
     def remove_root_if_empty(self) -> None:
         """Remove the root folder once it holds nothing but temp files of gone makers."""
+        self._not_a_link()
         with contextlib.suppress(OSError):
             sweep = self.remove_dead_temps()
             if sweep.unknown:
