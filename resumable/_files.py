@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import stat
 import tarfile
 from collections import deque
@@ -36,7 +37,9 @@ __all__ = [
     "TreeWriter",
     "check_source",
     "iter_file",
+    "overwrite_file",
     "refuse_overlap",
+    "replace_file",
     "write_file",
 ]
 
@@ -176,6 +179,43 @@ def write_file(path: Path, chunks: Iterable[Chunk]) -> None:
         w.close()
     finally:
         os.close(fd)
+
+
+def overwrite_file(path: Path, data: Chunk) -> None:
+    """Make the file at ``path`` hold ``data`` (zero blocks as holes), created if missing.
+
+    An existing file is emptied and written again: no new file, which on a journalling
+    filesystem costs more than the rest of a small load. Not all or nothing: a write that
+    fails midway leaves it partly written (for a workspace's payload only, whose load then
+    raises).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = os.open(path, _NEW_FILE, 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        w = HoleWriter(fd)
+        w.write(data)
+        w.close()
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: Path, chunks: Iterable[Chunk]) -> None:
+    """Make ``path`` hold ``chunks``, all or nothing: a temp file beside it, renamed over it.
+
+    The rename happens only once ``chunks`` were read to their end (a verified payload raises
+    there when it does not match): a failure leaves ``path`` as it was.
+    """
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        write_file(temp, chunks)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
 
 
 # -- a restored tree ------------------------------------------------------------------------------

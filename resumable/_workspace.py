@@ -58,6 +58,7 @@ __all__ = [
     "discard",
     "empty_folder",
     "empty_folder_slow",
+    "holds_at_most_payload",
     "keep_until_exit",
     "leftovers",
     "let_go",
@@ -410,12 +411,37 @@ def _put_back(staging: Path, target: Path) -> bool:
     return True
 
 
+def _in_workspace(target: Path) -> bool:
+    """Whether ``target`` is the ``root`` of a workspace this process made."""
+    with _lock:
+        return target.parent in _mine
+
+
+def holds_at_most_payload(target: Path) -> bool:
+    """Whether ``target`` is a workspace's ``root`` holding nothing but a ``payload`` file.
+
+    Then a load of bytes or a file may replace that one file in place: nobody else writes
+    there, and nothing else is in it to remove.
+    """
+    if not _in_workspace(target):
+        return False
+    try:
+        with os.scandir(target) as it:
+            found = [(e.name, e.is_file(follow_symlinks=False)) for e in it]
+    except OSError:
+        return False
+    return found in ([], [("payload", True)])
+
+
 def recover(target: Path) -> None:
     """Undo a swap into ``target`` that a process killed between its renames left halfway.
 
     Only renames, never deletes: a restore runs this first, and whatever it then does
-    (succeed or fail) the user's tree is back in place.
+    (succeed or fail) the user's tree is back in place. Nothing to do for a workspace's
+    ``root``: only this process restores beside it (its folder is private, and goes at exit).
     """
+    if _in_workspace(target):
+        return
     for staging in _stagings(target):
         if _abandoned(staging):
             _put_back(staging, target)
@@ -425,8 +451,11 @@ def sweep_beside(target: Path) -> None:
     """After a restore into ``target`` succeeded: remove the stagings gone owners left there.
 
     What such a staging still holds is superseded: a new tree that never took the folder's
-    place, or an old one that the restore just replaced anyway.
+    place, or an old one that the restore just replaced anyway. None can be beside a
+    workspace's ``root`` (see :func:`recover`).
     """
+    if _in_workspace(target):
+        return
     for staging in _stagings(target):
         if _abandoned(staging) and not (_holds_old(staging) and not os.path.lexists(target)):
             shutil.rmtree(staging, ignore_errors=True)

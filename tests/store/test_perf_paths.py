@@ -1,7 +1,8 @@
 """Fast paths of the store's local side, each held to a slow, obviously correct twin.
 
 - A workspace keeps its emptied restore staging for the next load, instead of making and
-  removing a marked folder per load; what a load hands out is the same either way.
+  removing a marked folder per load; a load of bytes into a workspace holding only its
+  payload rewrites that file in place; what a load hands out is the same either way.
 - ``empty_folder`` (scan, unlink, rmtree subfolders) against ``empty_folder_slow`` (rmtree the
   folder, make it again), on random trees with links that must not be followed.
 """
@@ -36,8 +37,8 @@ def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != "root")
 
 
-def test_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
-    """Repeated loads into a workspace keep one emptied staging; each returns its snapshot."""
+def test_byte_loads_rewrite_the_payload_in_place_and_hand_out_each_snapshot(tmp: Path) -> None:
+    """Loads of bytes into a workspace holding only its payload need no staging at all."""
     root: Path | None = None
     with Checkpoint(tmp / "store") as cp:
         for i in range(4):
@@ -46,6 +47,23 @@ def test_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
             assert root is not None
             assert sorted(p.name for p in root.iterdir()) == ["payload"]
             assert (root / "payload").read_bytes() == f"state {i}".encode()
+            assert hidden(root.parent) == [".resumable-owner"]  # the marker, no staging
+    assert root is not None
+    assert not root.parent.exists()  # close() removes the workspace
+
+
+def test_folder_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
+    """Repeated folder loads into a workspace keep one emptied staging; each is exact."""
+    root: Path | None = None
+    src = tmp / "src"
+    src.mkdir()
+    with Checkpoint(tmp / "store") as cp:
+        for i in range(4):
+            (src / f"f{i}").write_bytes(b"x")
+            cp.save_sync(src)
+            root = cp.load_sync()
+            assert root is not None
+            assert sorted(p.name for p in root.iterdir()) == [f"f{j}" for j in range(i + 1)]
             names = hidden(root.parent)
             assert len(names) == 2, names  # the owner marker and one staging
             [staging] = [root.parent / n for n in names if ".root.resumable-" in n]
@@ -71,15 +89,19 @@ def test_a_load_replaces_files_a_user_added_to_the_workspace(tmp: Path) -> None:
 
 def test_a_tampered_spare_staging_is_not_reused(tmp: Path) -> None:
     """A spare staging that no longer holds just an empty NEW is left alone for a new one."""
+    src = tmp / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"one")
     with Checkpoint(tmp / "store") as cp:
-        cp.save_sync(b"one")
+        cp.save_sync(src)
         root = cp.load_sync()
         assert root is not None
         [staging] = [p for p in root.parent.iterdir() if ".root.resumable-" in p.name]
         (staging / NEW / "intruder").write_bytes(b"?")
-        cp.save_sync(b"two")
+        (src / "f").write_bytes(b"two")
+        cp.save_sync(src)
         cp.load_sync()
-        assert (root / "payload").read_bytes() == b"two"
+        assert (root / "f").read_bytes() == b"two"
         assert (staging / NEW / "intruder").read_bytes() == b"?"  # not taken, not emptied
         assert (root / "intruder").exists() is False
 
