@@ -37,7 +37,6 @@ __all__ = [
     "TreeWriter",
     "check_source",
     "iter_file",
-    "overwrite_file",
     "refuse_overlap",
     "replace_file",
     "write_file",
@@ -176,27 +175,6 @@ def write_file(path: Path, chunks: Iterable[Chunk]) -> None:
         w = HoleWriter(fd)
         for chunk in chunks:
             w.write(chunk)
-        w.close()
-    finally:
-        os.close(fd)
-
-
-def overwrite_file(path: Path, data: Chunk) -> None:
-    """Make the file at ``path`` hold ``data`` (zero blocks as holes), created if missing.
-
-    An existing file is emptied and written again: no new file, which on a journalling
-    filesystem costs more than the rest of a small load. Not all or nothing: a write that
-    fails midway leaves it partly written (for a workspace's payload only, whose load then
-    raises).
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        fd = os.open(path, _NEW_FILE, 0o644)
-    try:
-        os.ftruncate(fd, 0)
-        w = HoleWriter(fd)
-        w.write(data)
         w.close()
     finally:
         os.close(fd)

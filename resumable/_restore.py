@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from ._archive import Limits, TarFacts, extract_tar, gunzip_members
 from ._errors import CorruptCheckpointError
-from ._files import overwrite_file, replace_file, write_file
+from ._files import replace_file, write_file
 from ._index import Index
 from ._manifest import Manifest
 from ._stream import Chunk, Spool
@@ -129,13 +129,10 @@ def restore_into(
 
     def into_target(m: Manifest, chunks: Iterator[Chunk]) -> None:
         if m.kind != "dir" and holds_at_most_payload(target):
-            # A workspace's payload is rewritten in place once every byte verified (held in
-            # memory when small, else a temp file renamed over it): the outcome of a swap
-            # for a fraction of its calls, and no new file for a small one.
-            if m.size <= _IN_MEMORY:
-                overwrite_file(target / "payload", b"".join(chunks))  # verified at its end
-            else:
-                replace_file(target / "payload", chunks)
+            # A workspace's payload is replaced by a temp file renamed over it once every
+            # byte verified: the outcome of a swap for a fraction of its calls. Never
+            # rewritten in place: a caller may still read (or map) the previous one.
+            replace_file(target / "payload", chunks)
             return
         staging = stage(target)
         old = target if have and target.is_dir() else None

@@ -2,7 +2,8 @@
 
 - A workspace keeps its emptied restore staging for the next load, instead of making and
   removing a marked folder per load; a load of bytes into a workspace holding only its
-  payload rewrites that file in place; what a load hands out is the same either way.
+  payload replaces that one file (a temp file renamed over it); what a load hands out is
+  the same either way.
 - ``empty_folder`` (scan, unlink, rmtree subfolders) against ``empty_folder_slow`` (rmtree the
   folder, make it again), on random trees with links that must not be followed.
 """
@@ -37,7 +38,7 @@ def hidden(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != "root")
 
 
-def test_byte_loads_rewrite_the_payload_in_place_and_hand_out_each_snapshot(tmp: Path) -> None:
+def test_byte_loads_replace_only_the_payload_and_hand_out_each_snapshot(tmp: Path) -> None:
     """Loads of bytes into a workspace holding only its payload need no staging at all."""
     root: Path | None = None
     with Checkpoint(tmp / "store") as cp:
@@ -50,6 +51,19 @@ def test_byte_loads_rewrite_the_payload_in_place_and_hand_out_each_snapshot(tmp:
             assert hidden(root.parent) == [".resumable-owner"]  # the marker, no staging
     assert root is not None
     assert not root.parent.exists()  # close() removes the workspace
+
+
+def test_a_payload_handed_out_stays_whole_while_the_next_load_replaces_it(tmp: Path) -> None:
+    """The previous payload, still open (or mapped) by its reader, keeps its bytes."""
+    with Checkpoint(tmp / "store") as cp:
+        cp.save_sync(b"first payload")
+        root = cp.load_sync()
+        assert root is not None
+        with (root / "payload").open("rb") as held:
+            cp.save_sync(b"second")
+            assert cp.load_sync() == root
+            assert held.read() == b"first payload"  # replaced by a rename, not rewritten
+        assert (root / "payload").read_bytes() == b"second"
 
 
 def test_folder_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
