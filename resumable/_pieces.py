@@ -31,7 +31,7 @@ from ._backend import Backend, BlobWriter
 from ._errors import CorruptCheckpointError
 from ._index import Index, Piece
 from ._names import is_pack, pack_name
-from ._stream import CHUNK_SIZE, Chunk
+from ._stream import CHUNK_SIZE, Chunk, read_at_most
 from ._threads import run_on_io
 from ._tree import ScanFacts, decode, scan
 
@@ -256,7 +256,7 @@ def fetch(backend: Backend, pack: str, pieces: list[Piece]) -> Iterator[tuple[Pi
                 raise CorruptCheckpointError(f"pieces of pack {pack} overlap")
             try:
                 _skip(stream, piece.offset - at)
-                data = _read_exactly(stream, piece.stored)
+                data = read_at_most(stream, piece.stored)
             except FileNotFoundError:  # deleted mid-read (object stores say so late)
                 raise CorruptCheckpointError(f"pack {pack} disappeared while read") from None
             at = piece.offset + len(data)
@@ -270,18 +270,6 @@ def _skip(stream: IO[bytes], count: int) -> None:
         if not skipped:
             return
         count -= skipped
-
-
-def _read_exactly(stream: IO[bytes], count: int) -> bytes:
-    """``count`` bytes, or fewer only at the end of the stream."""
-    parts = []
-    while count > 0:
-        part = stream.read(count)
-        if not part:
-            break
-        parts.append(part)
-        count -= len(part)
-    return b"".join(parts)
 
 
 class Packs:

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from . import _forks, _loading, _restore
 from ._archive import Limits
@@ -51,7 +51,7 @@ from ._payload import INLINE_MAX, PayloadWriter, Producer, read_payload
 from ._pieces import Packs, TreeSave
 from ._progress import Progress, saving
 from ._retention import Retention
-from ._stream import Chunk, Digest
+from ._stream import Chunk, Digest, read_at_most
 
 __all__ = [
     "INLINE_MAX",
@@ -78,19 +78,6 @@ _contested: dict[str, float] = {}
 def names_of(entries: Iterable[Entry]) -> list[str]:
     """The names of listed objects."""
     return [e.name for e in entries]
-
-
-def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``stream``: fewer only at its end."""
-    parts: list[bytes] = []
-    left = limit
-    while left > 0:
-        part = stream.read(left)
-        if not part:
-            break
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
 
 
 class SnapshotStore:
@@ -401,7 +388,7 @@ class SnapshotStore:
             raise too_large()
         if size is None:
             with self.backend.open_read(name) as stream:
-                data = _read_at_most(stream, MANIFEST_MAX + 1)
+                data = read_at_most(stream, MANIFEST_MAX + 1)
         else:
             data = self.backend.read(name)  # one request (it may have grown since listed)
         return Manifest.from_json(data, seq)

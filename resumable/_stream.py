@@ -37,6 +37,7 @@ __all__ = [
     "frozen_copy",
     "frozen_copy_slow",
     "ordered_map",
+    "read_at_most",
 ]
 
 #: Size of one read, write or compressed member when streaming.
@@ -228,6 +229,26 @@ def ordered_map(fn: Callable[[T], U], items: Iterable[T], ahead: int = 2) -> Ite
     finally:
         for fut in window:
             fut.cancel()
+
+
+def read_at_most(stream: BinaryIO, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``stream``: fewer only at its end (short reads are read on).
+
+    Example:
+        >>> import io
+        >>> read_at_most(io.BytesIO(b"abcdef"), 4), read_at_most(io.BytesIO(b"ab"), 4)
+        (b'abcd', b'ab')
+
+    """
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def discard(source: object) -> None:
