@@ -16,15 +16,16 @@ touches packs:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from . import _forks
 from ._backend import Backend, BlobWriter
@@ -272,6 +273,19 @@ def _skip(stream: IO[bytes], count: int) -> None:
         count -= skipped
 
 
+#: How many dropped snapshots and deleted packs a ``Packs`` remembers.
+_REMEMBERED = 10_000
+
+K = TypeVar("K")
+
+
+def _remember(seen: dict[K, None], new: Iterable[K]) -> None:
+    """Add ``new`` to ``seen``, forgetting the oldest beyond ``_REMEMBERED``."""
+    seen.update(dict.fromkeys(new))
+    for old in list(itertools.islice(seen, max(0, len(seen) - _REMEMBERED))):
+        del seen[old]
+
+
 class Packs:
     """Which packs the snapshots of one task use, and the deletion of those none uses.
 
@@ -295,8 +309,13 @@ class Packs:
         self._lock = threading.Lock()
         self._uses: dict[int, frozenset[str]] = {}  # snapshot -> its packs, where known
         self._condemned: dict[str, float] = {}  # pack -> when (time.monotonic())
-        self._dropped: set[int] = set()  # snapshots this process's retention deleted
-        self._gone: set[str] = set()  # packs deleted, or being deleted, by this process
+        # Snapshots this process's retention deleted, and packs it deleted (or is deleting),
+        # the newest _REMEMBERED of each: a save in flight asks about its base, a few
+        # snapshots back, and a long-running task must not grow them without end. A save
+        # whose base is older than that gives up (its listing check would catch a lost pack
+        # anyway).
+        self._dropped: dict[int, None] = {}
+        self._gone: dict[str, None] = {}
         self._any = False  # whether a folder snapshot by content of the task was seen
         _forks.track(self)
 
@@ -337,7 +356,7 @@ class Packs:
         """Snapshots ``seqs`` are deleted: condemn their packs that no known snapshot uses."""
         now = time.monotonic()
         with self._lock:
-            self._dropped.update(seqs)
+            _remember(self._dropped, seqs)
             freed = set().union(*(self._uses.pop(seq, frozenset()) for seq in seqs))
             freed.difference_update(*self._uses.values())
             for pack in freed:
@@ -350,7 +369,7 @@ class Packs:
         """
         with self._lock:
             due = [p for p, t in self._condemned.items() if time.monotonic() - t >= self.grace]
-            self._gone.update(due)  # from now on no save may rescue them
+            _remember(self._gone, due)  # from now on no save may rescue them
         if not due:
             return []
         used = set().union(*(self._packs_of(seq) for seq in manifests()))
@@ -359,12 +378,14 @@ class Packs:
             self.backend.delete_many(doomed)
         except BaseException:
             with self._lock:  # not deleted after all (the next retention tries again)
-                self._gone.difference_update(due)
+                for pack in due:
+                    self._gone.pop(pack, None)
             raise
         with self._lock:
             for pack in due:
                 self._condemned.pop(pack, None)
-            self._gone.difference_update(p for p in due if p in used)
+            for pack in used.intersection(due):
+                self._gone.pop(pack, None)
         if doomed:
             log.debug("%s: deleted %d unused packs", self.backend.url, len(doomed))
         return doomed
@@ -385,7 +406,7 @@ class Packs:
         deleting it now).
         """
         with self._lock:
-            if packs & self._gone:
+            if not packs.isdisjoint(self._gone):
                 return False
             for pack in packs:
                 self._condemned.pop(pack, None)

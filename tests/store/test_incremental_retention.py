@@ -198,3 +198,16 @@ def test_kills_during_incremental_saves_and_retention_leave_every_snapshot_whole
         with Checkpoint(url, storage=Storage(incremental=True, keep=1)) as cp:
             assert all_verify(cp)
             assert cp.load_sync() is not None
+
+
+def test_a_long_running_task_remembers_a_bounded_number_of_drops(tmp_path: Path) -> None:
+    """Millions of saves must not grow what retention remembers: the newest drops only."""
+    from resumable import _pieces
+
+    with Checkpoint(tmp_path / "store", storage=Storage(keep=1)) as cp:
+        packs = store(cp).packs
+        for first in range(0, 3 * _pieces._REMEMBERED, 500):
+            packs.dropped(list(range(first, first + 500)))
+        assert packs.dropped_here(3 * _pieces._REMEMBERED - 1)
+        assert not packs.dropped_here(0)  # forgotten: a save built on it would give up
+        assert len(packs._dropped) == _pieces._REMEMBERED
