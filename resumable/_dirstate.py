@@ -17,12 +17,9 @@ from pathlib import Path
 from ._backend import is_local, local_path
 from ._checkpoint import Checkpoint, CheckpointInfo
 from ._errors import ConfigurationError
+from ._files import within
 
 __all__ = ["check_dir", "restore_dir"]
-
-
-def _within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
 
 
 def check_dir(folder: Path, store: str) -> None:
@@ -43,12 +40,12 @@ def check_dir(folder: Path, store: str) -> None:
     places.append(("the temp folder that holds workspaces", tempfile.gettempdir()))
     for what, where in places:
         other = Path(os.path.realpath(where))
-        if _within(other, real):
+        if within(other, real):
             raise ConfigurationError(
                 f"Dir({str(folder)!r}) contains {what} ({other}): restoring a snapshot "
                 f"into it would delete {what}; {fix}"
             )
-        if what == "the store" and _within(real, other):
+        if what == "the store" and within(real, other):
             raise ConfigurationError(
                 f"Dir({str(folder)!r}) is inside the store ({other}): snapshots would be "
                 f"mixed with the folder they restore; {fix}"

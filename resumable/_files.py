@@ -39,6 +39,7 @@ __all__ = [
     "iter_file",
     "refuse_overlap",
     "replace_file",
+    "within",
     "write_file",
 ]
 
@@ -96,6 +97,17 @@ def check_source(path: Path) -> Literal["file", "dir"]:
     )
 
 
+def within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies inside it (as written: resolve links first).
+
+    Example:
+        >>> within(Path("/data/run"), Path("/data")), within(Path("/data"), Path("/data/run"))
+        (True, False)
+
+    """
+    return inner == outer or outer in inner.parents
+
+
 def refuse_overlap(folder: Path, store: Path) -> None:
     """``ConfigurationError`` when ``folder`` is ``store``, or one of them holds the other.
 
@@ -111,7 +123,7 @@ def refuse_overlap(folder: Path, store: Path) -> None:
 
     """
     a, b = Path(os.path.realpath(folder)), Path(os.path.realpath(store))
-    if a == b or a in b.parents or b in a.parents:
+    if within(a, b) or within(b, a):
         raise ConfigurationError(
             f"cannot restore into {str(folder)!r}: it overlaps the checkpoint's folder "
             f"{str(store)!r}, which the restore would replace; restore outside the store"
