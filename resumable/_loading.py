@@ -22,7 +22,6 @@ from ._backend import Backend, Entry
 from ._errors import CorruptCheckpointError
 from ._manifest import Manifest
 from ._names import manifest_name, manifest_seqs, seq_prefix
-from ._progress import format_bytes
 from ._restore import Consume
 from ._stream import Chunk
 
@@ -69,15 +68,9 @@ class LoadView(Protocol):
 
 
 def rate(size: int, seconds: float) -> str:
-    """``size`` bytes moved in ``seconds``, as a log line says it (the bars' units).
-
-    Example:
-        >>> rate(32 << 20, 0.5)
-        '32.0 MiB in 0.50 s (64.0 MiB/s)'
-
-    """
-    speed = format_bytes(size / max(seconds, 1e-9))
-    return f"{format_bytes(size)} in {seconds:.2f} s ({speed}/s)"
+    """``size`` bytes moved in ``seconds``, as a log line says it."""
+    mib = size / 2**20
+    return f"{mib:.1f} MiB in {seconds:.2f} s ({mib / max(seconds, 1e-9):.0f} MiB/s)"
 
 
 @dataclass
