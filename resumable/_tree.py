@@ -33,7 +33,7 @@ from ._archive import Guard, Limits, link_target, open_source, reading, safe_mod
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
 from ._files import HoleWriter, TreeWriter, check_source
 from ._index import Index, Node, NodeType, Piece
-from ._stream import DIGESTS, NEW_DIGEST, Chunk
+from ._stream import Chunk, piece_digest
 from ._threads import submit
 
 __all__ = ["BLOCK", "RACY_NS", "Fetch", "ScanFacts", "Sink", "decode", "scan", "write_tree"]
@@ -55,7 +55,7 @@ _PROBE = 16 * 1024
 # Deflate only when the probe shrinks to this fraction or less.
 _WORTH_IT = 0.9
 # Batches of pieces coded on worker threads ahead of the one being stored.
-_AHEAD = 4
+_AHEAD = 8
 # A batch holds pieces up to this many bytes (one piece when it is larger).
 _BATCH_BYTES = 1 << 20
 _OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -87,14 +87,18 @@ class ScanFacts:
     bytes_added: int = 0
 
 
-def _code(block: bytes) -> tuple[bytes, str]:
-    """A piece's stored bytes and codec: deflated (level 1) when a probe shows it pays."""
+def _code(block: Chunk) -> tuple[bytes, str]:
+    """A piece's stored bytes and codec: deflated (level 1) when a probe shows it pays.
+
+    The bytes are the piece's own (a copy when ``block`` is a view): a read buffer is
+    reused once its batch is stored, while a pack may still hold what it was given.
+    """
     if _worth_deflating(block[:_PROBE]):
         packer = zlib.compressobj(1, zlib.DEFLATED, -15)
         coded = packer.compress(block) + packer.flush()
         if len(coded) < len(block):  # the probe can be wrong about the rest
             return coded, "deflate"
-    return block, "raw"
+    return bytes(block), "raw"
 
 
 def decode(piece: Piece, data: bytes) -> bytes:
@@ -130,9 +134,7 @@ def _fields(n: Node) -> tuple[str, NodeType, int, int, int, str | None]:
 
 def _hash(data: Chunk) -> str:
     """The piece digest of ``data``, here: a piece is hashed once, on the thread that has it."""
-    hasher = DIGESTS[NEW_DIGEST]()
-    hasher.update(data)
-    return hasher.hexdigest()
+    return piece_digest(data)
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
@@ -144,7 +146,7 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
 _Prepared = tuple[str, int, bytes | None, str]
 
 
-def _prepare(batch: list[bytes], known: dict[str, Piece]) -> list[_Prepared]:
+def _prepare(batch: list[Chunk], known: dict[str, Piece]) -> list[_Prepared]:
     """Hash pieces and code those the base snapshot does not hold (on a worker thread).
 
     One probe decides for a batch of small pieces (a sample of each, 16 KiB in all): a
@@ -161,11 +163,11 @@ def _prepare(batch: list[bytes], known: dict[str, Piece]) -> list[_Prepared]:
             coded, codec = _code(data)
             done.append((digest, len(data), coded, codec))
         else:
-            done.append((digest, len(data), data, "raw"))
+            done.append((digest, len(data), bytes(data), "raw"))
     return done
 
 
-def _worth_deflating(sample: bytes) -> bool:
+def _worth_deflating(sample: Chunk) -> bool:
     return len(zlib.compress(sample, 1)) <= _WORTH_IT * len(sample)
 
 
@@ -185,9 +187,13 @@ class _Builder:
         self._slots: list[int] = []  # slot -> piece index (-1 until it is known)
         # Small pieces go to a worker in batches: a thread hop per 64 KiB file costs more
         # than hashing it.
-        self._batch: list[bytes] = []
+        self._batch: list[Chunk] = []
         self._batch_bytes = 0
-        self._coding: deque[tuple[int, Future[list[_Prepared]]]] = deque()
+        # Whole blocks are read into these buffers, each reused once its batch is stored:
+        # a fresh 1 MiB object per block costs the allocator more than the read itself.
+        self._buffers: list[bytearray] = []
+        self._held: list[bytearray] = []  # the buffers of the batch being filled
+        self._coding: deque[tuple[int, Future[list[_Prepared]], list[bytearray]]] = deque()
         self.facts = ScanFacts()
 
     def _piece(self, piece: Piece) -> int:
@@ -203,11 +209,21 @@ class _Builder:
         self._slots.append(self._piece(piece))
         return len(self._slots) - 1
 
-    def block(self, data: bytes) -> int:
-        """A slot for the piece with these bytes: known, or coded and stored."""
+    def buffer(self) -> bytearray:
+        """A buffer of :data:`BLOCK` bytes to read a block into, then hand to :meth:`block`."""
+        return self._buffers.pop() if self._buffers else bytearray(BLOCK)
+
+    def block(self, data: Chunk, buffer: bytearray | None = None) -> int:
+        """A slot for the piece with these bytes: known, or coded and stored.
+
+        ``data`` may be a view of ``buffer`` (from :meth:`buffer`): it is not changed until
+        the piece is stored, then the buffer is reused.
+        """
         self._slots.append(-1)
         self._batch.append(data)
         self._batch_bytes += len(data)
+        if buffer is not None:
+            self._held.append(buffer)
         if self._batch_bytes >= _BATCH_BYTES:
             self._send()
         return len(self._slots) - 1
@@ -215,13 +231,14 @@ class _Builder:
     def _send(self) -> None:
         if self._batch:
             first = len(self._slots) - len(self._batch)
-            self._coding.append((first, submit(_prepare, self._batch, self._known)))
-            self._batch, self._batch_bytes = [], 0
+            coding = submit(_prepare, self._batch, self._known)
+            self._coding.append((first, coding, self._held))
+            self._batch, self._batch_bytes, self._held = [], 0, []
         while len(self._coding) > _AHEAD:
             self._store_one()
 
     def _store_one(self) -> None:
-        slot, future = self._coding.popleft()
+        slot, future, held = self._coding.popleft()
         for digest, size, coded, codec in future.result():
             if (found := self._at.get(digest)) is not None:
                 self._slots[slot] = found
@@ -233,6 +250,7 @@ class _Builder:
                 self.facts.new_pieces += 1
                 self.facts.bytes_added += piece.stored
             slot += 1
+        self._buffers.extend(held)  # hashed, and what is new copied: free to read into
 
     def finish(self, nodes: list[Node]) -> tuple[list[Piece], list[Node]]:
         """Every piece stored; the pieces, and ``nodes`` with their slots resolved."""
@@ -247,7 +265,8 @@ class _Builder:
         return self.pieces, resolved
 
     def abandon(self) -> None:
-        for _, future in self._coding:
+        # A worker may still be reading a buffer: none is reused, the builder is dropped.
+        for _, future, _ in self._coding:
             future.cancel()
         self._coding.clear()
 
@@ -265,24 +284,45 @@ def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int
         while left:
             want = min(left, BLOCK)
             with reading(path):  # only the reads: the builder's store calls are not the file's
-                data = os.read(fd, want)
-                while 0 < len(data) < want:  # a short read is not the end of a regular file
-                    more = os.read(fd, want - len(data))
-                    if not more:
-                        break
-                    data += more
+                if want == BLOCK:
+                    buffer = builder.buffer()
+                    data: Chunk = memoryview(buffer)[: _read_into(fd, buffer)]
+                else:
+                    buffer, data = None, _read(fd, want)
             if len(data) < want:
                 raise ResumableError(
                     f"{str(path)!r} shrank while it was being saved; save again once the task "
                     "has finished writing it"
                 )
-            refs.append(builder.block(data))
+            refs.append(builder.block(data, buffer))
             left -= want
             builder.facts.bytes_read += want
     finally:
         os.close(fd)
     builder.facts.files_read += 1
     return tuple(refs)
+
+
+def _read_into(fd: int, buffer: bytearray) -> int:
+    """Fill ``buffer`` from ``fd``; the bytes read (fewer only at the file's end)."""
+    view, got = memoryview(buffer), 0
+    while got < len(view):  # a short read is not the end of a regular file
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read(fd: int, want: int) -> bytes:
+    """Up to ``want`` bytes from ``fd`` (fewer only at the file's end)."""
+    data = os.read(fd, want)
+    while 0 < len(data) < want:
+        more = os.read(fd, want - len(data))
+        if not more:
+            break
+        data += more
+    return data
 
 
 def _unchanged(old: Node, st: os.stat_result, base: Index) -> bool:

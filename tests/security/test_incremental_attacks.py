@@ -550,8 +550,8 @@ def test_a_save_outliving_gcs_grace_never_commits_a_snapshot_without_its_packs(
     """``resumable gc`` runs two hours into a long save: the save fails or its snapshot loads."""
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(8):
-        (src / f"f{i}.bin").write_bytes(os.urandom(1_500_000))
+    for i in range(24):  # more than the blocks hashed ahead: packs are written by "victim"
+        (src / f"f{i:02}.bin").write_bytes(os.urandom(1_500_000))
     (src / "victim").write_bytes(b"the last file")
     url = tmp_path / "store" / "task"
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import Checkpoint, CorruptCheckpointError, Storage
-from resumable._index import Index
+from resumable._index import Index, Piece
 from resumable._pieces import PACK_TARGET
-from resumable._tree import BLOCK, RACY_NS, scan
+from resumable._tree import BLOCK, RACY_NS, decode, scan
 from resumable.testing import store
 
 from ..conftest import IO
@@ -341,3 +342,64 @@ def test_saved_and_loaded_helper_copies(tmp_path: Path, io: IO) -> None:
     with Checkpoint(tmp_path / "store", storage=INCREMENTAL) as cp:
         copy = saved_and_loaded(cp, src, io)
     assert tree_of(copy) == tree_of(src)
+
+
+class _KeepingSink:
+    """A sink that keeps each piece's bytes as it was handed them (no copy)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, tuple[Piece, object]] = {}
+
+    def add(self, digest: str, size: int, data: bytes, codec: str) -> Piece:
+        piece = Piece(digest, size, "0" * 32 + ".pack", 0, len(data), codec)
+        self.kept[digest] = (piece, data)
+        return piece
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(0, 2500), min_size=1, max_size=5),
+    grow=st.lists(st.integers(0, 900), min_size=5, max_size=5),
+    block=st.integers(1, 400),
+    batch=st.integers(1, 1500),
+    ahead=st.integers(0, 3),
+)
+def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
+    tmp_path_factory: pytest.TempPathFactory,
+    sizes: list[int],
+    grow: list[int],
+    block: int,
+    batch: int,
+    ahead: int,
+) -> None:
+    """A scan's pieces are each file's blocks, kept whole while read buffers are reused."""
+    root = tmp_path_factory.mktemp("blocks")
+    files = {f"f{i}.bin": os.urandom(n) for i, n in enumerate(sizes)}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    with (
+        mock.patch("resumable._tree.BLOCK", block),
+        mock.patch("resumable._tree._BATCH_BYTES", batch),
+        mock.patch("resumable._tree._AHEAD", ahead),
+    ):
+        sink = _KeepingSink()
+        base, _ = scan(root, None, sink)
+        first = dict(files)
+        for (name, data), extra in zip(list(files.items()), grow, strict=False):
+            if extra:  # appended to: read again, its old blocks known, the tail new
+                files[name] = data + os.urandom(extra)
+                with (root / name).open("ab") as f:
+                    f.write(files[name][len(data) :])
+        index, _ = scan(root, base, sink)
+    for scanned, content in ((base, first), (index, files)):
+        assert sorted(n.path for n in scanned.nodes) == sorted(content)
+        for node in scanned.nodes:
+            data = content[node.path]
+            pieces = [scanned.pieces[i] for i in node.pieces]
+            expected = [data[i : i + block] for i in range(0, len(data), block)]
+            assert [p.digest for p in pieces] == [blake3(b).hexdigest() for b in expected]
+            for p in pieces:  # every piece as stored, still whole once the scans are done
+                kept, stored = sink.kept[p.digest]
+                assert blake3(decode(kept, bytes(stored))).hexdigest() == p.digest
