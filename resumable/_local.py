@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -52,7 +53,7 @@ from ._errors import ConfigurationError
 from ._names import is_temp, temp_maker, temp_name
 from ._objects import AdminBackend, BlobWriter, Entry, Upload
 from ._owner import gone, machine
-from ._threads import submit
+from ._threads import run_on_io
 
 __all__ = [
     "FOLDER_MODE",
@@ -220,7 +221,7 @@ class _LocalWriter:
         self._unsynced += len(data)
         if self._unsynced >= self._SYNC_EVERY and (self._syncing is None or self._syncing.done()):
             self._unsynced = 0
-            self._syncing = submit(os.fdatasync, self._fd)
+            self._syncing = run_on_io(functools.partial(os.fdatasync, self._fd))
 
     def _settle(self) -> None:
         if self._syncing is not None:

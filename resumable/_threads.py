@@ -3,15 +3,18 @@
 Two pools, nothing else starts a thread:
 
 ``CPU`` (at most :data:`CPU_WORKERS` threads)
-    Short, pure work on one chunk: digest updates, gzip of a 1 MiB member, an ``fdatasync``
-    that runs behind the writer. Each stream waits for its previous future before it submits
-    the next, so one stream holds at most one or two of these at a time and streams never
-    interleave their bytes. A ``ThreadPoolExecutor``: it is shut down before ``atexit``
-    handlers run, after which :func:`submit` does the work on the caller's thread.
+    Short, pure work on one chunk, holding no GIL: digest updates, gzip of a 1 MiB member,
+    a batch of a folder's pieces hashed and coded. Nothing that waits on storage: one
+    thread per core, so a blocked one would idle a core. A stream bounds what it has in
+    flight (a digest or gzip stream one or two chunks, a folder's scan a few batches) and
+    takes the results in order, so streams never interleave their bytes. A
+    ``ThreadPoolExecutor``: it is shut down before ``atexit`` handlers run, after which
+    :func:`submit` does the work on the caller's thread.
 
 ``IO`` (daemon threads; idle ones are kept, at most :data:`IO_IDLE`)
     Anything that may block on storage: each storage call that has a deadline, one thread per
-    pipelined transfer (upload behind / download ahead), one per ``Checkpoint`` whose
+    pipelined transfer (upload behind / download ahead), the ``fdatasync`` that runs behind a
+    local writer, one per ``Checkpoint`` whose
     background saves are running (it exits when idle), and the async twins
     (:func:`run_async`), which run their sync method here instead of on the event loop. A
     thread is taken when work starts and handed back when it ends, so the number of threads
@@ -80,8 +83,8 @@ def _cores() -> int:
 
 
 #: Threads of the CPU pool: one per core (at least two, at most eight). Their work holds no
-#: GIL, so more threads than cores only contend: on two cores, four hashed a changed
-#: file's blocks with a third more CPU time than two.
+#: GIL and never waits on storage, so more threads than cores only contend: on two cores,
+#: four hashed a changed file's blocks with a third more CPU time than two.
 CPU_WORKERS = min(max(_cores(), 2), 8)
 #: Idle IO threads kept for reuse; more are started while more calls are in flight.
 IO_IDLE = 8

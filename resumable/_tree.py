@@ -87,18 +87,14 @@ class ScanFacts:
     bytes_added: int = 0
 
 
-def _code(block: Chunk) -> tuple[bytes, str]:
-    """A piece's stored bytes and codec: deflated (level 1) when a probe shows it pays.
-
-    The bytes are the piece's own (a copy when ``block`` is a view): a read buffer is
-    reused once its batch is stored, while a pack may still hold what it was given.
-    """
+def _code(block: Chunk) -> tuple[Chunk, str]:
+    """A piece's stored bytes and codec: deflated (level 1) when a probe shows it pays."""
     if _worth_deflating(block[:_PROBE]):
         packer = zlib.compressobj(1, zlib.DEFLATED, -15)
         coded = packer.compress(block) + packer.flush()
         if len(coded) < len(block):  # the probe can be wrong about the rest
             return coded, "deflate"
-    return bytes(block), "raw"
+    return block, "raw"
 
 
 def decode(piece: Piece, data: bytes) -> bytes:
@@ -143,7 +139,7 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
 
 #: A piece as a worker prepared it: digest, size, and its coded bytes and codec (None, ""
 #: when the base snapshot has it already).
-_Prepared = tuple[str, int, bytes | None, str]
+_Prepared = tuple[str, int, Chunk | None, str]
 
 
 def _prepare(batch: list[Chunk], known: dict[str, Piece]) -> list[_Prepared]:
@@ -163,7 +159,7 @@ def _prepare(batch: list[Chunk], known: dict[str, Piece]) -> list[_Prepared]:
             coded, codec = _code(data)
             done.append((digest, len(data), coded, codec))
         else:
-            done.append((digest, len(data), bytes(data), "raw"))
+            done.append((digest, len(data), data, "raw"))
     return done
 
 
@@ -216,8 +212,8 @@ class _Builder:
     def block(self, data: Chunk, buffer: bytearray | None = None) -> int:
         """A slot for the piece with these bytes: known, or coded and stored.
 
-        ``data`` may be a view of ``buffer`` (from :meth:`buffer`): it is not changed until
-        the piece is stored, then the buffer is reused.
+        ``data`` may be a view of ``buffer`` (from :meth:`buffer`): the buffer is reused once
+        the piece is known or was stored coded, never when the sink was handed the view.
         """
         self._slots.append(-1)
         self._batch.append(data)
@@ -239,6 +235,7 @@ class _Builder:
 
     def _store_one(self) -> None:
         slot, future, held = self._coding.popleft()
+        given = False  # a piece stored as read: its buffer now belongs to the sink
         for digest, size, coded, codec in future.result():
             if (found := self._at.get(digest)) is not None:
                 self._slots[slot] = found
@@ -246,11 +243,13 @@ class _Builder:
                 self._slots[slot] = self._piece(self._known[digest])
             else:
                 piece = self._sink.add(digest, size, coded, codec)
+                given = given or isinstance(coded, memoryview)
                 self._slots[slot] = self._piece(piece)
                 self.facts.new_pieces += 1
                 self.facts.bytes_added += piece.stored
             slot += 1
-        self._buffers.extend(held)  # hashed, and what is new copied: free to read into
+        if not given:  # hashed and known, or coded anew: free to read into again
+            self._buffers.extend(held)
 
     def finish(self, nodes: list[Node]) -> tuple[list[Piece], list[Node]]:
         """Every piece stored; the pieces, and ``nodes`` with their slots resolved."""

@@ -2,8 +2,8 @@
 
 - A workspace keeps its emptied restore staging for the next load, instead of making and
   removing a marked folder per load; a load of bytes into a workspace holding only its
-  payload replaces that one file (a temp file renamed over it); what a load hands out is
-  the same either way.
+  payload replaces that one file (a temp file swapped in by an atomic exchange, or renamed
+  over it); what a load hands out is the same either way.
 - ``empty_folder`` (scan, unlink, rmtree subfolders) against ``empty_folder_slow`` (rmtree the
   folder, make it again), on random trees with links that must not be followed.
 """
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resumable import Checkpoint, Storage, ctx, resumable
+from resumable import _files as files
 from resumable._capture import CapturedState
 from resumable._workspace import NEW, empty_folder, empty_folder_slow
 from resumable.testing import FaultyFileSystem, filesystem
@@ -53,7 +54,19 @@ def test_byte_loads_replace_only_the_payload_and_hand_out_each_snapshot(tmp: Pat
     assert not root.parent.exists()  # close() removes the workspace
 
 
-def test_a_payload_handed_out_stays_whole_while_the_next_load_replaces_it(tmp: Path) -> None:
+@pytest.fixture(params=["exchange", "rename"])
+def publish(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A payload swapped in by an atomic exchange (Linux), or renamed over the old one."""
+    if request.param == "rename":
+        monkeypatch.setattr(files, "_RENAMEAT2", None)
+    elif files._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    return str(request.param)
+
+
+def test_a_payload_handed_out_stays_whole_while_the_next_load_replaces_it(
+    tmp: Path, publish: str
+) -> None:
     """The previous payload, still open (or mapped) by its reader, keeps its bytes."""
     with Checkpoint(tmp / "store") as cp:
         cp.save_sync(b"first payload")
@@ -64,6 +77,65 @@ def test_a_payload_handed_out_stays_whole_while_the_next_load_replaces_it(tmp: P
             assert cp.load_sync() == root
             assert held.read() == b"first payload"  # replaced by a rename, not rewritten
         assert (root / "payload").read_bytes() == b"second"
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    old=st.none() | st.binary(max_size=300),
+    chunks=st.lists(st.binary(max_size=200), max_size=4),
+    fail=st.booleans(),
+)
+def test_replace_file_by_exchange_does_what_a_rename_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    old: bytes | None,
+    chunks: list[bytes],
+    fail: bool,
+) -> None:
+    """Swapped in by an exchange or renamed over: the same file, the old one intact, no temp."""
+    outcomes = []
+    for twin in ("exchange", "rename"):
+        folder = tmp_path_factory.mktemp(twin)
+        path = folder / "payload"
+        held = None
+        if old is not None:
+            path.write_bytes(old)
+            held = path.open("rb")
+
+        def stream() -> Iterator[bytes]:
+            yield from chunks
+            if fail:
+                raise OSError("the payload did not verify")
+
+        renameat2 = files._RENAMEAT2 if twin == "exchange" else None
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(files, "_RENAMEAT2", renameat2)
+            if fail:
+                with pytest.raises(OSError, match="did not verify"):
+                    files.replace_file(path, stream())
+            else:
+                files.replace_file(path, stream())
+        if held is not None:
+            assert held.read() == old  # never written to
+            held.close()
+        content = path.read_bytes() if path.exists() else None
+        outcomes.append((content, sorted(os.listdir(folder))))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == (old if fail else b"".join(chunks))
+    assert outcomes[0][1] == ([] if fail and old is None else ["payload"])
+
+
+def test_exchange_needs_both_entries_and_changes_nothing_when_one_is_missing(
+    tmp_path: Path,
+) -> None:
+    """An exchange with a missing entry is refused (False), leaving the other as it was."""
+    (tmp_path / "a").write_bytes(b"a")
+    assert not files.exchange(tmp_path / "a", tmp_path / "missing")
+    assert os.listdir(tmp_path) == ["a"]
+    if files._RENAMEAT2 is not None:
+        (tmp_path / "b").write_bytes(b"b")
+        assert files.exchange(tmp_path / "a", tmp_path / "b")
+        assert (tmp_path / "a").read_bytes() == b"b"
+        assert (tmp_path / "b").read_bytes() == b"a"
 
 
 def test_folder_loads_reuse_one_staging_and_hand_out_each_snapshot(tmp: Path) -> None:
