@@ -26,8 +26,8 @@ from ._errors import CorruptCheckpointError
 from ._files import replace_file, write_file
 from ._index import Index
 from ._manifest import Manifest
+from ._rebuild import Fetch, write_tree
 from ._stream import Chunk, Spool
-from ._tree import Fetch, write_tree
 from ._workspace import (
     NEW,
     destination,

@@ -1,42 +1,36 @@
-"""A folder as pieces and back: the scan a save makes, and the tree a restore writes.
+"""A folder as pieces: the scan a save makes (the tree a restore writes is ``_rebuild``).
 
-- :func:`scan` walks a folder and lists it as an :class:`~resumable._index.Index`. A file whose
-  size, mtime, device, inode and ctime match the previous snapshot's entry (and that was not
-  modified within :data:`RACY_NS` of that snapshot's scan) keeps its pieces unread. Any other
-  file is read and cut into :data:`BLOCK` pieces; a piece whose digest is already known (in
-  the previous snapshot, or earlier in this one) is not stored again, and a new one is coded
-  (deflated when that pays) on worker threads and handed to a :class:`Sink`, which puts it in
-  a pack.
-- :func:`write_tree` writes an index's tree into a new folder: every entry checked first by
-  the archive's lexical guard and ``Limits``, the pieces fetched pack by pack in order and
-  each verified, written wherever it is used (zero blocks as holes), or taken from a folder
-  that already holds the same bytes.
+:func:`scan` walks a folder and lists it as an :class:`~resumable._index.Index`. A file whose
+size, mtime, device, inode and ctime match the previous snapshot's entry (and that was not
+modified within :data:`RACY_NS` of that snapshot's scan) keeps its pieces unread. Any other
+file is read and cut into :data:`BLOCK` pieces; a piece whose digest is already known (in the
+previous snapshot, or earlier in this one) is not stored again, and a new one is coded
+(deflated when that pays) on worker threads and handed to a :class:`Sink`, which puts it in a
+pack. :func:`decode` turns a stored piece back into its bytes, checked.
 
-Knows nothing of where packs are: the caller hands pieces to a sink and fetches them back.
+Knows nothing of where packs are: the caller hands pieces to a sink.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-import tarfile
 import time
 import zlib
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from collections import deque
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ._archive import Guard, Limits, link_target, open_source, reading, safe_mode, walk
+from ._archive import link_target, open_source, reading, walk
 from ._errors import CorruptCheckpointError, ResumableError, UnsupportedDataError
-from ._files import HoleWriter, TreeWriter, check_source
+from ._files import check_source
 from ._index import Index, Node, NodeType, Piece
 from ._stream import Chunk, piece_digest
 from ._threads import submit
 
-__all__ = ["BLOCK", "RACY_NS", "Fetch", "ScanFacts", "Sink", "decode", "scan", "write_tree"]
+__all__ = ["BLOCK", "RACY_NS", "SMALLEST_BLOCK", "ScanFacts", "Sink", "decode", "scan"]
 
 #: Files are cut into pieces of this size (the last piece of a file is shorter). Fixed blocks
 #: find appends and rewrites in place; 1 MiB keeps a change's cost near its size and a 1 GiB
@@ -45,7 +39,7 @@ BLOCK = 1 << 20
 #: Below this, a file's pieces are never cut (but the last): what bounds how many piece uses
 #: an index may hold for its bytes, so a forged one cannot make a restore write one byte a
 #: million times.
-_SMALLEST_BLOCK = 64 * 1024
+SMALLEST_BLOCK = 64 * 1024
 #: A file modified less than this before the previous snapshot's scan began is read again
 #: even when its size and times match: it may have changed within the clock's resolution.
 RACY_NS = 2_000_000_000
@@ -55,15 +49,11 @@ _PROBE = 16 * 1024
 # Deflate only when the probe shrinks to this fraction or less.
 _WORTH_IT = 0.9
 # Batches of pieces coded on worker threads ahead of the one being stored.
-_AHEAD = 8
+_AHEAD = 4
 # A batch holds pieces up to this many bytes (one piece when it is larger).
 _BATCH_BYTES = 1 << 20
-_OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-#: The pieces of one pack to fetch, in offset order -> each with its verified bytes.
-Fetch = Callable[[str, list[Piece]], Iterator[tuple[Piece, bytes]]]
+# A file's whole blocks are read, hashed and coded on workers this many to a task.
+_SPAN = 4
 
 
 class Sink(Protocol):
@@ -163,6 +153,58 @@ def _prepare(batch: list[Chunk], known: dict[str, Piece]) -> list[_Prepared]:
     return done
 
 
+def _prepare_span(
+    fd: int, path: Path, start: int, count: int, known: dict[str, Piece], spare: list[bytearray]
+) -> list[_Prepared]:
+    """Read ``count`` whole blocks of ``fd`` from block ``start``, hash and code them (a worker).
+
+    The worker reads them itself (a main thread reading for two workers to hash was the
+    bottleneck of a changed large file), each into a buffer from ``spare``, which it puts
+    back unless the piece went on as read (new and not deflated: the sink takes the view).
+    """
+    done: list[_Prepared] = []
+    buffer = _take(spare)
+    try:
+        for block in range(start, start + count):
+            with reading(path):
+                got = _read_into(fd, buffer, block * BLOCK)
+            if got < BLOCK:
+                raise _shrank(path)
+            view = memoryview(buffer)
+            digest = _hash(view)
+            if digest in known:
+                done.append((digest, BLOCK, None, ""))
+                continue
+            coded, codec = _code(view)
+            done.append((digest, BLOCK, coded, codec))
+            if coded is view:
+                buffer = _take(spare)
+    finally:
+        spare.append(buffer)
+    return done
+
+
+def _done(prepared: list[_Prepared]) -> Future[list[_Prepared]]:
+    done: Future[list[_Prepared]] = Future()
+    done.set_result(prepared)
+    return done
+
+
+def _take(spare: list[bytearray]) -> bytearray:
+    """A buffer of :data:`BLOCK` bytes: a spare one, or a new one."""
+    try:
+        return spare.pop()  # atomic: workers share the list
+    except IndexError:
+        return bytearray(BLOCK)
+
+
+def _shrank(path: Path) -> ResumableError:
+    return ResumableError(
+        f"{str(path)!r} shrank while it was being saved; save again once the task has "
+        "finished writing it"
+    )
+
+
 def _worth_deflating(sample: Chunk) -> bool:
     return len(zlib.compress(sample, 1)) <= _WORTH_IT * len(sample)
 
@@ -170,9 +212,10 @@ def _worth_deflating(sample: Chunk) -> bool:
 class _Builder:
     """The index being built: each piece once, new ones coded ahead and stored in order.
 
-    A file's pieces are hashed and coded on worker threads while the next ones are read;
-    what a file refers to is a *slot*, which names its piece once that is known (two slots
-    may name the same piece). :meth:`finish` resolves them.
+    Pieces are hashed and coded on worker threads (a large file's whole blocks read there
+    too) while the next files are listed and read; what a file refers to is a *slot*, which
+    names its piece once that is known (two slots may name the same piece). :meth:`finish`
+    resolves them.
     """
 
     def __init__(self, base: Index | None, sink: Sink) -> None:
@@ -185,11 +228,11 @@ class _Builder:
         # than hashing it.
         self._batch: list[Chunk] = []
         self._batch_bytes = 0
-        # Whole blocks are read into these buffers, each reused once its batch is stored:
-        # a fresh 1 MiB object per block costs the allocator more than the read itself.
-        self._buffers: list[bytearray] = []
-        self._held: list[bytearray] = []  # the buffers of the batch being filled
-        self._coding: deque[tuple[int, Future[list[_Prepared]], list[bytearray]]] = deque()
+        # Whole blocks are read into spare buffers, reused unless handed to the sink: a
+        # fresh 1 MiB object per block cost the allocator more than the read itself.
+        self._spare: list[bytearray] = []
+        # Batches being coded, in slot order, each with the file it is the last reader of.
+        self._coding: deque[tuple[int, Future[list[_Prepared]], int | None]] = deque()
         self.facts = ScanFacts()
 
     def _piece(self, piece: Piece) -> int:
@@ -205,51 +248,63 @@ class _Builder:
         self._slots.append(self._piece(piece))
         return len(self._slots) - 1
 
-    def buffer(self) -> bytearray:
-        """A buffer of :data:`BLOCK` bytes to read a block into, then hand to :meth:`block`."""
-        return self._buffers.pop() if self._buffers else bytearray(BLOCK)
-
-    def block(self, data: Chunk, buffer: bytearray | None = None) -> int:
-        """A slot for the piece with these bytes: known, or coded and stored.
-
-        ``data`` may be a view of ``buffer`` (from :meth:`buffer`): the buffer is reused once
-        the piece is known or was stored coded, never when the sink was handed the view.
-        """
+    def block(self, data: Chunk) -> int:
+        """A slot for the piece with these bytes: known, or coded and stored."""
         self._slots.append(-1)
         self._batch.append(data)
         self._batch_bytes += len(data)
-        if buffer is not None:
-            self._held.append(buffer)
         if self._batch_bytes >= _BATCH_BYTES:
             self._send()
         return len(self._slots) - 1
 
+    def blocks(self, fd: int, path: Path, count: int) -> list[int]:
+        """Slots for the first ``count`` whole blocks of the open file ``fd``, read on workers.
+
+        The builder owns ``fd`` from here: it is closed once its blocks are read (or given up).
+        """
+        self._send()  # slots are numbered in order: the batch before these goes first
+        first = len(self._slots)
+        self._slots.extend([-1] * count)
+        try:
+            for start in range(0, count, _SPAN):
+                span = min(_SPAN, count - start)
+                coding = submit(_prepare_span, fd, path, start, span, self._known, self._spare)
+                last = start + span == count
+                self._coding.append((first + start, coding, fd if last else None))
+                if last:
+                    fd = -1  # the last span's entry closes it
+                self._send()
+        finally:
+            if fd >= 0:  # not handed on: close it once the spans already sent are done
+                self._coding.append((len(self._slots), _done([]), fd))
+        return list(range(first, first + count))
+
     def _send(self) -> None:
         if self._batch:
             first = len(self._slots) - len(self._batch)
-            coding = submit(_prepare, self._batch, self._known)
-            self._coding.append((first, coding, self._held))
-            self._batch, self._batch_bytes, self._held = [], 0, []
+            self._coding.append((first, submit(_prepare, self._batch, self._known), None))
+            self._batch, self._batch_bytes = [], 0
         while len(self._coding) > _AHEAD:
             self._store_one()
 
     def _store_one(self) -> None:
-        slot, future, held = self._coding.popleft()
-        given = False  # a piece stored as read: its buffer now belongs to the sink
-        for digest, size, coded, codec in future.result():
+        slot, future, fd = self._coding.popleft()
+        try:
+            prepared = future.result()
+        finally:
+            if fd is not None:
+                os.close(fd)
+        for digest, size, coded, codec in prepared:
             if (found := self._at.get(digest)) is not None:
                 self._slots[slot] = found
             elif coded is None:
                 self._slots[slot] = self._piece(self._known[digest])
             else:
                 piece = self._sink.add(digest, size, coded, codec)
-                given = given or isinstance(coded, memoryview)
                 self._slots[slot] = self._piece(piece)
                 self.facts.new_pieces += 1
                 self.facts.bytes_added += piece.stored
             slot += 1
-        if not given:  # hashed and known, or coded anew: free to read into again
-            self._buffers.extend(held)
 
     def finish(self, nodes: list[Node]) -> tuple[list[Piece], list[Node]]:
         """Every piece stored; the pieces, and ``nodes`` with their slots resolved."""
@@ -264,60 +319,60 @@ class _Builder:
         return self.pieces, resolved
 
     def abandon(self) -> None:
-        # A worker may still be reading a buffer: none is reused, the builder is dropped.
+        """Give up: no more coding, and the files closed once no worker reads them."""
         for _, future, _ in self._coding:
             future.cancel()
+        wait([future for _, future, _ in self._coding])  # the ones already running
+        for _, _, fd in self._coding:
+            if fd is not None:
+                os.close(fd)
         self._coding.clear()
 
 
 def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int, ...]:
-    """Read the file at ``path`` (``st`` as its folder listed it) in blocks; their slots.
+    """The slots of the file at ``path`` (``st`` as its folder listed it), cut in blocks.
 
-    A file that cannot be opened or read is named (``SourcePermissionError``, ...).
+    Its whole blocks are read on workers, the last, shorter one here. A file that cannot be
+    opened or read is named (``SourcePermissionError``, ...).
     """
-    refs: list[int] = []
     size = st.st_size
+    whole, tail = divmod(size, BLOCK)
     fd = open_source(path, st)
     try:
-        left = size
-        while left:
-            want = min(left, BLOCK)
-            with reading(path):  # only the reads: the builder's store calls are not the file's
-                if want == BLOCK:
-                    buffer = builder.buffer()
-                    data: Chunk = memoryview(buffer)[: _read_into(fd, buffer)]
-                else:
-                    buffer, data = None, _read(fd, want)
-            if len(data) < want:
-                raise ResumableError(
-                    f"{str(path)!r} shrank while it was being saved; save again once the task "
-                    "has finished writing it"
-                )
-            refs.append(builder.block(data, buffer))
-            left -= want
-            builder.facts.bytes_read += want
-    finally:
+        with reading(path):  # only the reads: the builder's store calls are not the file's
+            data = _read(fd, tail, whole * BLOCK) if tail else b""
+    except BaseException:
         os.close(fd)
+        raise
+    if len(data) < tail:
+        os.close(fd)
+        raise _shrank(path)
+    refs = builder.blocks(fd, path, whole) if whole else []
+    if not whole:
+        os.close(fd)
+    if tail:
+        refs.append(builder.block(data))
+    builder.facts.bytes_read += size
     builder.facts.files_read += 1
     return tuple(refs)
 
 
-def _read_into(fd: int, buffer: bytearray) -> int:
-    """Fill ``buffer`` from ``fd``; the bytes read (fewer only at the file's end)."""
+def _read_into(fd: int, buffer: bytearray, at: int) -> int:
+    """Fill ``buffer`` from ``fd`` at offset ``at``; the bytes read (fewer only at its end)."""
     view, got = memoryview(buffer), 0
     while got < len(view):  # a short read is not the end of a regular file
-        n = os.readv(fd, [view[got:]])
+        n = os.preadv(fd, [view[got:]], at + got)
         if not n:
             break
         got += n
     return got
 
 
-def _read(fd: int, want: int) -> bytes:
-    """Up to ``want`` bytes from ``fd`` (fewer only at the file's end)."""
-    data = os.read(fd, want)
+def _read(fd: int, want: int, at: int) -> bytes:
+    """Up to ``want`` bytes of ``fd`` from offset ``at`` (fewer only at the file's end)."""
+    data = os.pread(fd, want, at)
     while 0 < len(data) < want:
-        more = os.read(fd, want - len(data))
+        more = os.pread(fd, want - len(data), at + len(data))
         if not more:
             break
         data += more
@@ -396,195 +451,3 @@ def scan(root: Path, base: Index | None, sink: Sink) -> tuple[Index, ScanFacts]:
         builder.abandon()
         raise
     return Index(scanned_ns, pieces, nodes), builder.facts
-
-
-# -- restoring ------------------------------------------------------------------------------
-
-
-def _member(node: Node) -> tarfile.TarInfo:
-    """The tar header a node would have: the archive's guard checks it as one."""
-    member = tarfile.TarInfo(node.path)
-    member.type = {"d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE, "f": tarfile.REGTYPE}[node.type]
-    member.size = node.size
-    member.linkname = node.target or ""
-    return member
-
-
-def _check(index: Index, limits: Limits) -> list[str]:
-    """Each node's checked path under the root; ``UnsafeArchiveError`` or corrupt otherwise."""
-    guard = Guard(limits, None)
-    folders = {""}
-    seen: set[str] = set()
-    paths: list[str] = []
-    for node in index.nodes:
-        path = guard.check(_member(node))
-        if path in seen:
-            raise CorruptCheckpointError(f"folder index lists {path!r} twice")
-        if path.rpartition("/")[0] not in folders:
-            raise CorruptCheckpointError(f"folder index lists {path!r} before its folder")
-        if node.type == "d":
-            folders.add(path)
-        seen.add(path)
-        paths.append(path)
-    uses = sum(len(n.pieces) for n in index.nodes)
-    if uses > len(index.nodes) + index.logical_size() // min(BLOCK, _SMALLEST_BLOCK):
-        raise CorruptCheckpointError(
-            f"folder index names pieces {uses} times for {index.logical_size()} bytes: "
-            "more than any writer makes"
-        )
-    return paths
-
-
-def _local_match(source: Path, node: Node, pieces: list[Piece]) -> Iterator[tuple[int, bytes]]:
-    """The pieces of ``node`` (index, bytes) that a local file at ``source`` already holds."""
-    try:  # never blocking on a FIFO the old folder holds there
-        fd = os.open(source, _OPEN_SOURCE | os.O_NONBLOCK)
-    except OSError:
-        return
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return
-        offset = 0
-        for i in node.pieces:
-            piece = pieces[i]
-            data = os.pread(fd, piece.size, offset)
-            offset += piece.size
-            if len(data) == piece.size and _hash(data) == piece.digest:
-                yield i, data
-    finally:
-        os.close(fd)
-
-
-def _inside(root: Path, path: Path) -> bool:
-    """Whether ``path`` resolves inside ``root`` (no link of the old folder leads out)."""
-    return os.path.commonpath([os.path.realpath(root), os.path.realpath(path)]) == str(
-        os.path.realpath(root)
-    )
-
-
-#: Where a fetched piece goes: a file's path, the offset in it, and the file's entry.
-_Use = tuple[str, int, Node]
-
-
-def write_tree(
-    index: Index, dest: Path, limits: Limits, fetch: Fetch, have: Path | None = None
-) -> None:
-    """Write the tree ``index`` describes into ``dest``, a new empty folder.
-
-    Every entry is checked before anything is written (paths and links stay inside,
-    ``limits``, no entry twice or before its folder). Pieces come from ``fetch``, pack by
-    pack in offset order, each verified; a piece that ``have`` (the folder being replaced)
-    already holds at the same place of the same file is copied from there instead. Files
-    of one piece are written whole, in batches on IO threads (``TreeWriter``); larger ones
-    piece by piece at their offsets. Files get the mode and time the archive path would
-    give them; links and folders' times come last.
-    """
-    paths = _check(index, limits)
-    writer = TreeWriter(dest)
-    try:
-        uses, pieced = _start(index, paths, dest, writer, have)
-        _fetch_into(dest, index.pieces, uses, fetch, writer)
-        writer.settle()
-        for rel, node in pieced:
-            os.chmod(dest / rel, safe_mode(node.mode), follow_symlinks=False)
-            _set_time(dest / rel, node.mtime_ns)
-        for rel, node in zip(paths, index.nodes, strict=True):
-            if node.type == "l":
-                assert node.target is not None
-                writer.link(rel, node.target, node.mtime_ns)
-        writer.finish()
-    except tarfile.TarError as exc:  # what the tree writer raises of its own
-        writer.abandon()
-        raise CorruptCheckpointError(f"folder snapshot cannot be written ({exc})") from exc
-    except BaseException:
-        writer.abandon()
-        raise
-
-
-def _start(
-    index: Index, paths: list[str], dest: Path, writer: TreeWriter, have: Path | None
-) -> tuple[dict[int, list[_Use]], list[tuple[str, Node]]]:
-    """Make the folders and what ``have`` provides; the pieces still to fetch, and where to.
-
-    Also the files written piece by piece (made at their size now, their mode and time set
-    once every piece is in).
-    """
-    uses: dict[int, list[_Use]] = defaultdict(list)
-    pieced: list[tuple[str, Node]] = []
-    for rel, node in zip(paths, index.nodes, strict=True):
-        if node.type == "d":
-            writer.directory(rel, node.mtime_ns)
-        if node.type != "f":
-            continue
-        local = _local_pieces(have, rel, node, index.pieces)
-        whole = local.get(node.pieces[0], b"") if len(node.pieces) == 1 else None
-        if not node.pieces or whole:
-            writer.small(rel, whole or b"", safe_mode(node.mode), node.mtime_ns)
-            continue
-        if len(node.pieces) > 1:
-            _create(dest / rel, node.size)
-            pieced.append((rel, node))
-        offset = 0
-        for i in node.pieces:
-            if i in local:
-                _write_at(dest / rel, offset, local[i])
-            else:
-                uses[i].append((rel, offset, node))
-            offset += index.pieces[i].size
-    return uses, pieced
-
-
-def _local_pieces(have: Path | None, rel: str, node: Node, pieces: list[Piece]) -> dict[int, bytes]:
-    """The pieces of file ``node`` that the folder being replaced holds at ``rel``."""
-    if have is None or not os.path.lexists(have / rel) or not _inside(have, have / rel):
-        return {}
-    return dict(_local_match(have / rel, node, pieces))
-
-
-def _create(path: Path, size: int) -> None:
-    fd = os.open(path, _NEW_FILE, 0o600)
-    try:
-        os.ftruncate(fd, size)
-    finally:
-        os.close(fd)
-
-
-def _fetch_into(
-    dest: Path,
-    pieces: list[Piece],
-    uses: dict[int, list[_Use]],
-    fetch: Fetch,
-    writer: TreeWriter,
-) -> None:
-    """Fetch the pieces still needed, pack by pack in offset order, and write each use."""
-    by_pack: dict[str, list[int]] = defaultdict(list)
-    for i in uses:
-        by_pack[pieces[i].pack].append(i)
-    for pack in sorted(by_pack):
-        wanted = sorted(by_pack[pack], key=lambda i: pieces[i].offset)
-        ids = {id(pieces[i]): i for i in wanted}
-        got = 0
-        for piece, data in fetch(pack, [pieces[i] for i in wanted]):
-            for rel, offset, node in uses[ids[id(piece)]]:
-                if len(node.pieces) == 1:
-                    writer.small(rel, data, safe_mode(node.mode), node.mtime_ns)
-                else:
-                    _write_at(dest / rel, offset, data)
-            got += 1
-        if got != len(wanted):
-            raise CorruptCheckpointError(f"pack {pack} holds {got} of {len(wanted)} pieces")
-
-
-def _write_at(path: Path, offset: int, data: Chunk) -> None:
-    fd = os.open(path, _WRITE)
-    try:
-        HoleWriter(fd, offset).write(data)  # the file already has its size: no close()
-    finally:
-        os.close(fd)
-
-
-def _set_time(path: Path, ns: int) -> None:
-    try:
-        os.utime(path, ns=(ns, ns), follow_symlinks=False)
-    except (OverflowError, OSError) as exc:
-        raise CorruptCheckpointError(f"could not set the time of {path.name!r}: {exc}") from None

@@ -717,6 +717,40 @@ def test_a_file_that_shrinks_while_saved_refuses_the_save(tmp_path: Path) -> Non
         assert manifests(cp) == []
 
 
+def open_files() -> int:
+    """How many files this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+@pytest.mark.parametrize("tail", [0, 5], ids=["whole-blocks", "with-a-tail"])
+@pytest.mark.parametrize("left", [0, 17, -1], ids=["emptied", "one-block-left", "one-byte-short"])
+def test_a_large_file_that_shrinks_while_workers_read_it_fails_the_save_and_closes_every_file(
+    tmp_path: Path, tail: int, left: int
+) -> None:
+    """Blocks read on workers find the file shrunk: the save fails, every file is closed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):  # read before the victim: their blocks are still being read
+        (src / f"a{i}.bin").write_bytes(os.urandom(10 * 16))
+    size = 12 * 16 + tail
+    (src / "victim").write_bytes(os.urandom(size))
+    before = open_files()
+    with (
+        mock.patch("resumable._tree.BLOCK", 16),
+        mock.patch("resumable._tree._SPAN", 2),
+        mock.patch("resumable._tree._AHEAD", 3),
+        mock.patch.object(
+            resumable._tree, "walk", walk_then(lambda p: os.truncate(p, left % size))
+        ),
+        Checkpoint(tmp_path / "store", storage=INCREMENTAL) as cp,
+    ):
+        with pytest.raises(ResumableError, match=r"victim.*shrank"):
+            cp.save_sync(src)
+        assert manifests(cp) == []
+    assert open_files() == before
+
+
 def test_a_file_replaced_by_a_link_out_while_saved_is_never_followed(tmp_path: Path) -> None:
     """A file swapped for a link to a secret once listed: its bytes never reach the store."""
     (tmp_path / "secret").write_bytes(b"SECRET BYTES")

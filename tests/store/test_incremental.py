@@ -365,6 +365,7 @@ class _KeepingSink:
     block=st.integers(1, 400),
     batch=st.integers(1, 1500),
     ahead=st.integers(0, 3),
+    span=st.integers(1, 5),
 )
 def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
     tmp_path_factory: pytest.TempPathFactory,
@@ -373,6 +374,7 @@ def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
     block: int,
     batch: int,
     ahead: int,
+    span: int,
 ) -> None:
     """A scan's pieces are each file's blocks, kept whole while read buffers are reused."""
     root = tmp_path_factory.mktemp("blocks")
@@ -383,6 +385,7 @@ def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
         mock.patch("resumable._tree.BLOCK", block),
         mock.patch("resumable._tree._BATCH_BYTES", batch),
         mock.patch("resumable._tree._AHEAD", ahead),
+        mock.patch("resumable._tree._SPAN", span),
     ):
         sink = _KeepingSink()
         base, _ = scan(root, None, sink)
