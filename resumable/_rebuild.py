@@ -11,11 +11,12 @@ Knows nothing of where packs are: the caller fetches the pieces.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 from . import _tree
@@ -70,24 +71,43 @@ def _check(index: Index, limits: Limits) -> list[str]:
     return paths
 
 
-def _local_match(source: Path, node: Node, pieces: list[Piece]) -> Iterator[tuple[int, bytes]]:
-    """The pieces of ``node`` (index, bytes) that a local file at ``source`` already holds."""
-    try:  # never blocking on a FIFO the old folder holds there
-        fd = os.open(source, _OPEN_SOURCE | os.O_NONBLOCK)
-    except OSError:
-        return
+def _held(
+    have: Path | None, rel: str, node: Node, pieces: list[Piece]
+) -> Generator[bytes | None, None, None]:
+    """Each piece of file ``node`` in order: its bytes if the replaced folder has them, else None.
+
+    The folder being replaced must hold them at the same place of ``rel``, verified by their
+    digest. One piece in memory at a time: a restore over a large file it already holds reads it
+    piece by piece, never whole.
+    """
+    fd = _open_old(have, rel)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return
         offset = 0
         for i in node.pieces:
             piece = pieces[i]
-            data = os.pread(fd, piece.size, offset)
+            data = None if fd is None else os.pread(fd, piece.size, offset)
             offset += piece.size
-            if len(data) == piece.size and piece_digest(data) == piece.digest:
-                yield i, data
+            if data is not None and len(data) == piece.size and piece_digest(data) == piece.digest:
+                yield data
+            else:
+                yield None
     finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_old(have: Path | None, rel: str) -> int | None:
+    """The regular file at ``rel`` of the folder being replaced, open; None if there is none."""
+    if have is None or not os.path.lexists(have / rel) or not _inside(have, have / rel):
+        return None
+    try:  # never blocking on a FIFO the old folder holds there
+        fd = os.open(have / rel, _OPEN_SOURCE | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
+        return None
+    return fd
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -151,29 +171,24 @@ def _start(
             writer.directory(rel, node.mtime_ns)
         if node.type != "f":
             continue
-        local = _local_pieces(have, rel, node, index.pieces)
-        whole = local.get(node.pieces[0], b"") if len(node.pieces) == 1 else None
-        if not node.pieces or whole:
-            writer.small(rel, whole or b"", safe_mode(node.mode), node.mtime_ns)
-            continue
-        if len(node.pieces) > 1:
+        with contextlib.closing(_held(have, rel, node, index.pieces)) as held:
+            if len(node.pieces) <= 1:
+                whole = next(held) if node.pieces else b""
+                if whole is not None:
+                    writer.small(rel, whole, safe_mode(node.mode), node.mtime_ns)
+                else:
+                    uses[node.pieces[0]].append((rel, 0, node))
+                continue
             _create(dest / rel, node.size)
             pieced.append((rel, node))
-        offset = 0
-        for i in node.pieces:
-            if i in local:
-                _write_at(dest / rel, offset, local[i])
-            else:
-                uses[i].append((rel, offset, node))
-            offset += index.pieces[i].size
+            offset = 0
+            for i, data in zip(node.pieces, held, strict=True):
+                if data is not None:
+                    _write_at(dest / rel, offset, data)
+                else:
+                    uses[i].append((rel, offset, node))
+                offset += index.pieces[i].size
     return uses, pieced
-
-
-def _local_pieces(have: Path | None, rel: str, node: Node, pieces: list[Piece]) -> dict[int, bytes]:
-    """The pieces of file ``node`` that the folder being replaced holds at ``rel``."""
-    if have is None or not os.path.lexists(have / rel) or not _inside(have, have / rel):
-        return {}
-    return dict(_local_match(have / rel, node, pieces))
 
 
 def _create(path: Path, size: int) -> None:

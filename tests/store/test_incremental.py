@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import time
+import tracemalloc
 from pathlib import Path
 from unittest import mock
 
@@ -249,6 +250,26 @@ def test_a_restore_takes_the_pieces_the_folder_already_holds(tmp_path: Path) -> 
         with pytest.raises(CorruptCheckpointError, match="pack"):
             cp.restore_into(src)  # now a piece must come from the store, which lost it
         assert (src / "small.txt").read_text() == "the folder changed since"  # untouched
+
+
+def test_a_restore_over_a_large_file_it_holds_reads_it_a_piece_at_a_time(tmp_path: Path) -> None:
+    """Pieces taken from the folder being replaced are held one at a time, not a file's worth."""
+    src = tmp_path / "src"
+    src.mkdir()
+    weights = os.urandom(24 * BLOCK + 7)
+    (src / "weights.bin").write_bytes(weights)
+    with Checkpoint(tmp_path / "store", storage=INCREMENTAL) as cp:
+        cp.save_sync(src)
+        for pack in (tmp_path / "store" / "~pieces").iterdir():
+            pack.unlink()  # every piece must come from the folder
+        tracemalloc.start()
+        try:
+            assert cp.restore_into(src) is not None
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 * BLOCK, peak  # a file's worth would be 24 MiB
+    assert (src / "weights.bin").read_bytes() == weights
 
 
 # -- property: random trees, random edits, random piece and pack sizes -------------------
