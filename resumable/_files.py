@@ -212,8 +212,11 @@ def _libc_renameat2() -> Callable[..., int] | None:
 _RENAMEAT2 = _libc_renameat2()
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-# What renameat2 answers where an exchange cannot be done: nothing was changed.
-_NO_EXCHANGE = frozenset({errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+# What renameat2 answers where an exchange cannot be done: nothing was changed. (EPERM: a
+# sandbox refusing the call; a rename that is not allowed fails again, saying so.)
+_NO_EXCHANGE = frozenset(
+    {errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES}
+)
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -246,17 +249,22 @@ def replace_file(path: Path, chunks: Iterable[Chunk]) -> None:
 
     The swap happens only once ``chunks`` were read to their end (a verified payload raises
     there when it does not match): a failure leaves ``path`` as it was. The file ``path``
-    held before is never written to: whoever still reads (or maps) it reads it whole.
+    held before is never written to: whoever still reads (or maps) it reads it whole. A
+    folder at ``path`` stays: ``IsADirectoryError``.
     """
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         write_file(temp, chunks)
         # ext4 starts writing a file's data out when it is renamed over another (its
         # auto_da_alloc), which made a 16-byte load 90 us slower; an exchange does not.
-        if exchange(temp, path):
-            os.unlink(temp)  # the previous file, now under the temp name
-        else:
+        if not exchange(temp, path):
             os.replace(temp, path)
+        else:
+            try:
+                os.unlink(temp)  # the previous file, now under the temp name
+            except IsADirectoryError:  # it was a folder: put it back, and fail as a rename does
+                exchange(temp, path)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

@@ -3,11 +3,11 @@
 Two pools, nothing else starts a thread:
 
 ``CPU`` (at most :data:`CPU_WORKERS` threads)
-    Short, pure work on one chunk, holding no GIL: digest updates, gzip of a 1 MiB member,
-    a batch of a folder's pieces hashed and coded. Nothing that waits on storage: one
-    thread per core, so a blocked one would idle a core. A stream bounds what it has in
-    flight (a digest or gzip stream one or two chunks, a folder's scan a few batches) and
-    takes the results in order, so streams never interleave their bytes. A
+    Short work on one chunk, holding no GIL: digest updates, gzip of a 1 MiB member, a batch
+    of a folder's pieces read from the folder being saved, hashed and coded. Nothing that
+    waits on the store: one thread per core, so a blocked one would idle a core. A stream
+    bounds what it has in flight (a digest or gzip stream one or two chunks, a folder's scan
+    a few batches) and takes the results in order, so streams never interleave their bytes. A
     ``ThreadPoolExecutor``: it is shut down before ``atexit`` handlers run, after which
     :func:`submit` does the work on the caller's thread.
 
@@ -83,7 +83,7 @@ def _cores() -> int:
 
 
 #: Threads of the CPU pool: one per core (at least two, at most eight). Their work holds no
-#: GIL and never waits on storage, so more threads than cores only contend: on two cores,
+#: GIL and never waits on the store, so more threads than cores only contend: on two cores,
 #: four hashed a changed file's blocks with a third more CPU time than two.
 CPU_WORKERS = min(max(_cores(), 2), 8)
 #: Idle IO threads kept for reuse; more are started while more calls are in flight.

@@ -184,12 +184,6 @@ def _prepare_span(
     return done
 
 
-def _done(prepared: list[_Prepared]) -> Future[list[_Prepared]]:
-    done: Future[list[_Prepared]] = Future()
-    done.set_result(prepared)
-    return done
-
-
 def _take(spare: list[bytearray]) -> bytearray:
     """A buffer of :data:`BLOCK` bytes: a spare one, or a new one."""
     try:
@@ -233,6 +227,9 @@ class _Builder:
         self._spare: list[bytearray] = []
         # Batches being coded, in slot order, each with the file it is the last reader of.
         self._coding: deque[tuple[int, Future[list[_Prepared]], int | None]] = deque()
+        # The files handed to blocks() and not closed yet: each is closed once, by whoever
+        # takes it out of here (once its last batch is stored, or abandon()).
+        self._open: set[int] = set()
         self.facts = ScanFacts()
 
     def _piece(self, piece: Piece) -> int:
@@ -262,22 +259,27 @@ class _Builder:
 
         The builder owns ``fd`` from here: it is closed once its blocks are read (or given up).
         """
+        self._open.add(fd)
         self._send()  # slots are numbered in order: the batch before these goes first
         first = len(self._slots)
         self._slots.extend([-1] * count)
-        try:
-            for start in range(0, count, _SPAN):
-                span = min(_SPAN, count - start)
-                coding = submit(_prepare_span, fd, path, start, span, self._known, self._spare)
-                last = start + span == count
-                self._coding.append((first + start, coding, fd if last else None))
-                if last:
-                    fd = -1  # the last span's entry closes it
-                self._send()
-        finally:
-            if fd >= 0:  # not handed on: close it once the spans already sent are done
-                self._coding.append((len(self._slots), _done([]), fd))
+        for start in range(0, count, _SPAN):
+            span = min(_SPAN, count - start)
+            last = start + span == count
+            self._coding.append(
+                (
+                    first + start,
+                    submit(_prepare_span, fd, path, start, span, self._known, self._spare),
+                    fd if last else None,
+                )
+            )
+            self._send()
         return list(range(first, first + count))
+
+    def _close(self, fd: int) -> None:
+        if fd in self._open:
+            self._open.remove(fd)
+            os.close(fd)
 
     def _send(self) -> None:
         if self._batch:
@@ -288,12 +290,11 @@ class _Builder:
             self._store_one()
 
     def _store_one(self) -> None:
-        slot, future, fd = self._coding.popleft()
-        try:
-            prepared = future.result()
-        finally:
-            if fd is not None:
-                os.close(fd)
+        slot, future, fd = self._coding[0]
+        prepared = future.result()  # until it returns, the entry stays for abandon() to wait on
+        self._coding.popleft()
+        if fd is not None:
+            self._close(fd)
         for digest, size, coded, codec in prepared:
             if (found := self._at.get(digest)) is not None:
                 self._slots[slot] = found
@@ -323,10 +324,9 @@ class _Builder:
         for _, future, _ in self._coding:
             future.cancel()
         wait([future for _, future, _ in self._coding])  # the ones already running
-        for _, _, fd in self._coding:
-            if fd is not None:
-                os.close(fd)
         self._coding.clear()
+        for fd in list(self._open):
+            self._close(fd)
 
 
 def _read_pieces(path: Path, st: os.stat_result, builder: _Builder) -> tuple[int, ...]:

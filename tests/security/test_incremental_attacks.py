@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -47,7 +48,7 @@ from resumable import (
     UnsupportedDataError,
 )
 from resumable._gc import collect_garbage
-from resumable._index import Index
+from resumable._index import Index, Piece
 from resumable._inspect import open_store
 from resumable._manifest import PIECES_FORMAT, Manifest, sign
 from resumable._names import blob_name, manifest_name
@@ -749,6 +750,50 @@ def test_a_large_file_that_shrinks_while_workers_read_it_fails_the_save_and_clos
             cp.save_sync(src)
         assert manifests(cp) == []
     assert open_files() == before
+
+
+class _FullDisk:
+    """A sink whose pack writes fail after ``ok`` pieces, as on a full disk."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+
+    def add(self, digest: str, size: int, data: bytes, codec: str) -> Any:
+        if self.ok <= 0:
+            raise OSError(28, "No space left on device")
+        self.ok -= 1
+        return Piece(digest, size, "0" * 32 + ".pack", 0, len(data), codec)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40 * 16 + 15), min_size=1, max_size=6),
+    ok=st.integers(0, 30),
+    span=st.integers(1, 4),
+    ahead=st.integers(0, 4),
+)
+def test_a_scan_that_fails_anywhere_leaves_no_file_open(
+    sizes: list[int], ok: int, span: int, ahead: int
+) -> None:
+    """Pack writes failing after any number of pieces: the scan fails, with every file closed."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for i, size in enumerate(sizes):
+            (root / f"f{i}").write_bytes(os.urandom(size))
+        before = open_files()
+        with (
+            mock.patch("resumable._tree.BLOCK", 16),
+            mock.patch("resumable._tree._SPAN", span),
+            mock.patch("resumable._tree._AHEAD", ahead),
+        ):
+            failed = None
+            try:
+                resumable._tree.scan(root, None, _FullDisk(ok))
+            except OSError as exc:
+                failed = exc.errno
+        assert failed in (None, 28)
+        assert open_files() == before
 
 
 def test_a_file_replaced_by_a_link_out_while_saved_is_never_followed(tmp_path: Path) -> None:

@@ -124,6 +124,16 @@ def test_replace_file_by_exchange_does_what_a_rename_does(
     assert outcomes[0][1] == ([] if fail and old is None else ["payload"])
 
 
+def test_replace_file_leaves_a_folder_in_its_place_alone(tmp_path: Path, publish: str) -> None:
+    """A folder where the file would go stays, with its content: IsADirectoryError, no temp."""
+    (tmp_path / "payload").mkdir()
+    (tmp_path / "payload" / "keep.txt").write_text("mine")
+    with pytest.raises(IsADirectoryError):
+        files.replace_file(tmp_path / "payload", [b"new"])
+    assert os.listdir(tmp_path) == ["payload"]
+    assert (tmp_path / "payload" / "keep.txt").read_text() == "mine"
+
+
 def test_exchange_needs_both_entries_and_changes_nothing_when_one_is_missing(
     tmp_path: Path,
 ) -> None:
