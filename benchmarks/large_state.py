@@ -7,7 +7,8 @@ Measured in one process, interleaved round by round, on local disk:
   tensors saved by ``torch.save``; target: at most 1.3 times, median over the rounds;
 - **save**: the time a ``yield`` of the state blocks (sync), against
   ``torch.distributed.checkpoint.save`` (one process, its own fsyncs) of the same tensors,
-  and ``torch.save`` + fsync + ``os.replace``; target: no slower than
+  and ``torch.save`` + fsync + ``os.replace``, each from a synced page cache (``os.sync()``
+  first: no save pays for the writeback of the one before); target: no slower than
   ``torch.distributed.checkpoint``;
 - **background memory**: a ``background=True`` task yields the state 4 times in a row, each
   yield due while the previous save is still being written; the peak of the process's
@@ -145,8 +146,12 @@ def main() -> None:
     torch_saves: list[float] = []
     try:
         for _ in range(args.repeat):  # interleaved: a slow moment of the machine hits all
+            # Each save starts from a synced page cache: none pays for another's writeback.
+            os.sync()
             save_task()
+            os.sync()
             dcp_times.append(timed(lambda: dcp_save(state, root / "dcp")))
+            os.sync()
             torch_saves.append(timed(lambda: torch_save(state, base_file)))
             loaded: Any = None
 
