@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from resumable import Checkpoint, Storage
+from resumable._tree import RACY_NS
 from resumable.testing import store
 
 MIB = 1 << 20
@@ -157,13 +158,17 @@ class Result:
 def _age(root: Path) -> None:
     """Date the folder's files an hour back: a folder the task keeps, not one just written.
 
-    A file modified within two seconds of the previous save is read again (its content may
-    have changed within the clock's resolution): a folder written just before its first save
-    would be read whole by the second one too.
+    A file modified or changed (its mtime or ctime) within two seconds of the previous save
+    is read again (it may have changed within the clock's resolution): a folder written just
+    before its first save would be read whole by the second one too. Dating a file changes
+    its ctime, which cannot be set: the folder is then left alone until that is two seconds
+    old, as a folder a task keeps is.
     """
     ns = time.time_ns() - 3600 * 10**9
     for path in root.rglob("*"):
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
+    newest = max(p.lstat().st_ctime_ns for p in root.rglob("*"))
+    time.sleep(max(0.0, (newest + RACY_NS - time.time_ns()) / 1e9 + 0.05))
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -342,6 +342,13 @@ def gunzip_members(chunks: Iterable[Chunk]) -> Iterator[bytes]:
         raise zlib.error("truncated gzip stream")
 
 
+# Longest name and path a member may have: what Linux filesystems hold (NAME_MAX and
+# PATH_MAX, less the final NUL). Anything longer cannot have been saved from one; refused as
+# the snapshot's fault rather than failing the restore as if the disk had.
+_NAME_MAX = 255
+_PATH_MAX = 4095
+
+
 def _refuse(member: tarfile.TarInfo, why: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(f"member {member.name!r} refused: {why}")
 
@@ -404,11 +411,19 @@ class Guard:
             )
 
     def check(self, member: tarfile.TarInfo) -> str:
-        """The member's path under the root, or ``UnsafeArchiveError``."""
+        """The member's path under the root, or ``UnsafeArchiveError``.
+
+        A backslash is a character of a name, as on the systems snapshots are made on, not
+        a separator (a file named with one came back as a file in a new folder).
+        """
         self._count(member)
-        name = member.name.replace("\\", "/")
+        name = member.name
         if name.startswith("/") or ".." in name.split("/"):
             raise _refuse(member, "absolute or has '..'")
+        if len(os.fsencode(name)) > _PATH_MAX or any(
+            len(os.fsencode(part)) > _NAME_MAX for part in name.split("/")
+        ):
+            raise _refuse(member, "a name or path longer than any filesystem holds")
         if member.islnk():
             raise _refuse(member, "a hard link (snapshots hold none)")
         where = self._resolve(member, name.split("/"), follow=False)
@@ -427,7 +442,9 @@ class Guard:
         """Record the link ``member`` makes at ``path``, with its target resolved in the root."""
         if path in self._through:
             raise _refuse(member, "an earlier path goes through where this link would be")
-        link = member.linkname.replace("\\", "/")
+        link = member.linkname
+        if len(os.fsencode(link)) > _PATH_MAX:
+            raise _refuse(member, "its link target is longer than any filesystem holds")
         if not link or link.startswith("/"):
             raise _refuse(member, f"its link target {member.linkname!r} is absolute or empty")
         self._links[path] = self._resolve(member, [*where[:-1], *link.split("/")], True)

@@ -104,8 +104,8 @@ class Index:
     """What a folder snapshot holds: its entries, in walk order, and the pieces they use."""
 
     #: When the save that made it started looking at the folder (ns since the epoch). A file
-    #: modified less than ``_tree.RACY_NS`` before it is re-read by the next save even if its
-    #: size and times match: its content may have changed within the clock's resolution.
+    #: modified or changed less than ``_tree.RACY_NS`` before it is re-read by the next save
+    #: even if its size and times match: it may have changed within the clock's resolution.
     scanned_ns: int
     #: Every piece the files use, each once.
     pieces: list[Piece] = field(default_factory=list)

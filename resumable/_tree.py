@@ -40,8 +40,9 @@ BLOCK = 1 << 20
 #: an index may hold for its bytes, so a forged one cannot make a restore write one byte a
 #: million times.
 SMALLEST_BLOCK = 64 * 1024
-#: A file modified less than this before the previous snapshot's scan began is read again
-#: even when its size and times match: it may have changed within the clock's resolution.
+#: A file modified or changed (its mtime or ctime) less than this before the previous
+#: snapshot's scan began is read again even when its size and times match: it may have
+#: changed within the clock's resolution.
 RACY_NS = 2_000_000_000
 
 # A probe of this many bytes decides whether a piece is worth deflating.
@@ -380,12 +381,15 @@ def _read(fd: int, want: int, at: int) -> bytes:
 
 
 def _unchanged(old: Node, st: os.stat_result, base: Index) -> bool:
+    # Both times must be older than the previous scan by more than a clock's resolution: a
+    # file rewritten with its mtime put back (`cp -p`, `touch -r`) within the same tick as
+    # that scan keeps its ctime too, on filesystems with coarse timestamps.
     return (
         old.type == "f"
         and old.size == st.st_size
         and old.mtime_ns == st.st_mtime_ns
         and old.stat == _stat_key(st)
-        and st.st_mtime_ns < base.scanned_ns - RACY_NS
+        and max(st.st_mtime_ns, st.st_ctime_ns) < base.scanned_ns - RACY_NS
     )
 
 

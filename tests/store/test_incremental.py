@@ -139,6 +139,26 @@ def test_unchanged_files_are_not_read(tmp_path: Path) -> None:
     assert facts.new_pieces == 0  # read, but their pieces were known
 
 
+def test_a_file_whose_ctime_is_racy_is_read_again_though_its_mtime_is_old(tmp_path: Path) -> None:
+    """A file changed (ctime) within the clock's resolution of the previous scan: read again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "data.bin"
+    f.write_bytes(b"a" * 5000)
+    old = f.stat().st_mtime_ns - 10 * RACY_NS
+    os.utime(f, ns=(old, old))  # mtime long ago, ctime now
+    base, _ = scan(src, None, _KeepingSink())
+    ctime = f.stat().st_ctime_ns
+    # A scan that began just after that change (on a coarse clock the next change, with its
+    # mtime put back, keeps this ctime): nothing but reading tells whether it changed.
+    just_after = Index(ctime + 1, base.pieces, base.nodes)
+    _, facts = scan(src, just_after, _KeepingSink())
+    assert facts.files_read == 1
+    long_after = Index(ctime + 10 * RACY_NS, base.pieces, base.nodes)
+    _, facts = scan(src, long_after, _KeepingSink())
+    assert facts.files_read == 0
+
+
 def test_a_file_that_changed_is_read_again_even_with_its_old_size_and_time(tmp_path: Path) -> None:
     """Content rewritten with the same size and mtime restored by hand is still saved anew."""
     src = tmp_path / "src"
