@@ -168,7 +168,10 @@ class TreeSave:
     ) -> None:
         self.root = root
         self.base = base
+        #: Where its packs go: the pieces of the store that made it, and no other.
+        self.pieces = pieces
         self._pieces = pieces
+        self._done = False  # committed: its packs are a snapshot's, never discarded
         #: The index written (once called), and what its scan did.
         self.index: Index | None = None
         self.facts = ScanFacts()
@@ -218,9 +221,18 @@ class TreeSave:
         assert self.index is not None
         write(self.index.to_json())
 
+    def done(self) -> None:
+        """Its snapshot is committed: from now on its packs are never discarded.
+
+        A frozen capture committed again (a retry after another writer took the number)
+        writes the same packs: their failure must not take them from the snapshot that has
+        them.
+        """
+        self._done = True
+
     def discard(self) -> None:
         """Delete the packs this save wrote (it will never commit): they are its own."""
-        if self.made():
+        if not self._done and self.made():
             with contextlib.suppress(Exception):
                 self._pieces.delete_many(list(self.made()))
 
@@ -295,11 +307,18 @@ class Packs:
     of dropped snapshots are ever candidates: a pack that a save in flight is writing is used
     by no snapshot yet, and is never condemned.
 
+    A pack's grace period starts only once a fresh listing, every snapshot in it read
+    anew, shows no snapshot using it (at the retention pass that dropped the snapshot that
+    did), and starts again whenever a snapshot using it is dropped again. A pack is deleted
+    only when, after its grace, a second such listing still shows none using it; a listing
+    with a snapshot that cannot be read (gone since listed, or unreadable) proves nothing,
+    and the pass deletes nothing.
+
     The race this closes: another writer's save that decided to reuse a pack (its base
     snapshot used it), while this one drops that base. That save checks, just before it
     commits, that its base still exists (else it gives up: ``ConcurrentWriterError``); if
-    it existed then, none of its packs was condemned before, so none is deleted before the
-    grace period has passed, by when its manifest is listed.
+    it existed then, the pack's grace period had not started, so the pack is not deleted
+    before the grace period has passed, by when the save's manifest is listed.
     """
 
     def __init__(self, pieces: Backend, read_index: ReadIndex) -> None:
@@ -308,7 +327,9 @@ class Packs:
         self._read_index = read_index
         self._lock = threading.Lock()
         self._uses: dict[int, frozenset[str]] = {}  # snapshot -> its packs, where known
-        self._condemned: dict[str, float] = {}  # pack -> when (time.monotonic())
+        # Pack -> since when (time.monotonic()) a listing shows none using it; None: freed by
+        # a drop, not yet checked against a listing.
+        self._condemned: dict[str, float | None] = {}
         # Snapshots this process's retention deleted, and packs it deleted (or is deleting),
         # the newest _REMEMBERED of each: a save in flight asks about its base, a few
         # snapshots back, and a long-running task must not grow them without end. A save
@@ -353,29 +374,42 @@ class Packs:
                 self._packs_of(seq)
 
     def dropped(self, seqs: list[int]) -> None:
-        """Snapshots ``seqs`` are deleted: condemn their packs that no known snapshot uses."""
-        now = time.monotonic()
+        """Snapshots ``seqs`` are deleted: their packs no known snapshot uses are candidates.
+
+        A candidate's grace period starts at the next :meth:`collect` that shows no snapshot
+        using it, again for a pack whose period had started (another snapshot used it since).
+        """
         with self._lock:
             _remember(self._dropped, seqs)
             freed = set().union(*(self._uses.pop(seq, frozenset()) for seq in seqs))
             freed.difference_update(*self._uses.values())
             for pack in freed:
-                self._condemned.setdefault(pack, now)
+                self._condemned[pack] = None
 
     def collect(self, manifests: Callable[[], list[int]]) -> list[str]:
-        """Delete the condemned packs whose grace has passed and that no snapshot uses.
+        """Start the grace of new candidates, and delete the packs whose grace has passed.
 
-        ``manifests`` lists the snapshots there are now. Returns the packs deleted.
+        Both only for packs that no snapshot uses, in a listing of ``manifests`` (the
+        snapshots there are now) whose every snapshot was read anew. Returns the packs deleted.
         """
         with self._lock:
-            due = [p for p, t in self._condemned.items() if time.monotonic() - t >= self.grace]
-            _remember(self._gone, due)  # from now on no save may rescue them
-        if not due:
+            now = time.monotonic()
+            if not any(t is None or now - t >= self.grace for t in self._condemned.values()):
+                return []
+        used = self._used_now(manifests)
+        if used is None:  # proves nothing: none starts its grace, none is deleted
             return []
-        used = set().union(*(self._packs_of(seq) for seq in manifests()))
-        doomed = [p for p in due if p not in used]
+        with self._lock:
+            now = time.monotonic()
+            for pack in used.intersection(self._condemned):
+                del self._condemned[pack]  # used again: a candidate only once dropped again
+            for pack, since in list(self._condemned.items()):
+                if since is None:
+                    self._condemned[pack] = now
+            due = [p for p, t in self._condemned.items() if t is not None and now - t >= self.grace]
+            _remember(self._gone, due)  # from now on no save may rescue them
         try:
-            self.backend.delete_many(doomed)
+            self.backend.delete_many(due)
         except BaseException:
             with self._lock:  # not deleted after all (the next retention tries again)
                 for pack in due:
@@ -384,11 +418,25 @@ class Packs:
         with self._lock:
             for pack in due:
                 self._condemned.pop(pack, None)
-            for pack in used.intersection(due):
-                self._gone.pop(pack, None)
-        if doomed:
-            log.debug("%s: deleted %d unused packs", self.backend.url, len(doomed))
-        return doomed
+        if due:
+            log.debug("%s: deleted %d unused packs", self.backend.url, len(due))
+        return due
+
+    def _used_now(self, manifests: Callable[[], list[int]]) -> set[str] | None:
+        """The packs the snapshots there are now use, each read anew; None if one cannot be.
+
+        Never from what this process remembers: the same number may be another snapshot now
+        (another writer cleared the task and saved again).
+        """
+        used: set[str] = set()
+        for seq in manifests():
+            try:
+                index = self._read_index(seq)
+            except (CorruptCheckpointError, FileNotFoundError):
+                return None  # gone since listed, or unreadable: it may use any pack
+            if index is not None:
+                used.update(index.packs())
+        return used
 
     def _packs_of(self, seq: int) -> frozenset[str]:
         """The packs snapshot ``seq`` uses: known, or read from its index (and kept)."""

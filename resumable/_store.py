@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import _forks, _loading, _restore
 from ._archive import Limits
 from ._backend import Backend, Entry
-from ._errors import ConcurrentWriterError, CorruptCheckpointError
+from ._errors import ConcurrentWriterError, ConfigurationError, CorruptCheckpointError
 from ._folders import Folders
 from ._index import Index
 from ._loading import rate
@@ -199,13 +199,15 @@ class SnapshotStore:
         calls it with the payload's chunks in order (a pickler streaming into the payload).
         """
         started = time.perf_counter()
+        tree = chunks if isinstance(chunks, TreeSave) else None
+        if tree is not None:
+            self._refuse_foreign(tree)
         if self._next is None or _contested.get(self.backend.url, 0.0) > time.monotonic():
             self._learn(self.backend.entries())
         assert self._next is not None
         seq = self._next
         token = secrets.token_hex(8)
         payload = self._write_payload(seq, token, chunks)
-        tree = chunks if isinstance(chunks, TreeSave) else None
         if tree is not None:
             compression = "pieces"
             self._check_base(tree, payload.blob if payload.inline is None else None)
@@ -239,6 +241,8 @@ class SnapshotStore:
     def _committed(self, m: Manifest, tree: TreeSave | None) -> None:
         """What the store knows once ``m`` is committed: the next number, packs, retention."""
         self._next = m.seq + 1
+        if tree is not None:
+            tree.done()
         if self.folders is not None:
             self.folders.committed(m.seq, None if tree is None else tree.index)
         self._retention.committed(m.seq, [manifest_name(m.seq), *filter(None, [m.blob])])
@@ -300,6 +304,14 @@ class SnapshotStore:
         if self.folders is None:
             return None
         return self.folders.read_index(seq)
+
+    def _refuse_foreign(self, tree: TreeSave) -> None:
+        """A folder captured for another store: its packs go there, and would not be here."""
+        if self.folders is None or tree.pieces is not self.folders.packs.backend:
+            raise ConfigurationError(
+                f"this folder was captured for another store (its pieces go to "
+                f"{tree.pieces.url}): commit it through the Checkpoint that captured it"
+            )
 
     def _check_base(self, tree: TreeSave, blob: str | None) -> None:
         """Give the save up when the packs it reuses may be gone (``Folders.can_commit``)."""
