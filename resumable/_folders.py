@@ -27,6 +27,10 @@ __all__ = ["Folders", "StoreView"]
 log = logging.getLogger("resumable")
 
 
+#: How many indexes' packs :meth:`Folders.read_packs` keeps by digest.
+_DIGESTS_KEPT = 1024
+
+
 class StoreView(Protocol):
     """What :class:`Folders` reads of its store."""
 
@@ -59,7 +63,10 @@ class Folders:
     def __init__(self, store: StoreView, pieces: Backend) -> None:
         self._store = store
         #: Which packs the snapshots use, and their collection.
-        self.packs = Packs(pieces, self.read_index)
+        self.packs = Packs(pieces, self.read_packs)
+        # The packs of indexes read before, by their digest: the same index names the same
+        # packs, so a retention pass reads each snapshot's manifest, not its whole index.
+        self._packs_by_digest: dict[str, frozenset[str]] = {}
         # The newest folder snapshot by content this store knows (number and index): the next
         # folder save stores only what it lacks. ``_looked``: whether the store was asked for
         # it (once: then this process's commits keep it up to date).
@@ -105,6 +112,23 @@ class Folders:
             return None
         self._store.check_signature(m)
         return self._index_of(m)
+
+    def read_packs(self, seq: int) -> frozenset[str]:
+        """The packs snapshot ``seq`` uses: its manifest read anew, its index when not read before.
+
+        ``FileNotFoundError`` when it is gone, ``CorruptCheckpointError`` when unreadable.
+        """
+        m = self._store.manifest(seq)
+        if m.compression != "pieces":
+            return frozenset()
+        self._store.check_signature(m)
+        found = self._packs_by_digest.get(m.digest)
+        if found is None:
+            found = frozenset(self._index_of(m).packs())
+            if len(self._packs_by_digest) >= _DIGESTS_KEPT:
+                del self._packs_by_digest[next(iter(self._packs_by_digest))]  # the oldest
+            self._packs_by_digest[m.digest] = found
+        return found
 
     def _index_of(self, m: Manifest) -> Index:
         if m.size > INDEX_MAX:

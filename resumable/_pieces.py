@@ -51,8 +51,9 @@ PACK_GRACE = 600.0
 #: Packs made durable at once behind the one being filled.
 _COMMITTING = 2
 
-#: Reads the index of snapshot ``seq``; None when it is not a folder snapshot by content.
-ReadIndex = Callable[[int], Index | None]
+#: The packs snapshot ``seq`` uses, read from the store (none when it is not a folder by
+#: content); ``FileNotFoundError`` when it is gone, ``CorruptCheckpointError`` if unreadable.
+ReadPacks = Callable[[int], frozenset[str]]
 
 
 class PackSink:
@@ -321,10 +322,10 @@ class Packs:
     before the grace period has passed, by when the save's manifest is listed.
     """
 
-    def __init__(self, pieces: Backend, read_index: ReadIndex) -> None:
+    def __init__(self, pieces: Backend, read_packs: ReadPacks) -> None:
         self.backend = pieces
         self.grace = PACK_GRACE
-        self._read_index = read_index
+        self._read_packs = read_packs
         self._lock = threading.Lock()
         self._uses: dict[int, frozenset[str]] = {}  # snapshot -> its packs, where known
         # Pack -> since when (time.monotonic()) a listing shows none using it; None: freed by
@@ -431,20 +432,18 @@ class Packs:
         used: set[str] = set()
         for seq in manifests():
             try:
-                index = self._read_index(seq)
+                used.update(self._read_packs(seq))
             except (CorruptCheckpointError, FileNotFoundError):
                 return None  # gone since listed, or unreadable: it may use any pack
-            if index is not None:
-                used.update(index.packs())
         return used
 
     def _packs_of(self, seq: int) -> frozenset[str]:
         """The packs snapshot ``seq`` uses: known, or read from its index (and kept)."""
         if seq not in self._uses:
             with contextlib.suppress(CorruptCheckpointError, FileNotFoundError):
-                index = self._read_index(seq)
+                packs = self._read_packs(seq)
                 with self._lock:
-                    self._uses[seq] = frozenset(index.packs() if index else ())
+                    self._uses[seq] = packs
         return self._uses.get(seq, frozenset())
 
     def rescue(self, packs: set[str]) -> bool:

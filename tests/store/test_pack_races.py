@@ -199,10 +199,10 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
         undo()
         clock.now += 10 * GRACE
         packs = store(a).packs
-        read: Callable[[int], Any] = packs._read_index
+        read: Callable[[int], Any] = packs._read_packs
         interfered = threading.Event()
 
-        def read_index(seq: int) -> Any:
+        def read_packs(seq: int) -> Any:
             if seq == 4 and not interfered.is_set():  # listed; now b and c move on
                 interfered.set()
                 b.save_sync(fb)  # 6 = Y, built on X, reuses P
@@ -211,7 +211,7 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
                 c.flush_sync()
             return read(seq)
 
-        packs._read_index = read_index  # type: ignore[method-assign]
+        packs._read_packs = read_packs  # type: ignore[method-assign]
         fill(fa, b"a3")
         a.save_sync(fa)  # 5: its pass lists [4, 5], reads 4 once 4 is gone
         a.flush_sync()
