@@ -223,13 +223,17 @@ class TreeSave:
         write(self.index.to_json())
 
     def done(self) -> None:
-        """Its snapshot is committed: from now on its packs are never discarded.
+        """Its snapshot is committed: its packs are never discarded, and it commits no more.
 
-        A frozen capture committed again (a retry after another writer took the number)
-        writes the same packs: their failure must not take them from the snapshot that has
-        them.
+        A frozen capture committed again would write the same packs under the same names,
+        unseen by the checks that keep a save's reused packs from being deleted under it.
         """
         self._done = True
+
+    @property
+    def committed(self) -> bool:
+        """Whether its snapshot is committed."""
+        return self._done
 
     def discard(self) -> None:
         """Delete the packs this save wrote (it will never commit): they are its own."""
@@ -319,7 +323,9 @@ class Packs:
     snapshot used it), while this one drops that base. That save checks, just before it
     commits, that its base still exists (else it gives up: ``ConcurrentWriterError``); if
     it existed then, the pack's grace period had not started, so the pack is not deleted
-    before the grace period has passed, by when the save's manifest is listed.
+    before the grace period has passed, by when the save's manifest is listed. What it does
+    not close (docs/storage-format.md says when): a save whose checks pass while this
+    process's grace for a pack it reuses already runs, which it cannot see.
     """
 
     def __init__(self, pieces: Backend, read_packs: ReadPacks) -> None:
@@ -394,20 +400,26 @@ class Packs:
         snapshots there are now) whose every snapshot was read anew. Returns the packs deleted.
         """
         with self._lock:
-            now = time.monotonic()
-            if not any(t is None or now - t >= self.grace for t in self._condemned.values()):
+            # A pack is due when its grace had passed before the listing began: a save that
+            # commits within the grace of its checks is in that listing.
+            listed = time.monotonic()
+            if not any(t is None or listed - t >= self.grace for t in self._condemned.values()):
                 return []
         used = self._used_now(manifests)
         if used is None:  # proves nothing: none starts its grace, none is deleted
             return []
         with self._lock:
-            now = time.monotonic()
+            read = time.monotonic()  # the proof holds from here: new candidates start now
             for pack in used.intersection(self._condemned):
                 del self._condemned[pack]  # used again: a candidate only once dropped again
+            due = [
+                p for p, t in self._condemned.items() if t is not None and listed - t >= self.grace
+            ]
             for pack, since in list(self._condemned.items()):
                 if since is None:
-                    self._condemned[pack] = now
-            due = [p for p, t in self._condemned.items() if t is not None and now - t >= self.grace]
+                    self._condemned[pack] = read
+            if self.grace <= 0:  # no grace: what this listing proves unused goes now
+                due = list(self._condemned)
             _remember(self._gone, due)  # from now on no save may rescue them
         try:
             self.backend.delete_many(due)

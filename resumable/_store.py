@@ -306,11 +306,16 @@ class SnapshotStore:
         return self.folders.read_index(seq)
 
     def _refuse_foreign(self, tree: TreeSave) -> None:
-        """A folder captured for another store: its packs go there, and would not be here."""
+        """A folder captured for another store (its packs go there), or committed already."""
         if self.folders is None or tree.pieces is not self.folders.packs.backend:
             raise ConfigurationError(
                 f"this folder was captured for another store (its pieces go to "
                 f"{tree.pieces.url}): commit it through the Checkpoint that captured it"
+            )
+        if tree.committed:
+            raise ConfigurationError(
+                "this folder capture is committed already: capture the folder again to "
+                "save it again"
             )
 
     def _check_base(self, tree: TreeSave, blob: str | None) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 import resumable._pieces
 from resumable import Checkpoint, ConcurrentWriterError, ConfigurationError, Storage
+from resumable._index import Index, Piece
 from resumable.testing import store
 
 GRACE = 600.0
@@ -223,7 +224,7 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
 def test_a_frozen_capture_committed_again_never_takes_the_packs_of_its_snapshot(
     tmp_path: Path, again: str
 ) -> None:
-    """A capture committed twice: refused or given up, and its first snapshot keeps its packs."""
+    """A capture committed twice is refused, and its first snapshot keeps its packs."""
     src = tmp_path / "src"
     fill(src, b"x")
     url = tmp_path / "store"
@@ -236,7 +237,53 @@ def test_a_frozen_capture_committed_again_never_takes_the_packs_of_its_snapshot(
             assert not (tmp_path / "other" / "~pieces").exists()
         else:
             b.save_sync(b"another writer takes the next number")
-            with pytest.raises(ConcurrentWriterError):
+            with pytest.raises(ConfigurationError, match="committed already"):
                 a.commit(captured)
         captured.release()
         assert whole(a, first.seq)
+        assert seqs(url) == ([first.seq] if again == "another checkpoint" else [0, 1])
+
+
+class _Listing:
+    """A store's snapshots as a retention pass sees them, each read taking ``slow`` seconds."""
+
+    def __init__(self, clock: Clock, slow: float) -> None:
+        self.clock, self.slow = clock, slow
+        self.packs: dict[int, frozenset[str]] = {}
+
+    def manifests(self) -> list[int]:
+        return sorted(self.packs)
+
+    def read_packs(self, seq: int) -> frozenset[str]:
+        self.clock.now += self.slow
+        return self.packs[seq]
+
+
+@pytest.mark.parametrize("slow", [0.0, 5.0])
+def test_a_pack_is_due_only_if_its_grace_passed_before_the_pass_began_to_list(
+    tmp_path: Path, clock: Clock, slow: float
+) -> None:
+    """A pass that began listing before a pack's grace ended keeps it, however long it reads."""
+    (tmp_path / "p.pack").write_bytes(b"pack")
+    listing = _Listing(clock, slow)
+    listing.packs = {1: frozenset({"p.pack"}), 2: frozenset()}
+    backend = store(Checkpoint(tmp_path)).backend
+    packs = resumable._pieces.Packs(backend, listing.read_packs)
+    packs.grace = GRACE
+    packs.used(1, Index(0, [Piece("0" * 64, 4, "p.pack", 0, 4, "raw")], []))
+    packs.dropping([1])
+    packs.dropped([1])
+    del listing.packs[1]
+    assert packs.collect(listing.manifests) == []  # proven unused: its grace starts
+    started = clock.now
+    clock.now = started + GRACE - 1.0  # the next pass begins a second before it ends
+    listing.slow = 2.0  # and reads past it
+    packs.used(2, Index(0, [Piece("1" * 64, 4, "q.pack", 0, 4, "raw")], []))
+    packs.dropped([2])  # a new candidate: the pass lists, and reads
+    del listing.packs[2]
+    listing.packs[3] = frozenset()
+    assert packs.collect(listing.manifests) == []
+    assert (tmp_path / "p.pack").exists()
+    clock.now = started + GRACE + 1.0
+    assert packs.collect(listing.manifests) == ["p.pack"]  # q.pack's grace has just begun
+    assert not (tmp_path / "p.pack").exists()
