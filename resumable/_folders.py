@@ -72,6 +72,7 @@ class Folders:
         # it (once: then this process's commits keep it up to date).
         self._base: tuple[int, Index] | None = None
         self._looked = False
+        self._fresh = False  # the next save builds on nothing (a pack it would reuse is doomed)
 
     def save(self, root: Path, *, frozen: bool = False) -> TreeSave:
         """A folder snapshot by content of ``root``, storing what the newest one lacks.
@@ -88,6 +89,8 @@ class Folders:
         kept up to date by this store's commits. None when there is none, or it cannot be
         read (the save then stores everything).
         """
+        if self._fresh:  # see can_commit
+            self._fresh, self._base, self._looked = False, None, True
         if not self._looked:
             self._looked = True
             try:
@@ -163,6 +166,11 @@ class Folders:
         if tree.index is None or not tree.index.pieces:
             return True
         there = {e.name for e in self.packs.backend.entries()}
+        if reused & self.packs.foreign_marks(there):
+            # Another writer's retention condemned a pack it reuses: gone before long. The
+            # next save stores every piece anew instead of building on them.
+            self._fresh = True
+            return False
         if tree.index.packs() <= there:
             return True
         self._base = None

@@ -19,7 +19,15 @@ from ._backend import AdminBackend, Entry, open_backend
 from ._errors import ConfigurationError, CorruptCheckpointError
 from ._keys import ROOT_KEY, key_parts
 from ._manifest import Manifest, checkpoint_name
-from ._names import PIECES, is_pack, is_temp, manifest_name, manifest_seqs, parse
+from ._names import (
+    PIECES,
+    condemned_pack,
+    is_pack,
+    is_temp,
+    manifest_name,
+    manifest_seqs,
+    parse,
+)
 from ._stack import SIGNING_KEY_ENV, resolve_signing_key
 from ._store import SnapshotStore, names_of
 
@@ -455,10 +463,13 @@ def _with_pieces(entries: list[Entry], pieces: AdminBackend | None) -> list[Entr
 
 
 def _removable(name: str) -> bool:
-    """Whether ``rm`` deletes object ``name`` of a task: a snapshot's, a pack or a temp file."""
+    """Whether ``rm`` deletes object ``name`` of a task: a snapshot's, a pack or its marker.
+
+    Or a temp file.
+    """
     if name.startswith(f"{PIECES}/"):
         inside = name.removeprefix(f"{PIECES}/")
-        return is_pack(inside) or is_temp(inside)
+        return is_pack(inside) or is_temp(inside) or condemned_pack(inside) is not None
     return is_ours(name)
 
 

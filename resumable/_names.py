@@ -41,6 +41,8 @@ __all__ = [
     "PIECES",
     "ObjectName",
     "blob_name",
+    "condemned_name",
+    "condemned_pack",
     "is_pack",
     "is_temp",
     "manifest_name",
@@ -107,6 +109,26 @@ def is_pack(name: str) -> bool:
 
     """
     return _PACK.match(name) is not None
+
+
+_CONDEMNED = re.compile(r"^([0-9a-f]{32}\.pack)\.([0-9a-f]{16})\.condemned$")
+
+
+def condemned_name(pack: str, writer: str) -> str:
+    """The marker (in :data:`PIECES`) saying that ``writer``'s retention condemned ``pack``.
+
+    Example:
+        >>> condemned_pack(condemned_name("0" * 32 + ".pack", "1" * 16))[1] == "1" * 16
+        True
+
+    """
+    return f"{pack}.{writer}.condemned"
+
+
+def condemned_pack(name: str) -> tuple[str, str] | None:
+    """The pack and writer a condemnation marker names; None when ``name`` is not one."""
+    found = _CONDEMNED.match(name)
+    return None if found is None else (found.group(1), found.group(2))
 
 
 @functools.lru_cache(maxsize=4)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import secrets
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from . import _forks
 from ._backend import Backend, BlobWriter
 from ._errors import CorruptCheckpointError
 from ._index import Index, Piece
-from ._names import is_pack, pack_name
+from ._names import condemned_name, condemned_pack, is_pack, pack_name
 from ._stream import CHUNK_SIZE, Chunk, read_at_most
 from ._threads import run_on_io
 from ._tree import ScanFacts, decode, scan
@@ -323,9 +324,9 @@ class Packs:
     snapshot used it), while this one drops that base. That save checks, just before it
     commits, that its base still exists (else it gives up: ``ConcurrentWriterError``); if
     it existed then, the pack's grace period had not started, so the pack is not deleted
-    before the grace period has passed, by when the save's manifest is listed. What it does
-    not close (docs/storage-format.md says when): a save whose checks pass while this
-    process's grace for a pack it reuses already runs, which it cannot see.
+    before the grace period has passed, by when the save's manifest is listed. And a save
+    whose checks come after a pack's grace started sees its marker in the store (written
+    before the grace starts, see :meth:`_mark`): it gives up instead of reusing the pack.
     """
 
     def __init__(self, pieces: Backend, read_packs: ReadPacks) -> None:
@@ -345,11 +346,23 @@ class Packs:
         self._dropped: dict[int, None] = {}
         self._gone: dict[str, None] = {}
         self._any = False  # whether a folder snapshot by content of the task was seen
+        #: This process's name on the condemnation markers it writes beside the packs.
+        self.me = secrets.token_hex(8)
+        self._marked: set[str] = set()  # condemned packs whose marker is written
+        self._unmark: set[str] = set()  # packs whose marker goes at the next pass
         _forks.track(self)
 
     def _after_fork(self) -> None:
-        """A child forked while retention held the lock gets a new one."""
+        """A child forked while retention held the lock gets a new one, and its own name.
+
+        The parent's condemnations stay the parent's: the child neither deletes those packs
+        nor takes the parent's markers for its own.
+        """
         self._lock = threading.Lock()
+        self.me = secrets.token_hex(8)
+        self._condemned.clear()
+        self._marked.clear()
+        self._unmark.clear()
 
     def used(self, seq: int, index: Index | None) -> None:
         """Snapshot ``seq`` is committed (or read) and uses the packs of ``index`` (None: none)."""
@@ -403,37 +416,59 @@ class Packs:
             # A pack is due when its grace had passed before the listing began: a save that
             # commits within the grace of its checks is in that listing.
             listed = time.monotonic()
-            if not any(t is None or listed - t >= self.grace for t in self._condemned.values()):
+            if not self._unmark and not any(
+                t is None or listed - t >= self.grace for t in self._condemned.values()
+            ):
                 return []
         used = self._used_now(manifests)
         if used is None:  # proves nothing: none starts its grace, none is deleted
             return []
         with self._lock:
-            read = time.monotonic()  # the proof holds from here: new candidates start now
             for pack in used.intersection(self._condemned):
                 del self._condemned[pack]  # used again: a candidate only once dropped again
+                self._unmark.update(self._marked.intersection((pack,)))
             due = [
                 p for p, t in self._condemned.items() if t is not None and listed - t >= self.grace
             ]
-            for pack, since in list(self._condemned.items()):
-                if since is None:
-                    self._condemned[pack] = read
+            new = [p for p, t in self._condemned.items() if t is None]
             if self.grace <= 0:  # no grace: what this listing proves unused goes now
-                due = list(self._condemned)
+                due, new = list(self._condemned), []
             _remember(self._gone, due)  # from now on no save may rescue them
+            unmark, self._unmark = self._unmark, set()
+        self._mark(new)
+        markers = [condemned_name(p, self.me) for p in {*due, *unmark} if p in self._marked]
         try:
-            self.backend.delete_many(due)
+            self.backend.delete_many([*due, *markers])
         except BaseException:
             with self._lock:  # not deleted after all (the next retention tries again)
                 for pack in due:
                     self._gone.pop(pack, None)
+                self._unmark.update(unmark)
             raise
         with self._lock:
             for pack in due:
                 self._condemned.pop(pack, None)
+            self._marked.difference_update(due, unmark)
         if due:
             log.debug("%s: deleted %d unused packs", self.backend.url, len(due))
         return due
+
+    def _mark(self, packs: list[str]) -> None:
+        """Start the grace of ``packs``: once their markers are in the store, for every writer.
+
+        A save of another writer that reuses a pack lists the packs just before it commits:
+        one with another writer's marker is given up (the next save stores its pieces
+        anew). A save that saw no marker commits within the grace, so before the pack goes.
+        """
+        for pack in packs:
+            with contextlib.suppress(FileExistsError):
+                self.backend.create_exclusive(condemned_name(pack, self.me), b"")
+            with self._lock:
+                self._marked.add(pack)
+                if pack in self._condemned and self._condemned[pack] is None:
+                    self._condemned[pack] = time.monotonic()
+                else:  # rescued meanwhile: its marker goes at the next pass
+                    self._unmark.add(pack)
 
     def _used_now(self, manifests: Callable[[], list[int]]) -> set[str] | None:
         """The packs the snapshots there are now use, each read anew; None if one cannot be.
@@ -469,7 +504,17 @@ class Packs:
                 return False
             for pack in packs:
                 self._condemned.pop(pack, None)
+            self._unmark.update(self._marked.intersection(packs))
             return True
+
+    def foreign_marks(self, names: Iterable[str]) -> set[str]:
+        """The packs that another writer's markers among ``names`` (a listing) condemn."""
+        found = set()
+        for name in names:
+            marked = condemned_pack(name)
+            if marked is not None and marked[1] != self.me:
+                found.add(marked[0])
+        return found
 
     def dropped_here(self, seq: int) -> bool:
         """Whether this process's retention deleted snapshot ``seq``."""
@@ -483,5 +528,6 @@ class Packs:
 
 
 def remove_all(pieces: Backend) -> None:
-    """Delete every pack (a clear); other objects there are left alone."""
-    pieces.delete_many([e.name for e in pieces.entries() if is_pack(e.name)])
+    """Delete every pack and condemnation marker (a clear); other objects are left alone."""
+    names = [e.name for e in pieces.entries()]
+    pieces.delete_many([n for n in names if is_pack(n) or condemned_pack(n) is not None])

@@ -206,6 +206,8 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
         def read_packs(seq: int) -> Any:
             if seq == 4 and not interfered.is_set():  # listed; now b and c move on
                 interfered.set()
+                for marker in (url / "~pieces").glob("*.condemned"):
+                    marker.unlink()  # as if a wrote none (a release before markers): b reuses P
                 b.save_sync(fb)  # 6 = Y, built on X, reuses P
                 b.flush_sync()
                 c.save_sync(b"bytes")  # 7: c keeps two, pruning X
@@ -218,6 +220,88 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
         a.flush_sync()
         assert interfered.is_set()
         assert whole(b, 6)
+
+
+def test_a_save_reusing_a_pack_another_writer_condemned_gives_up_and_the_next_stores_anew(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Another writer's marker on a reused pack: the save gives up, the next one builds on none."""
+    url = tmp_path / "store"
+    fa, fb = tmp_path / "a", tmp_path / "b"
+    fill(fa, b"a0")
+    fill(fb, b"b")
+    with (
+        Checkpoint(url, storage=Storage(keep=2)) as a,
+        Checkpoint(url, storage=Storage(keep=10)) as b,
+    ):
+        store(a).packs.grace = store(b).packs.grace = GRACE
+        a.save_sync(fa)  # 0
+        b.save_sync(fb)  # 1: pack P
+        first = store(b).read_index(1)
+        assert first is not None
+        doomed = first.packs()
+        fill(fa, b"a1")
+        with pytest.raises(ConcurrentWriterError):
+            a.save_sync(fa)
+        a.save_sync(fa)  # 2
+        a.flush_sync()
+        b.flush_sync()
+        undo = _order(a, b)
+        fill(fa, b"a2")
+        a.save_sync(fa)  # 3: its pass proves P unused (drops 0 and 1), marks it
+        b.save_sync(fb)  # 4 = X: its checks passed before the mark; it reuses P
+        a.flush_sync()
+        b.flush_sync()
+        undo()
+        marked = {
+            m.name.split(".pack.")[0] + ".pack" for m in (url / "~pieces").glob("*.condemned")
+        }
+        assert doomed <= marked
+        clock.now += GRACE / 2
+        with pytest.raises(ConcurrentWriterError, match="next one stores every piece"):
+            b.save_sync(fb)  # S, built on X (there) and P (marked): given up
+        b.save_sync(fb)  # built on nothing: its pieces stored anew
+        index = store(b).read_index(seqs(url)[-1])
+        assert index is not None
+        assert not doomed & index.packs()
+        clock.now += 2 * GRACE
+        fill(fa, b"a3")
+        a.save_sync(fa)  # its pass: X still uses P, which stays, its marker gone
+        a.flush_sync()
+        used: set[str] = set()
+        for seq in seqs(url):
+            if (index := store(a).read_index(seq)) is not None:
+                assert whole(a, seq)
+                used |= index.packs()
+        marked = {
+            m.name.split(".pack.")[0] + ".pack" for m in (url / "~pieces").glob("*.condemned")
+        }
+        assert not marked & used  # a marker only beside a pack that no snapshot uses
+
+
+def test_markers_come_and_go_with_the_grace_of_their_packs(tmp_path: Path, clock: Clock) -> None:
+    """One writer: a dropped pack gets a marker, and both go once the grace has passed."""
+    src = tmp_path / "src"
+    pieces = tmp_path / "store" / "~pieces"
+    with Checkpoint(tmp_path / "store", storage=Storage(keep=1)) as cp:
+        store(cp).packs.grace = GRACE
+        fill(src, b"0")
+        cp.save_sync(src)
+        fill(src, b"1")
+        cp.save_sync(src)  # drops 0: its pack marked
+        cp.flush_sync()
+        first = {p.name for p in pieces.glob("*.pack")}
+        assert len(list(pieces.glob("*.condemned"))) == 1
+        clock.now += 2 * GRACE
+        fill(src, b"2")
+        cp.save_sync(src)  # drops 1 (marked now); 0's pack and marker deleted
+        cp.flush_sync()
+        names = {p.name for p in pieces.iterdir()}
+        assert len([n for n in names if n.endswith(".condemned")]) == 1
+        assert all(n.split(".pack.")[0] + ".pack" in names for n in names if ".pack." in n)
+        assert len(first - names) == 1
+        cp.clear_sync()
+        assert not pieces.exists() or not list(pieces.iterdir())
 
 
 @pytest.mark.parametrize("again", ["another checkpoint", "the same, after a conflict"])
