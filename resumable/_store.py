@@ -332,8 +332,9 @@ class SnapshotStore:
         raise ConcurrentWriterError(
             17,
             f"snapshot {base} of {self.backend.url}, whose pieces this folder snapshot reuses, "
-            "was deleted by another writer while it was saved; this snapshot was discarded "
-            "and the next one stores every piece. Is the same task running twice?",
+            "was deleted (or its packs condemned) by another writer while it was saved; this "
+            "snapshot was discarded and the next one stores every piece. Is the same task "
+            "running twice?",
         )
 
     def clear(self) -> None:
