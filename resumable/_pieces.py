@@ -172,7 +172,6 @@ class TreeSave:
         self.base = base
         #: Where its packs go: the pieces of the store that made it, and no other.
         self.pieces = pieces
-        self._pieces = pieces
         self._done = False  # committed: its packs are a snapshot's, never discarded
         #: The index written (once called), and what its scan did.
         self.index: Index | None = None
@@ -205,12 +204,12 @@ class TreeSave:
     def __call__(self, write: Callable[[Chunk], None]) -> None:
         if self._spooled is not None:
             try:
-                self._spooled.upload(self._pieces)
+                self._spooled.upload(self.pieces)
             except BaseException:
                 self.discard()
                 raise
         else:
-            sink = PackSink(self._pieces)
+            sink = PackSink(self.pieces)
             try:
                 self.index, self.facts = self._scan(sink)
             except BaseException:
@@ -240,7 +239,7 @@ class TreeSave:
         """Delete the packs this save wrote (it will never commit): they are its own."""
         if not self._done and self.made():
             with contextlib.suppress(Exception):
-                self._pieces.delete_many(list(self.made()))
+                self.pieces.delete_many(list(self.made()))
 
     def fields(self) -> dict[str, Any]:
         """Manifest fields: its files' bytes and entries (bounds a load checks), bytes added."""

@@ -6,11 +6,13 @@ The slow, obviously correct twin of a folder snapshot by content is the archive
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -385,6 +387,24 @@ def test_saved_and_loaded_helper_copies(tmp_path: Path, io: IO) -> None:
     assert tree_of(copy) == tree_of(src)
 
 
+@contextlib.contextmanager
+def short_reads(cap: int | None) -> Iterator[None]:
+    """Make ``os.pread`` and ``os.preadv`` return at most ``cap`` bytes a call (None: as is)."""
+    if cap is None:
+        yield
+        return
+    pread, preadv = os.pread, os.preadv
+
+    def short_pread(fd: int, n: int, at: int) -> bytes:
+        return pread(fd, min(n, cap), at)
+
+    def short_preadv(fd: int, buffers: list[memoryview], at: int) -> int:
+        return preadv(fd, [buffers[0][:cap]], at)
+
+    with mock.patch("os.pread", short_pread), mock.patch("os.preadv", short_preadv):
+        yield
+
+
 class _KeepingSink:
     """A sink that keeps each piece's bytes as it was handed them (no copy)."""
 
@@ -407,6 +427,7 @@ class _KeepingSink:
     batch=st.integers(1, 1500),
     ahead=st.integers(0, 3),
     span=st.integers(1, 5),
+    cap=st.none() | st.integers(1, 40),
 )
 def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
     tmp_path_factory: pytest.TempPathFactory,
@@ -416,8 +437,13 @@ def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
     batch: int,
     ahead: int,
     span: int,
+    cap: int | None,
 ) -> None:
-    """A scan's pieces are each file's blocks, kept whole while read buffers are reused."""
+    """A scan's pieces are each file's blocks, kept whole while read buffers are reused.
+
+    With ``cap``, every read returns at most that many bytes (short reads, as a network
+    filesystem gives): the blocks must come out the same.
+    """
     root = tmp_path_factory.mktemp("blocks")
     files = {f"f{i}.bin": os.urandom(n) for i, n in enumerate(sizes)}
     for name, data in files.items():
@@ -427,6 +453,7 @@ def test_pieces_are_the_blocks_read_whatever_the_buffers_batches_and_read_ahead(
         mock.patch("resumable._tree._BATCH_BYTES", batch),
         mock.patch("resumable._tree._AHEAD", ahead),
         mock.patch("resumable._tree._SPAN", span),
+        short_reads(cap),
     ):
         sink = _KeepingSink()
         base, _ = scan(root, None, sink)

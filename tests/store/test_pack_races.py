@@ -59,6 +59,20 @@ def seqs(url: Path) -> list[int]:
     return sorted(int(p.name[:20]) for p in url.glob("*.json"))
 
 
+def two_writers(a: Checkpoint, b: Checkpoint, fa: Path, fb: Path) -> None:
+    """Snapshots 0 (``a``), 1 (``b``: its pack P) and 2 (``a``), after one conflict.
+
+    From then on both list before each commit, as writers that met do.
+    """
+    store(a).packs.grace = store(b).packs.grace = GRACE
+    a.save_sync(fa)
+    b.save_sync(fb)
+    fill(fa, b"a1")
+    with pytest.raises(ConcurrentWriterError):
+        a.save_sync(fa)
+    a.save_sync(fa)
+
+
 def whole(cp: Checkpoint, seq: int) -> bool:
     """Whether every pack snapshot ``seq`` uses is in the store, and it verifies."""
     index = store(cp).read_index(seq)
@@ -148,13 +162,7 @@ def test_a_pack_condemned_long_ago_gets_a_new_grace_when_dropped_again(
         Checkpoint(url, storage=Storage(keep=2)) as a,
         Checkpoint(url, storage=Storage(keep=10)) as b,
     ):
-        store(a).packs.grace = store(b).packs.grace = GRACE
-        a.save_sync(fa)  # 0
-        b.save_sync(fb)  # 1: pack P
-        fill(fa, b"a1")
-        with pytest.raises(ConcurrentWriterError):
-            a.save_sync(fa)
-        a.save_sync(fa)  # 2
+        two_writers(a, b, fa, fb)  # 0 (a), 1 (b: pack P), 2 (a)
         b.save_sync(fb)  # 3: reuses P; a never reads it
         fill(fa, b"a2")
         a.save_sync(fa)  # 4: drops 1 and 2; P freed as far as a knows
@@ -182,13 +190,7 @@ def test_a_snapshot_pruned_between_the_listing_and_its_read_proves_nothing(
         Checkpoint(url, storage=Storage(keep=10)) as b,
         Checkpoint(url, storage=Storage(keep=2)) as c,
     ):
-        store(a).packs.grace = store(b).packs.grace = GRACE
-        a.save_sync(fa)  # 0
-        b.save_sync(fb)  # 1: pack P
-        fill(fa, b"a1")
-        with pytest.raises(ConcurrentWriterError):
-            a.save_sync(fa)
-        a.save_sync(fa)  # 2
+        two_writers(a, b, fa, fb)  # 0 (a), 1 (b: pack P), 2 (a)
         a.flush_sync()
         b.flush_sync()
         undo = _order(a, b)
@@ -234,16 +236,10 @@ def test_a_save_reusing_a_pack_another_writer_condemned_gives_up_and_the_next_st
         Checkpoint(url, storage=Storage(keep=2)) as a,
         Checkpoint(url, storage=Storage(keep=10)) as b,
     ):
-        store(a).packs.grace = store(b).packs.grace = GRACE
-        a.save_sync(fa)  # 0
-        b.save_sync(fb)  # 1: pack P
+        two_writers(a, b, fa, fb)  # 0 (a), 1 (b: pack P), 2 (a)
         first = store(b).read_index(1)
         assert first is not None
         doomed = first.packs()
-        fill(fa, b"a1")
-        with pytest.raises(ConcurrentWriterError):
-            a.save_sync(fa)
-        a.save_sync(fa)  # 2
         a.flush_sync()
         b.flush_sync()
         undo = _order(a, b)
